@@ -1,0 +1,188 @@
+"""Collectives over a PeerMesh: barrier, allreduce, broadcast, gather.
+
+Algorithms (the ``algorithm`` argument):
+
+- ``tree``: binomial-tree reduce to rank 0, then binomial broadcast. Every rank
+  ends with rank 0's bits.
+- ``ring``: reduce-scatter then allgather in 2(n-1) steps (bandwidth-optimal).
+  Each chunk is reduced in a fixed ring order, and the allgather copies the
+  finished chunks, so every rank holds the same bits.
+- ``hierarchical``: tree reduce inside each node to its leader (lowest rank),
+  allreduce among the leaders (ring for large buffers, tree for small), then
+  broadcast inside each node, as NCCL does across NVLink and InfiniBand.
+
+Reduction order never depends on message arrival order, so results are
+bit-identical on every rank and reproducible from run to run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmcluster.comm.mesh import PeerMesh
+
+ReduceOp = Callable[..., np.ndarray]
+OPS: dict[str, ReduceOp] = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum}
+RING_MIN_BYTES = 64 * 1024  # hierarchical: leaders switch from tree to ring above this size
+_EMPTY = np.zeros(0, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Which node each global rank lives on (index = global rank)."""
+
+    node_of: tuple[int, ...]
+
+    @classmethod
+    def uniform(cls, world_size: int, nproc_per_node: int) -> Topology:
+        """torchrun's mapping: rank r lives on node r // nproc_per_node."""
+        return cls(tuple(r // nproc_per_node for r in range(world_size)))
+
+    def node_members(self, node: int) -> list[int]:
+        """Global ranks on ``node``, ascending (the first one leads the node)."""
+        return [r for r, n in enumerate(self.node_of) if n == node]
+
+    def leaders(self) -> list[int]:
+        """The lowest rank of every node, in node order."""
+        seen: dict[int, int] = {}
+        for rank, node in enumerate(self.node_of):
+            seen.setdefault(node, rank)
+        return [seen[node] for node in sorted(seen)]
+
+
+class Communicator:
+    """All collectives of one rank. Every rank must call the same collectives in the same order."""
+
+    def __init__(self, mesh: PeerMesh, *, rank: int, topology: Topology) -> None:
+        self.mesh, self.rank, self.topology = mesh, rank, topology
+        self.world_size = len(topology.node_of)
+        self.seq = 0  # collectives issued so far (NCCL's SeqNum)
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    # ---- public collectives -------------------------------------------------------------
+    def barrier(self) -> None:
+        """Return once every rank has entered the barrier."""
+        self.allreduce(_EMPTY, "max", algorithm="tree")
+
+    def allreduce(
+        self, array: np.ndarray, op: str = "sum", *, algorithm: str = "tree"
+    ) -> np.ndarray:
+        """Reduce ``array`` across all ranks; every rank receives the bit-identical result."""
+        reduce = OPS[op]
+        seq = self._next_seq()
+        acc = np.array(array, copy=True)
+        everyone = list(range(self.world_size))
+        if algorithm == "tree":
+            result = self._tree_allreduce(everyone, acc, reduce, seq, 0)
+        elif algorithm == "ring":
+            result = self._ring_allreduce(everyone, acc, reduce, seq, 0)
+        elif algorithm == "hierarchical":
+            result = self._hierarchical_allreduce(acc, reduce, seq)
+        else:
+            raise ValueError(f"unknown algorithm {algorithm!r}")
+        self.mesh.flush()
+        if op == "mean":
+            return np.true_divide(result, self.world_size)
+        return result
+
+    def broadcast(self, array: np.ndarray | None, root: int = 0) -> np.ndarray:
+        """Every rank returns ``root``'s array (other ranks may pass None)."""
+        seq = self._next_seq()
+        members = [root, *[r for r in range(self.world_size) if r != root]]
+        value = np.asarray(array) if self.rank == root else None
+        result = self._tree_bcast(members, value, seq, 0)
+        self.mesh.flush()
+        return result
+
+    def gather(self, array: np.ndarray, root: int = 0) -> list[np.ndarray] | None:
+        """Root returns every rank's array in rank order; the others return None."""
+        seq = self._next_seq()
+        if self.rank != root:
+            self.mesh.send(root, seq, 0, np.asarray(array))
+            self.mesh.flush()
+            return None
+        return [
+            np.array(array, copy=True) if r == root else self.mesh.recv(r, seq, 0)
+            for r in range(self.world_size)
+        ]
+
+    # ---- building blocks ----------------------------------------------------------------
+    def _tree_allreduce(
+        self, members: Sequence[int], acc: np.ndarray, reduce: ReduceOp, seq: int, phase: int
+    ) -> np.ndarray:
+        reduced = self._tree_reduce(members, acc, reduce, seq, phase)
+        return self._tree_bcast(members, reduced, seq, phase + 1)
+
+    def _tree_reduce(
+        self, members: Sequence[int], acc: np.ndarray, reduce: ReduceOp, seq: int, phase: int
+    ) -> np.ndarray | None:
+        """Binomial reduce to members[0]; children are folded in ascending mask order."""
+        idx, n, mask = members.index(self.rank), len(members), 1
+        while mask < n:
+            if idx & mask:
+                self.mesh.send(members[idx - mask], seq, phase, acc)
+                return None
+            if idx + mask < n:
+                reduce(acc, self.mesh.recv(members[idx + mask], seq, phase), out=acc)
+            mask <<= 1
+        return acc
+
+    def _tree_bcast(
+        self, members: Sequence[int], value: np.ndarray | None, seq: int, phase: int
+    ) -> np.ndarray:
+        """Binomial broadcast from members[0]."""
+        idx, n = members.index(self.rank), len(members)
+        if idx == 0:
+            mask = 1 << max(n - 1, 0).bit_length()
+        else:
+            mask = idx & -idx
+            value = self.mesh.recv(members[idx - mask], seq, phase)
+        if value is None:
+            raise ValueError("the broadcast root must pass an array")
+        mask >>= 1
+        while mask:
+            if idx + mask < n:
+                self.mesh.send(members[idx + mask], seq, phase, value)
+            mask >>= 1
+        return value
+
+    def _ring_allreduce(
+        self, members: Sequence[int], acc: np.ndarray, reduce: ReduceOp, seq: int, phase: int
+    ) -> np.ndarray:
+        n = len(members)
+        if n == 1:
+            return acc
+        idx = members.index(self.rank)
+        right, left = members[(idx + 1) % n], members[(idx - 1) % n]
+        flat = acc.reshape(-1)
+        bounds = np.linspace(0, flat.size, n + 1).astype(np.int64)
+        chunk = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(n)]
+        for k in range(n - 1):  # reduce-scatter: a chunk is never changed after it is sent
+            self.mesh.send(right, seq, phase + k, flat[chunk[(idx - k) % n]])
+            part = chunk[(idx - k - 1) % n]
+            reduce(flat[part], self.mesh.recv(left, seq, phase + k), out=flat[part])
+        result = np.empty_like(flat)
+        own = chunk[(idx + 1) % n]
+        result[own] = flat[own]
+        for k in range(n - 1):  # allgather into a fresh array
+            self.mesh.send(right, seq, phase + n + k, result[chunk[(idx + 1 - k) % n]])
+            result[chunk[(idx - k) % n]] = self.mesh.recv(left, seq, phase + n + k)
+        return result.reshape(acc.shape)
+
+    def _hierarchical_allreduce(self, acc: np.ndarray, reduce: ReduceOp, seq: int) -> np.ndarray:
+        local = self.topology.node_members(self.topology.node_of[self.rank])
+        leaders = self.topology.leaders()
+        reduced = self._tree_reduce(local, acc, reduce, seq, 0)
+        if reduced is not None:  # this rank leads its node
+            if reduced.nbytes >= RING_MIN_BYTES:
+                reduced = self._ring_allreduce(leaders, reduced, reduce, seq, 10)
+            else:
+                reduced = self._tree_allreduce(leaders, reduced, reduce, seq, 10)
+        phase_bcast = 10 + 2 * len(leaders) + 2
+        return self._tree_bcast(local, reduced, seq, phase_bcast)

@@ -1,0 +1,117 @@
+"""Run configuration: one frozen dataclass built once by the CLI and passed down explicitly.
+
+Also holds the small parsers the CLI shares (durations like ``2m30s``) and the
+validation that does not need the simulation catalog.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+ALGORITHMS = ("ring", "tree", "hierarchical")
+FORMATS = ("log", "jsonl")
+UIS = ("auto", "live", "log")
+TRANSPORTS = ("ipc", "tcp")
+MAX_RANKS = 4096
+TARGET_WALL_STEP_S = 0.5  # --speed auto: a demo shows a step about every half second
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+class ConfigError(ValueError):
+    """A user-facing, one-line configuration error (the CLI exits 2 with it)."""
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``90``, ``30s``, ``2m30s``, ``1h``, ``250ms`` into seconds (> 0)."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        pos, seconds = 0, 0.0
+        scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+        for match in _DURATION.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * scale[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise ConfigError(f"invalid duration {text!r} (examples: 30s, 2m30s, 1h)")
+    if seconds <= 0:
+        raise ConfigError(f"duration must be positive, got {text!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; serialisable to a msgpack map for agents on other hosts."""
+
+    ranks: int = 64
+    nproc_per_node: int = 8
+    steps: int | None = None
+    seed: int = 0
+    model: str | None = None
+    gpu: str | None = None
+    dataset: str | None = None
+    speed: float | None = None  # None: auto (about TARGET_WALL_STEP_S of wall time per step)
+    exit_after_s: float | None = None
+    algorithm: str = "hierarchical"
+    output_format: str = "log"
+    ui: str = "auto"
+    style: str = "default"
+    ascii_only: bool = False
+    no_color: bool = False
+    transport: str = "ipc"
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    heartbeat_timeout_s: float = 3.0
+    collective_timeout_s: float = 30.0
+    max_restarts: int = 3
+    grad_bucket_bytes: int = 0  # extra real gradient payload per step (0: loss vector only)
+    record_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nnodes(self) -> int:
+        """Nodes needed for ``ranks`` at ``nproc_per_node`` (the last node may be partial)."""
+        return -(-self.ranks // self.nproc_per_node)
+
+    def node_ranks(self, node: int) -> range:
+        """Global ranks on ``node``: torchrun's node_rank * nproc_per_node + local_rank."""
+        first = node * self.nproc_per_node
+        return range(first, min(first + self.nproc_per_node, self.ranks))
+
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack-safe dict of all fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RunConfig:
+        """Rebuild a config sent by ``to_wire`` (unknown keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag and its accepted range."""
+        if not 1 <= self.ranks <= MAX_RANKS:
+            raise ConfigError(f"--ranks must be between 1 and {MAX_RANKS}, got {self.ranks}")
+        if not 1 <= self.nproc_per_node <= 64:
+            raise ConfigError(
+                f"--nproc-per-node must be between 1 and 64, got {self.nproc_per_node}"
+            )
+        if self.steps is not None and not 1 <= self.steps <= 10_000_000:
+            raise ConfigError(f"--steps must be between 1 and 10000000, got {self.steps}")
+        if self.speed is not None and not 0.01 <= self.speed <= 1e7:
+            raise ConfigError(f"--speed must be between 0.01 and 1e7, got {self.speed:g}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be between 0 and 2^63-1, got {self.seed}")
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"--algorithm must be one of {', '.join(ALGORITHMS)}")
+        if not 0 <= self.max_restarts <= 100:
+            raise ConfigError(f"--max-restarts must be between 0 and 100, got {self.max_restarts}")
+        if not 0 <= self.grad_bucket_bytes <= 1 << 30:
+            raise ConfigError("--grad-bucket must be between 0 and 1GiB")
+        if not 1 <= self.master_port <= 65535:
+            raise ConfigError(f"--master-port must be between 1 and 65535, got {self.master_port}")

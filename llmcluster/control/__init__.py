@@ -1,0 +1,1 @@
+"""Control plane helpers: torchrun environment, heartbeats, machine limits."""

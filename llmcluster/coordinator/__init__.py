@@ -1,0 +1,1 @@
+"""The coordinator: rendezvous and address book, health monitor, telemetry merge."""

@@ -1,0 +1,108 @@
+"""Local launch: ``llmcluster --ranks N`` on one machine.
+
+Creates the run's private socket directory (0700, removed at exit), forks one
+node agent per node before any ZeroMQ context exists, then runs the coordinator
+loop in this process. Signals only set a flag; the loop decides what they mean.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+
+from llmcluster import sim
+from llmcluster.config import TARGET_WALL_STEP_S, RunConfig
+from llmcluster.coordinator.server import Coordinator
+from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name
+from llmcluster.worker.procs import fork_child
+
+
+def process_start_wall() -> float:
+    """Unix time at which this process started (from /proc), or now if unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+def choose_speed(config: RunConfig, plan: sim.RunPlan) -> float:
+    """--speed, or auto: simulated seconds per wall second so a step takes ~0.5 s of wall time."""
+    if config.speed is not None:
+        return config.speed
+    return max(1.0, sim.step_time_model_s(plan) / TARGET_WALL_STEP_S)
+
+
+def sweep_stale_dirs() -> None:
+    """Remove socket directories of earlier runs whose coordinator is gone (e.g. kill -9)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), "llmcluster-*-*")):
+        match = re.match(r"llmcluster-(\d+)-", os.path.basename(path))
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
+    """Run the whole cluster on this machine; returns the exit code."""
+    from llmcluster.render.sinks import show_records  # preload rich before forking ranks
+
+    launch_wall = process_start_wall()
+    speed = choose_speed(config, plan)
+    run_id = secrets.token_hex(6)
+    received: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    sweep_stale_dirs()
+    work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-")
+    os.chmod(work_dir, 0o700)
+    control, publish = f"ipc://{work_dir}/control", f"ipc://{work_dir}/records"
+    host = local_host_name()
+    try:
+        agent_pids = [
+            fork_child(
+                lambda node=node: NodeAgent(
+                    AgentSpec(
+                        node=node,
+                        control=control,
+                        host=host,
+                        heartbeat_timeout_s=config.heartbeat_timeout_s,
+                    )
+                ).run(),
+                name=f"llmc-agent{node}",
+            )
+            for node in range(config.nnodes)
+        ]
+        coordinator = Coordinator(
+            config,
+            plan,
+            run_id=run_id,
+            control=control,
+            publish=publish,
+            speed=speed,
+            launch_wall=launch_wall,
+            local_agent_pids=agent_pids,
+            show_locally=lambda records: show_records(config, records),
+        )
+        coordinator.signals = received
+        return coordinator.run()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,500 @@
+"""The coordinator's event loop: rendezvous, address book, health, telemetry, shutdown.
+
+One thread owns two sockets: a ROUTER for the control plane (agents and ranks
+connect DEALERs to it) and an XPUB for output records (rank 0, and any other
+observer, subscribes). Records wait in an outbox until a subscriber is there,
+so nothing is lost while rank 0 is (re)starting; if no rank 0 is left at the end,
+the coordinator shows them itself, as torchrun's agent prints its own report.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from llmcluster import __version__, sim
+from llmcluster.config import RunConfig
+from llmcluster.control.env import env_mismatches
+from llmcluster.coordinator.telemetry import RankInfo, merge_step, summary_record, valid_stats
+from llmcluster.wire import MAX_CONTROL_BYTES, DecodeError, Kind, Message, decode, encode
+from llmcluster.worker.procs import reap, signal_name, terminate_all
+
+COORD_SRC = -1
+HEARTBEAT_S = 0.5
+RENDER_WAIT_S = 10.0
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@dataclass
+class Peer:
+    """A connected agent or rank, as the coordinator sees it."""
+
+    identity: bytes
+    last_seen: float
+    info: RankInfo | None = None
+    host: str = ""
+    pid: int = 0
+    done: bool = False
+    exited: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunState:
+    """Progress of the run, mutated only by the coordinator loop."""
+
+    phase: str = "rendezvous"  # rendezvous | training | stopping | finishing | over
+    exit_code: int = 0
+    exit_reason: str = "completed"
+    ready_wall: float | None = None
+    sim_time: float = 0.0
+    sim_seconds: float = 0.0
+    tokens_total: int = 0
+    steps_done: int = 0
+    mfu_sum: float = 0.0
+    last_step: dict[str, Any] | None = None
+    pending: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    disagreements: int = 0
+    ready: set[int] = field(default_factory=set)
+
+
+class Coordinator:
+    """Runs one training run from rendezvous to the summary."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        plan: sim.RunPlan,
+        *,
+        run_id: str,
+        control: str,
+        publish: str,
+        speed: float,
+        launch_wall: float,
+        local_agent_pids: list[int],
+        show_locally: Any,
+    ) -> None:
+        self.config, self.plan, self.run_id, self.speed = config, plan, run_id, speed
+        self.launch_wall = launch_wall
+        self.local_agent_pids = list(local_agent_pids)
+        self.show_locally = show_locally  # callable(list[record]) for records nobody received
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.router.setsockopt(zmq.SNDHWM, 0)
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        self.router.setsockopt(zmq.LINGER, 1000)
+        self.router.bind(control)
+        self.xpub = self.ctx.socket(zmq.XPUB)
+        self.xpub.setsockopt(zmq.SNDHWM, 0)
+        self.xpub.setsockopt(zmq.MAXMSGSIZE, 1024)
+        self.xpub.setsockopt(zmq.LINGER, 1000)
+        self.xpub.bind(publish)
+        self.publish_endpoint = publish
+        self.attempt = 0
+        self.agents: dict[int, Peer] = {}
+        self.ranks: dict[int, Peer] = {}
+        self.state = RunState(sim_time=launch_wall)
+        self.outbox: deque[dict[str, Any]] = deque()
+        self.subscribers = 0
+        self.dropped = 0
+        self.signals: list[int] = []
+        self.deadline = (
+            time.monotonic() + config.exit_after_s if config.exit_after_s is not None else None
+        )
+        self._next_beat = 0.0
+        self._render_deadline = 0.0
+
+    # ---- sending ------------------------------------------------------------------------
+    def _send(self, identity: bytes, kind: Kind, **body: Any) -> None:
+        frames = encode(Message(kind, self.run_id, self.attempt, COORD_SRC, body))
+        self.router.send_multipart([identity, *frames])
+
+    def _to_ranks(self, kind: Kind, **body: Any) -> None:
+        for peer in self.ranks.values():
+            if not peer.exited:
+                self._send(peer.identity, kind, **body)
+
+    def _to_agents(self, kind: Kind, **body: Any) -> None:
+        for peer in self.agents.values():
+            self._send(peer.identity, kind, **body)
+
+    def publish(self, record: dict[str, Any]) -> None:
+        """Queue an output record for rank 0 (and any observer)."""
+        self.outbox.append(record)
+        self._flush_outbox()
+
+    def _flush_outbox(self) -> None:
+        while self.subscribers > 0 and self.outbox:
+            record = self.outbox.popleft()
+            msg = Message(Kind.RECORD, self.run_id, 0, COORD_SRC, {"record": record})
+            self.xpub.send_multipart(encode(msg))
+
+    # ---- the loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until the run is over; return the process exit code."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.xpub, zmq.POLLIN)
+        try:
+            while self.state.phase != "over":
+                events = dict(poller.poll(100))
+                if self.xpub in events:
+                    self._subscriptions()
+                if self.router in events:
+                    self._control()
+                self._timers()
+            return self.state.exit_code
+        finally:
+            self._shutdown()
+
+    def _subscriptions(self) -> None:
+        while True:
+            try:
+                frame = self.xpub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[:1] == b"\x01":
+                self.subscribers += 1
+            elif frame[:1] == b"\x00":
+                self.subscribers = max(0, self.subscribers - 1)
+            self._flush_outbox()
+
+    def _control(self) -> None:
+        while True:
+            try:
+                identity, *frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:  # an empty multipart message
+                self.dropped += 1
+                continue
+            try:
+                msg = decode(frames, run_id=None)
+                if msg.kind is not Kind.AGENT_JOIN and msg.run_id != self.run_id:
+                    raise DecodeError("message from another run")
+                if msg.kind is Kind.STATS and not valid_stats(msg.body["stats"]):
+                    raise DecodeError("malformed stats")
+            except DecodeError:
+                self.dropped += 1
+                continue
+            self._dispatch(identity, msg)
+
+    def _dispatch(self, identity: bytes, msg: Message) -> None:
+        now = time.monotonic()
+        kind, body = msg.kind, msg.body
+        if kind is Kind.AGENT_JOIN:
+            self._agent_join(identity, msg, now)
+            return
+        peer = self._peer_of(msg, identity)
+        if peer is None:
+            self.dropped += 1
+            return
+        peer.last_seen = now
+        if kind is Kind.JOIN:
+            self._rank_join(peer, msg)
+        elif kind is Kind.READY:
+            self._rank_ready(body["rank"])
+        elif kind is Kind.STATS:
+            self._stats(body["rank"], body["step"], body["stats"])
+        elif kind is Kind.DONE:
+            peer.done = True
+            if all(p.done for p in self.ranks.values()) and self.state.phase in (
+                "training",
+                "stopping",
+            ):
+                self._finish()
+        elif kind is Kind.RENDERED:
+            self._release()
+        elif kind is Kind.FAILURE:
+            self._fail(f"rank {body['rank']}: {body['reason']}", body["rank"], body["exitcode"])
+        elif kind is Kind.AGENT_EXIT:
+            self._rank_exited(body["rank"], body["pid"], body["exitcode"])
+
+    def _peer_of(self, msg: Message, identity: bytes) -> Peer | None:
+        if msg.src == -2:
+            return next((a for a in self.agents.values() if a.identity == identity), None)
+        if msg.kind is Kind.JOIN:
+            rank = msg.body["rank"]
+            if rank >= self.config.ranks:
+                return None
+            peer = self.ranks.setdefault(rank, Peer(identity, time.monotonic()))
+            peer.identity = identity
+            return peer
+        peer = self.ranks.get(msg.src)
+        return peer if peer is not None and peer.identity == identity else None
+
+    # ---- rendezvous ---------------------------------------------------------------------
+    def _agent_join(self, identity: bytes, msg: Message, now: float) -> None:
+        node = msg.body["node"]
+        if node < 0:
+            node = next(n for n in range(self.config.nnodes + 1) if n not in self.agents)
+        if node >= self.config.nnodes or node in self.agents:
+            self.dropped += 1
+            return
+        self.agents[node] = Peer(identity, now, host=msg.body["host"], pid=msg.body["pid"])
+        self._send(
+            identity,
+            Kind.AGENT_WELCOME,
+            node=node,
+            config=self.config.to_wire(),
+            publish=self.publish_endpoint,
+        )
+        self._send(identity, Kind.SPAWN, attempt=0, start_step=1, speed=self.speed)
+
+    def _rank_join(self, peer: Peer, msg: Message) -> None:
+        body = msg.body
+        peer.info = RankInfo(
+            body["rank"], body["local_rank"], body["node"], body["host"], body["pid"]
+        )
+        peer.host = str(body["endpoint"])
+        peer.env = {str(k): str(v) for k, v in body["env"].items()}
+        wrong = env_mismatches(
+            peer.env,
+            rank=body["rank"],
+            local_rank=body["local_rank"],
+            node=body["node"],
+            world_size=self.config.ranks,
+        )
+        if wrong:
+            self.publish(self._log("ERROR", f"rank {body['rank']} sees wrong {', '.join(wrong)}"))
+        if len(self.ranks) == self.config.ranks and all(p.info for p in self.ranks.values()):
+            order = [self.ranks[r] for r in range(self.config.ranks)]
+            endpoints = [p.host for p in order]
+            nodes = [p.info.node for p in order if p.info]
+            for p in order:
+                self._send(p.identity, Kind.BOOK, endpoints=endpoints, nodes=nodes)
+            self.publish(self._run_record())
+
+    def _rank_ready(self, rank: int) -> None:
+        self.state.ready.add(rank)
+        if len(self.state.ready) == self.config.ranks:
+            self.state.ready_wall = time.time()
+            self.state.phase = "training"
+            self.publish(
+                {
+                    "type": "ready",
+                    "time": self.state.sim_time,
+                    "world_size": self.config.ranks,
+                    "ready_s": self.state.ready_wall - self.launch_wall,
+                }
+            )
+
+    def _run_record(self) -> dict[str, Any]:
+        plan, config = self.plan, self.config
+        infos = [self.ranks[r].info for r in range(config.ranks)]
+        hosts = [self.agents[n].host if n in self.agents else "" for n in range(config.nnodes)]
+        return {
+            "type": "run",
+            "run_id": self.run_id,
+            "version": __version__,
+            "world_size": config.ranks,
+            "nnodes": config.nnodes,
+            "nproc_per_node": config.nproc_per_node,
+            "seed": config.seed,
+            "algorithm": config.algorithm,
+            "speed": self.speed,
+            "master_addr": config.master_addr,
+            "master_port": config.master_port,
+            "hosts": hosts,
+            "pids": [info.pid if info else 0 for info in infos],
+            "env": [self.ranks[r].env for r in range(config.ranks)],
+            "agent_pid": os.getpid(),
+            "start_time": self.launch_wall,
+            **sim.describe_plan(plan),
+        }
+
+    # ---- training -----------------------------------------------------------------------
+    def _stats(self, rank: int, step: int, stats: dict[str, Any]) -> None:
+        pending = self.state.pending.setdefault(step, {})
+        pending[rank] = stats
+        if len(pending) < self.config.ranks:
+            return
+        del self.state.pending[step]
+        ordered = [pending[r] for r in range(self.config.ranks)]
+        infos = [self.ranks[r].info for r in range(self.config.ranks)]
+        step_time = float(ordered[0]["step_time_s"])
+        self.state.sim_time += step_time
+        self.state.sim_seconds += step_time
+        self.state.tokens_total += int(ordered[0]["tokens"])
+        merged = merge_step(
+            self.plan,
+            step=step,
+            stats=ordered,
+            infos=[i for i in infos if i is not None],
+            sim_time=self.state.sim_time,
+            tokens_total=self.state.tokens_total,
+            algorithm=self.config.algorithm,
+        )
+        if merged.disagreeing:
+            self.state.disagreements += 1
+            self.publish(
+                self._log(
+                    "ERROR",
+                    f"loss mismatch at step {step}: ranks {list(merged.disagreeing)} "
+                    "disagree with rank 0 after allreduce",
+                )
+            )
+        self.state.steps_done += 1
+        self.state.mfu_sum += merged.step["mfu"]
+        self.state.last_step = merged.step
+        self.publish(merged.step)
+        self.publish(merged.ranks)
+
+    def _log(self, level: str, text: str) -> dict[str, Any]:
+        return {"type": "log", "level": level, "time": self.state.sim_time, "text": text}
+
+    def request_stop(self, reason: str, exit_code: int) -> None:
+        """Stop at the next step boundary (all ranks agree on it through an allreduce)."""
+        if self.state.phase == "training":
+            self.state.phase = "stopping"
+            self.state.exit_code, self.state.exit_reason = exit_code, reason
+            self._to_ranks(Kind.STOP, reason=reason)
+        elif self.state.phase == "rendezvous":
+            self.state.exit_code, self.state.exit_reason = exit_code, reason
+            self._abort()
+        elif self.state.phase in ("stopping", "finishing"):
+            self.state.exit_code = exit_code
+            self._abort()
+
+    def _finish(self) -> None:
+        state = self.state
+        state.phase = "finishing"
+        if state.exit_reason == "completed" and state.exit_code != 0:
+            state.exit_reason = "failed"
+        self.publish(self._summary())
+        self._render_deadline = time.monotonic() + RENDER_WAIT_S
+
+    def _summary(self) -> dict[str, Any]:
+        state = self.state
+        return summary_record(
+            sim_time=state.sim_time,
+            sim_seconds=state.sim_seconds,
+            wall_seconds=time.time() - self.launch_wall,
+            last_step=state.last_step,
+            steps=state.steps_done,
+            tokens_total=state.tokens_total,
+            mfu_sum=state.mfu_sum,
+            checkpoints=0,
+            restarts=0,
+            lost_s=0.0,
+            dropped=self.dropped,
+            exit_reason=state.exit_reason,
+        )
+
+    def _release(self) -> None:
+        self._to_ranks(Kind.EXIT, code=0)
+        self._to_agents(Kind.EXIT, code=0)
+        self.state.phase = "over"
+
+    # ---- failures -----------------------------------------------------------------------
+    def _rank_exited(self, rank: int, pid: int, exitcode: int) -> None:
+        peer = self.ranks.get(rank)
+        if peer is not None:
+            peer.exited = True
+        if self.state.phase in ("finishing", "over") or (peer is not None and peer.done):
+            return
+        if self.state.phase == "aborting":
+            return
+        self._fail(f"rank {rank} (pid {pid}) exited", rank, exitcode)
+
+    def _fail(self, reason: str, rank: int, exitcode: int) -> None:
+        if self.state.phase in ("aborting", "over"):
+            return
+        info = self.ranks[rank].info if rank in self.ranks else None
+        self.publish(
+            {
+                "type": "failure",
+                "time": self.state.sim_time,
+                "rank": rank,
+                "local_rank": info.local_rank if info else rank % self.config.nproc_per_node,
+                "node": info.node if info else rank // self.config.nproc_per_node,
+                "host": info.host if info else "",
+                "pid": info.pid if info else 0,
+                "exitcode": exitcode,
+                "signal": signal_name(exitcode),
+                "reason": reason,
+                "seq": 0,
+                "op": "ALLREDUCE",
+                "numel": 3,
+                "timeout_ms": int(self.config.collective_timeout_s * 1000),
+                "attempt": 0,
+                "max_restarts": self.config.max_restarts,
+            }
+        )
+        self.state.exit_code, self.state.exit_reason = 1, "failed"
+        self._abort()
+
+    def _abort(self) -> None:
+        """Kill every rank, show what rank 0 could not, and end the run."""
+        self.state.phase = "aborting"
+        self._to_agents(Kind.KILL, reason=self.state.exit_reason)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and not all(p.exited for p in self.ranks.values()):
+            if self.router.poll(50):
+                self._control()
+            self._reap_agents()
+            if not self._agents_alive():
+                break
+        self.outbox.append(self._summary())
+        self.show_locally(list(self.outbox))
+        self.outbox.clear()
+        self._to_agents(Kind.EXIT, code=self.state.exit_code)
+        self.state.phase = "over"
+
+    # ---- timers -------------------------------------------------------------------------
+    def _timers(self) -> None:
+        now = time.monotonic()
+        while self.signals:
+            signum = self.signals.pop(0)
+            self.request_stop(f"interrupted ({signal.Signals(signum).name})", EXIT_CODES[signum])
+        if self.state.phase == "over":
+            return
+        if self.deadline is not None and now >= self.deadline and self.state.phase == "training":
+            self.request_stop("exit-after-time", 0)
+        if now >= self._next_beat:
+            self._next_beat = now + HEARTBEAT_S
+            self._to_agents(Kind.HEARTBEAT, t=time.time())
+            self._to_ranks(Kind.HEARTBEAT, t=time.time())
+        self._reap_agents()
+        if self.state.phase == "finishing" and now > self._render_deadline:
+            self._release()
+            return
+        if self.state.phase in ("training", "stopping"):
+            timeout = self.config.heartbeat_timeout_s
+            for rank, peer in self.ranks.items():
+                if not peer.exited and not peer.done and now - peer.last_seen > timeout:
+                    self._fail(
+                        f"rank {rank} stopped answering for {now - peer.last_seen:.1f}s", rank, -9
+                    )
+                    return
+
+    def _reap_agents(self) -> None:
+        finished = reap(self.local_agent_pids)
+        for pid, code in finished.items():
+            self.local_agent_pids.remove(pid)
+            if self.state.phase not in ("over", "aborting", "finishing"):
+                node = next((n for n, a in self.agents.items() if a.pid == pid), -1)
+                rank = self.config.node_ranks(max(node, 0))[0]
+                self._fail(f"node agent {node} (pid {pid}) exited with {code}", rank, code)
+
+    def _agents_alive(self) -> bool:
+        return bool(self.local_agent_pids)
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + 2.0
+        while self.local_agent_pids and time.monotonic() < deadline:
+            for pid in reap(self.local_agent_pids):
+                self.local_agent_pids.remove(pid)
+            time.sleep(0.01)
+        terminate_all(self.local_agent_pids, grace_s=0.5)
+        self.router.close(0)
+        self.xpub.close(0)
+        self.ctx.term()

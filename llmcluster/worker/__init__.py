@@ -1,0 +1,1 @@
+"""The worker side: node agents that fork and supervise ranks, and the rank processes."""

@@ -1,0 +1,145 @@
+"""The node agent: forks this node's ranks, supervises them, reports every exit.
+
+Like torchrun's elastic agent, it owns its local worker group: it starts the
+ranks for an attempt when the coordinator says SPAWN, reports each rank's exit
+(code or signal) as it happens, terminates the group on KILL or EXIT, and kills
+its ranks and leaves by itself when the coordinator goes silent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import zmq
+
+from llmcluster.config import RunConfig
+from llmcluster.control.env import torchrun_env
+from llmcluster.wire import Kind, Message
+from llmcluster.worker.link import ControlLink, CoordinatorLost
+from llmcluster.worker.procs import fork_child, reap, terminate_all
+from llmcluster.worker.rank import Rank, RankSpec
+
+AGENT_SRC = -2
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """How to reach the coordinator and which node this agent plays."""
+
+    node: int  # -1: ask the coordinator to assign one
+    control: str
+    host: str
+    heartbeat_timeout_s: float = 3.0
+    tcp_host: str | None = None  # bind rank inboxes on this address too (multi-host)
+
+
+class NodeAgent:
+    """Owns one context, one control link and the node's rank processes."""
+
+    def __init__(self, spec: AgentSpec) -> None:
+        self.spec = spec
+        self.node = spec.node
+        self.config: RunConfig | None = None
+        self.publish = ""
+        self.children: dict[int, int] = {}  # pid -> global rank
+        self.work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-node-")
+        os.chmod(self.work_dir, 0o700)
+
+    def run(self) -> int:
+        """Serve until EXIT; returns the agent's exit code."""
+        ctx = zmq.Context()
+        link = ControlLink(
+            ctx,
+            endpoint=self.spec.control,
+            identity=f"agent-{self.spec.host}-{os.getpid()}".encode(),
+            run_id=None,
+            src=AGENT_SRC,
+            timeout_s=max(self.spec.heartbeat_timeout_s, 3.0),
+        )
+        try:
+            link.send(Kind.AGENT_JOIN, node=self.node, host=self.spec.host, pid=os.getpid())
+            while True:
+                for msg in link.wait(0.05):
+                    code = self._handle(link, msg)
+                    if code is not None:
+                        return code
+                for pid, exitcode in reap(list(self.children)).items():
+                    rank = self.children.pop(pid)
+                    link.send(Kind.AGENT_EXIT, rank=rank, pid=pid, exitcode=exitcode)
+        except CoordinatorLost as lost:
+            print(f"llmcluster node {self.node}: {lost}; stopping local ranks", file=sys.stderr)
+            return 1
+        finally:
+            terminate_all(list(self.children))
+            self.children.clear()
+            link.close()
+            ctx.term()
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _handle(self, link: ControlLink, msg: Message) -> int | None:
+        if msg.kind is Kind.AGENT_WELCOME:
+            self.config = RunConfig.from_wire(msg.body["config"])
+            self.node = int(msg.body["node"])
+            self.publish = str(msg.body.get("publish", ""))
+            link.run_id = msg.run_id
+        elif msg.kind is Kind.SPAWN and self.config is not None:
+            for pid, exitcode in terminate_all(list(self.children)).items():
+                link.send(Kind.AGENT_EXIT, rank=self.children[pid], pid=pid, exitcode=exitcode)
+            self.children.clear()
+            link.attempt = int(msg.body["attempt"])
+            self._spawn(msg, link.run_id or "")
+        elif msg.kind is Kind.KILL:
+            for pid, exitcode in terminate_all(list(self.children)).items():
+                link.send(Kind.AGENT_EXIT, rank=self.children[pid], pid=pid, exitcode=exitcode)
+            self.children.clear()
+        elif msg.kind is Kind.EXIT:
+            return 0
+        return None
+
+    def _spawn(self, msg: Message, run_id: str) -> None:
+        config = self.config
+        if config is None:
+            return
+        local = config.node_ranks(self.node)
+        for local_rank, rank in enumerate(local):
+            inbox = f"ipc://{self.work_dir}/r{rank}"
+            if self.spec.tcp_host:
+                inbox = f"tcp://{self.spec.tcp_host}:0"
+            spec = RankSpec(
+                config=config,
+                run_id=run_id,
+                rank=rank,
+                local_rank=local_rank,
+                node=self.node,
+                host=self.spec.host,
+                attempt=int(msg.body["attempt"]),
+                start_step=int(msg.body["start_step"]),
+                control=self.spec.control,
+                publish=self.publish,
+                inbox=inbox,
+                speed=float(msg.body["speed"]),
+            )
+            env = torchrun_env(
+                rank=rank,
+                local_rank=local_rank,
+                world_size=config.ranks,
+                local_world_size=len(local),
+                group_rank=self.node,
+                master_addr=config.master_addr,
+                master_port=config.master_port,
+                run_id=run_id,
+                restart_count=spec.attempt,
+                max_restarts=config.max_restarts,
+            )
+            pid = fork_child(lambda s=spec: Rank(s).run(), name=f"llmc-rank{rank}", env=env)
+            self.children[pid] = rank
+
+
+def local_host_name() -> str:
+    """This machine's short host name, as NCCL and torchrun print it."""
+    return socket.gethostname().split(".")[0] or "localhost"

@@ -1,0 +1,99 @@
+"""ControlLink: a process's DEALER connection to the coordinator, with heartbeats.
+
+Used by ranks and node agents alike. It sends heartbeats every ``HEARTBEAT_S``,
+remembers when the coordinator was last heard from, and raises
+``CoordinatorLost`` once it has been silent for ``timeout_s`` (the coordinator
+died or the network is cut). Malformed or foreign messages are dropped and
+counted, never raised.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+
+from llmcluster.wire import MAX_CONTROL_BYTES, DecodeError, Kind, Message, decode, encode
+
+HEARTBEAT_S = 0.5
+
+
+class CoordinatorLost(RuntimeError):
+    """The coordinator has not been heard from within the heartbeat timeout."""
+
+
+class ControlLink:
+    """One owner thread; ``poll`` returns decoded messages of this run."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        *,
+        endpoint: str,
+        identity: bytes,
+        run_id: str | None,
+        src: int,
+        timeout_s: float,
+    ) -> None:
+        self.run_id, self.src, self.timeout_s = run_id, src, timeout_s
+        self.attempt = 0
+        self.dropped = 0
+        self.socket = ctx.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, identity)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+        self.socket.setsockopt(zmq.LINGER, 2000)
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 20)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.connect(endpoint)
+        self.last_heard = time.monotonic()
+        self._next_beat = 0.0
+
+    def send(self, kind: Kind, **body: Any) -> None:
+        """Send one message to the coordinator."""
+        msg = Message(kind, self.run_id or "", self.attempt, self.src, body)
+        self.socket.send_multipart(encode(msg))
+
+    def receive_ready(self) -> list[Message]:
+        """Decode every message waiting on the socket (non-blocking)."""
+        out: list[Message] = []
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            try:
+                msg = decode(frames, run_id=self.run_id, max_buffers=0)
+            except DecodeError:
+                self.dropped += 1
+                continue
+            self.last_heard = time.monotonic()
+            if msg.kind is not Kind.HEARTBEAT:
+                out.append(msg)
+
+    def tick(self) -> None:
+        """Send a heartbeat when due; raise CoordinatorLost after ``timeout_s`` of silence."""
+        now = time.monotonic()
+        if now >= self._next_beat and self.run_id is not None:
+            self.send(Kind.HEARTBEAT, t=time.time())
+            self._next_beat = now + HEARTBEAT_S
+        if now - self.last_heard > self.timeout_s:
+            raise CoordinatorLost(f"no word from the coordinator for {now - self.last_heard:.1f}s")
+
+    def wait(self, timeout_s: float) -> list[Message]:
+        """Poll up to ``timeout_s`` (heartbeating) and return what arrived."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.tick()
+            remaining = deadline - time.monotonic()
+            if self.socket.poll(max(0, min(remaining, HEARTBEAT_S)) * 1000):
+                messages = self.receive_ready()
+                if messages:
+                    return messages
+            if remaining <= 0:
+                return []
+
+    def close(self) -> None:
+        """Close the socket; queued messages get up to LINGER to leave."""
+        self.socket.close()

@@ -1,0 +1,147 @@
+"""Owned child processes: fork with a parent-death signal, a name in ``ps``, and reaping.
+
+Every process of a run is created here. A child gets ``PR_SET_PDEATHSIG`` (SIGKILL
+when its parent dies), ignores terminal SIGINT (the coordinator decides how a run
+stops), closes the file descriptors it inherited (ZeroMQ sockets of its parent),
+and calls ``os._exit`` so no parent finaliser runs twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+
+_PR_SET_NAME = 15
+_PR_SET_PDEATHSIG = 1
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - non-glibc platforms
+    _libc = None
+
+
+def set_process_name(name: str) -> None:
+    """Set the name ``ps -e``/``top`` show (Linux ``comm``, 15 bytes at most)."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _close_inherited_fds(keep: Iterable[int]) -> None:
+    keep_set = {0, 1, 2, *keep}
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd not in keep_set:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def fork_child(
+    target: Callable[[], int],
+    *,
+    name: str,
+    env: dict[str, str] | None = None,
+    keep_fds: Iterable[int] = (),
+) -> int:
+    """Fork a child that runs ``target()`` and exits with its return code; return its pid."""
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        _die_with_parent(parent)
+        _close_inherited_fds(keep_fds)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        set_process_name(name)
+        if env:
+            os.environ.update(env)
+        code = target()
+    except BaseException:  # report, never let a child return into the parent's code
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def exit_code_of(status: int) -> int:
+    """torch's convention: exit code, or minus the signal number for a killed process."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def signal_name(exitcode: int) -> str | None:
+    """``SIGKILL`` for -9, None for a normal exit code."""
+    if exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def reap(pids: Iterable[int]) -> dict[int, int]:
+    """Collect whichever of ``pids`` have exited, without blocking: pid -> exit code."""
+    done: dict[int, int] = {}
+    for pid in pids:
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done[pid] = 0
+            continue
+        if got:
+            done[pid] = exit_code_of(status)
+    return done
+
+
+def terminate_all(pids: Iterable[int], *, grace_s: float = 1.0) -> dict[int, int]:
+    """SIGTERM, wait up to ``grace_s``, SIGKILL the rest, and reap every one."""
+    alive = set(pids)
+    for pid in alive:
+        _signal(pid, signal.SIGTERM)
+    codes: dict[int, int] = {}
+    deadline = time.monotonic() + grace_s
+    while alive and time.monotonic() < deadline:
+        finished = reap(alive)
+        codes.update(finished)
+        alive -= finished.keys()
+        if alive:
+            time.sleep(0.01)
+    for pid in alive:
+        _signal(pid, signal.SIGKILL)
+    for pid in alive:
+        try:
+            _, status = os.waitpid(pid, 0)
+            codes[pid] = exit_code_of(status)
+        except ChildProcessError:
+            codes[pid] = -signal.SIGKILL
+    return codes
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)

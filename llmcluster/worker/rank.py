@@ -1,0 +1,292 @@
+"""A rank: one process playing one GPU.
+
+Life of a rank: join the coordinator, receive the address book, pass the first
+barrier, then run the training loop in lock-step with every other rank. Each
+step it computes its local loss from the simulation, sleeps the scaled compute
+time, and allreduces (loss, tokens, grad-norm²) so that every rank holds the
+bit-identical global loss; a second allreduce (max) agrees on the step time and
+on whether to stop. It reports its per-step stats to the coordinator. Rank 0
+also hosts the display thread that renders the coordinator's records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from llmcluster import sim
+from llmcluster.comm import CollectiveTimeout, Communicator, PeerMesh
+from llmcluster.comm.collectives import Topology
+from llmcluster.config import RunConfig
+from llmcluster.control.env import TORCHRUN_VARS
+from llmcluster.wire import Kind, Message
+from llmcluster.worker.bench import print_bench, rank_bench
+from llmcluster.worker.link import ControlLink, CoordinatorLost
+
+RENDEZVOUS_TIMEOUT_S = 60.0
+
+
+class RankExit(Exception):
+    """The coordinator told this rank to leave (code) or the run is over."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """Everything a rank process is told by its node agent."""
+
+    config: RunConfig
+    run_id: str
+    rank: int
+    local_rank: int
+    node: int
+    host: str
+    attempt: int
+    start_step: int
+    control: str  # coordinator's control endpoint
+    publish: str  # coordinator's record endpoint (rank 0 subscribes)
+    inbox: str  # this rank's peer endpoint (ipc:// or tcp://host:0)
+    speed: float  # simulated seconds per wall second
+
+
+class Rank:
+    """The rank's main thread: owns the control link and the peer mesh."""
+
+    def __init__(self, spec: RankSpec) -> None:
+        self.spec = spec
+        self.stop_requested = False
+        self.ctx = zmq.Context()
+        self.link = ControlLink(
+            self.ctx,
+            endpoint=spec.control,
+            identity=f"r{spec.rank}".encode(),
+            run_id=spec.run_id,
+            src=spec.rank,
+            timeout_s=spec.config.heartbeat_timeout_s,
+        )
+        self.link.attempt = spec.attempt
+        self.mesh = PeerMesh(
+            self.ctx,
+            rank=spec.rank,
+            run_id=spec.run_id,
+            bind=spec.inbox,
+            timeout_s=spec.config.collective_timeout_s,
+            service=self._service,
+            watched=[self.link.socket],
+        )
+        self.mesh.reset(spec.attempt)
+        self.display: DisplayThread | None = None
+
+    # ---- control --------------------------------------------------------------------------
+    def _handle(self, messages: list[Message]) -> None:
+        for msg in messages:
+            if msg.kind is Kind.STOP:
+                self.stop_requested = True
+            elif msg.kind is Kind.EXIT:
+                raise RankExit(int(msg.body["code"]))
+
+    def _service(self, events: dict[zmq.Socket, int]) -> None:
+        if self.link.socket in events:
+            self._handle(self.link.receive_ready())
+        self.link.tick()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` of wall time, serving control; a stop request cuts it short."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_requested:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._handle(self.link.wait(remaining))
+
+    def _await(self, kind: Kind, timeout_s: float) -> Message:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for msg in self.link.wait(deadline - time.monotonic()):
+                if msg.kind is kind:
+                    return msg
+                self._handle([msg])
+        raise CoordinatorLost(f"no {kind.value} from the coordinator in {timeout_s:.0f}s")
+
+    # ---- life -----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run the rank to completion; returns the process exit code."""
+        spec = self.spec
+        try:
+            bench = spec.config.extra.get("bench")
+            if spec.rank == 0 and not bench:
+                self.display = DisplayThread(self.ctx, spec)
+                self.display.start()
+                self.display.subscribed.wait(10)
+            self.link.send(
+                Kind.JOIN,
+                rank=spec.rank,
+                local_rank=spec.local_rank,
+                node=spec.node,
+                pid=os.getpid(),
+                endpoint=self.mesh.endpoint,
+                host=spec.host,
+                env={name: os.environ.get(name, "") for name in TORCHRUN_VARS},
+            )
+            book = self._await(Kind.BOOK, RENDEZVOUS_TIMEOUT_S)
+            self.mesh.set_peers([str(e) for e in book.body["endpoints"]])
+            topology = Topology(tuple(int(n) for n in book.body["nodes"]))
+            comm = Communicator(self.mesh, rank=spec.rank, topology=topology)
+            plan = sim.make_plan(
+                sim.load_catalog(),
+                seed=spec.config.seed,
+                world_size=spec.config.ranks,
+                nproc_per_node=spec.config.nproc_per_node,
+                steps=spec.config.steps,
+                model=spec.config.model,
+                gpu=spec.config.gpu,
+                dataset=spec.config.dataset,
+            )
+            comm.barrier()
+            self.link.send(Kind.READY, rank=spec.rank)
+            if bench:
+                rows = rank_bench(comm, bench, spec.config.algorithm)
+                self.link.send(Kind.DONE, rank=spec.rank, step=0)
+                if spec.rank == 0:
+                    print_bench(
+                        rows,
+                        world_size=spec.config.ranks,
+                        algorithm=spec.config.algorithm,
+                        as_json=bool(bench["json"]),
+                    )
+                    self.link.send(Kind.RENDERED, rank=spec.rank)
+            else:
+                last = self._train(plan, comm)
+                self.link.send(Kind.DONE, rank=spec.rank, step=last)
+                if self.display is not None:
+                    self._finish_display()
+            self._await(Kind.EXIT, 3600)
+            return 0
+        except RankExit as leave:
+            return leave.code
+        except CollectiveTimeout as timeout:
+            self._report_failure(f"watchdog: {timeout}", 1)
+            return 1
+        except CoordinatorLost as lost:
+            print(f"[rank{spec.rank}]: llmcluster: {lost}; exiting", flush=True)
+            return 1
+        finally:
+            self._close()
+
+    def _train(self, plan: sim.RunPlan, comm: Communicator) -> int:
+        spec, config = self.spec, self.spec.config
+        state = sim.init_rank_state(plan, spec.rank)
+        step = spec.start_step - 1
+        for step in range(spec.start_step, plan.total_steps + 1):
+            work = sim.rank_step(plan, state, step, attempt=spec.attempt)
+            self._sleep(work.compute_s / spec.speed)
+            arrive = time.time()
+            totals = comm.allreduce(
+                np.array([work.local_loss * work.local_tokens, work.local_tokens, work.grad_sq]),
+                "sum",
+                algorithm=config.algorithm,
+            )
+            agreed = comm.allreduce(
+                np.array([work.compute_s, 1.0 if self.stop_requested else 0.0]),
+                "max",
+                algorithm=config.algorithm,
+            )
+            done = time.time()
+            loss = float(totals[0] / totals[1])
+            comm_s = sim.comm_time_s(plan, plan.grad_bucket_bytes, config.algorithm)
+            step_time_s = float(agreed[0]) + comm_s
+            state, sample = sim.rank_telemetry(
+                plan, state, step, compute_s=work.compute_s, step_time_s=step_time_s
+            )
+            self.link.send(
+                Kind.STATS,
+                rank=spec.rank,
+                step=step,
+                stats={
+                    "loss": loss,
+                    "local_loss": work.local_loss,
+                    "tokens": int(totals[1]),
+                    "grad_norm": math.sqrt(float(totals[2])),
+                    "compute_s": work.compute_s,
+                    "step_time_s": step_time_s,
+                    "comm_s": comm_s,
+                    "arrive": arrive,
+                    "wait_ms": (done - arrive) * 1000.0,
+                    "util": sample.util_pct,
+                    "temp_c": sample.temp_c,
+                    "power_w": sample.power_w,
+                    "mem_used_gb": sample.mem_used_gb,
+                    "mem_total_gb": sample.mem_total_gb,
+                    "sm_clock_mhz": sample.sm_clock_mhz,
+                    "throttled": sample.throttled,
+                    "seq": comm.seq,
+                },
+            )
+            if agreed[1] > 0:
+                break
+        return step
+
+    def _finish_display(self) -> None:
+        display = self.display
+        if display is None:
+            return
+        while display.is_alive():
+            display.join(0.1)
+            self._handle(self.link.receive_ready())
+            self.link.tick()
+        self.link.send(Kind.RENDERED, rank=self.spec.rank)
+
+    def _report_failure(self, reason: str, exitcode: int) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.link.send(Kind.FAILURE, rank=self.spec.rank, reason=reason, exitcode=exitcode)
+
+    def _close(self) -> None:
+        if self.display is not None:
+            self.display.stop()
+        self.mesh.close()
+        self.link.close()
+        self.ctx.term()
+
+
+class DisplayThread(threading.Thread):
+    """Rank 0's renderer: subscribes to the coordinator's records and shows them."""
+
+    def __init__(self, ctx: zmq.Context, spec: RankSpec) -> None:
+        super().__init__(name="display", daemon=True)
+        from llmcluster.render.sinks import make_display  # rich is only needed on rank 0
+
+        self.ctx, self.spec = ctx, spec
+        self.subscribed = threading.Event()
+        self._stopping = threading.Event()
+        self._display = make_display(spec.config)
+
+    def run(self) -> None:
+        from llmcluster.render.sinks import receive_records
+
+        try:
+            receive_records(
+                self.ctx,
+                self.spec.publish,
+                self.spec.run_id,
+                self._display,
+                subscribed=self.subscribed,
+                stopping=self._stopping,
+            )
+        finally:
+            self._display.close()
+
+    def stop(self) -> None:
+        """Ask the thread to finish and wait for the terminal to be restored."""
+        self._stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(5)

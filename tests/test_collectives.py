@@ -1,0 +1,165 @@
+"""Collectives over real processes: every rank gets the bit-identical, correct result.
+
+Each test forks N rank processes that talk over ipc:// PeerMesh sockets (no
+coordinator), runs a table of collectives, and saves every result. The test
+then checks bit equality across ranks and agreement with a numpy reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from llmcluster.comm import Communicator, PeerMesh
+from llmcluster.comm.collectives import Topology
+from llmcluster.worker.procs import fork_child, terminate_all
+
+SIZES = (0, 1, 3, 7, 1000, 4097)
+OPS = ("sum", "mean", "max", "min")
+
+
+def rank_input(rank: int, size: int, dtype: str = "float64") -> np.ndarray:
+    rng = np.random.default_rng([1234, rank, size])
+    if dtype == "int64":
+        return rng.integers(-1000, 1000, size=size, dtype=np.int64)
+    return rng.standard_normal(size).astype(dtype)
+
+
+def cases(world: int, algorithms: tuple[str, ...], sizes: tuple[int, ...]) -> list[tuple]:
+    out: list[tuple] = []
+    for algorithm in algorithms:
+        for size in sizes:
+            for op in OPS:
+                out.append(("allreduce", algorithm, op, size, "float64"))
+        out.append(("allreduce", algorithm, "sum", 257, "int64"))
+        out.append(("allreduce", algorithm, "sum", 15, "float32"))
+    out.append(("broadcast", "tree", "root0", 33, "float64"))
+    out.append(("broadcast", "tree", f"root{world - 1}", 33, "float64"))
+    out.append(("gather", "flat", "root0", 5, "float64"))
+    out.append(("barrier", "tree", "", 0, ""))
+    return out
+
+
+def _rank_main(rank: int, world: int, nproc: int, folder: str, table: list[tuple]) -> int:
+    ctx = zmq.Context()
+    mesh = PeerMesh(
+        ctx,
+        rank=rank,
+        run_id="test",
+        bind=f"ipc://{folder}/r{rank}",
+        timeout_s=60,
+        service=lambda events: None,
+        watched=[],
+    )
+    mesh.set_peers([f"ipc://{folder}/r{r}" for r in range(world)])
+    comm = Communicator(mesh, rank=rank, topology=Topology.uniform(world, nproc))
+    results = {}
+    for i, (kind, algorithm, op, size, dtype) in enumerate(table):
+        if kind == "allreduce":
+            data = rank_input(rank, size, dtype)
+            if dtype == "float32":
+                data = data.reshape(3, 5)
+            results[f"c{i}"] = comm.allreduce(data, op, algorithm=algorithm)
+        elif kind == "broadcast":
+            root = int(op[4:])
+            data = rank_input(root, size) if rank == root else None
+            results[f"c{i}"] = comm.broadcast(data, root=root)
+        elif kind == "gather":
+            got = comm.gather(rank_input(rank, size), root=0)
+            if got is not None:
+                results[f"c{i}"] = np.stack(got)
+        else:
+            comm.barrier()
+    np.savez(f"{folder}/out{rank}.npz", **results)
+    comm.barrier()  # nobody closes its inbox while a peer may still send to it
+    mesh.close()
+    ctx.term()
+    return 0
+
+
+def run_ranks(world: int, nproc: int, table: list[tuple]) -> list[dict[str, np.ndarray]]:
+    with tempfile.TemporaryDirectory(prefix="llmc-test-") as folder:
+        pids = [
+            fork_child(
+                functools.partial(_rank_main, r, world, nproc, folder, table), name=f"llmc-t{r}"
+            )
+            for r in range(world)
+        ]
+        deadline = time.monotonic() + 90
+        codes: dict[int, int] = {}
+        try:
+            while len(codes) < world and time.monotonic() < deadline:
+                pid, status = os.waitpid(-1, 0)
+                if pid in pids:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+        finally:
+            terminate_all([p for p in pids if p not in codes])
+        assert sorted(codes.values()) == [0] * world, codes
+        loaded = []
+        for r in range(world):
+            with np.load(f"{folder}/out{r}.npz") as data:
+                loaded.append({key: data[key] for key in data.files})
+        return loaded
+
+
+def reference(world: int, op: str, size: int, dtype: str) -> np.ndarray:
+    inputs = [rank_input(r, size, dtype) for r in range(world)]
+    if dtype == "float32":
+        inputs = [x.reshape(3, 5) for x in inputs]
+    if op in ("sum", "mean"):
+        total = functools.reduce(np.add, inputs)
+        return total / world if op == "mean" else total
+    return functools.reduce(np.maximum if op == "max" else np.minimum, inputs)
+
+
+def check(world: int, nproc: int, table: list[tuple], outputs: list[dict[str, np.ndarray]]) -> None:
+    for i, (kind, _algorithm, op, size, dtype) in enumerate(table):
+        key = f"c{i}"
+        if kind == "barrier":
+            continue
+        if kind == "gather":
+            expected = np.stack([rank_input(r, size) for r in range(world)])
+            np.testing.assert_array_equal(outputs[0][key], expected)
+            continue
+        first = outputs[0][key]
+        for r in range(1, world):  # bit-identical on every rank
+            assert outputs[r][key].tobytes() == first.tobytes(), (table[i], r)
+            assert outputs[r][key].shape == first.shape
+        if kind == "broadcast":
+            expected = rank_input(int(op[4:]), size)
+            assert first.tobytes() == expected.tobytes()
+        elif dtype == "int64" or op in ("max", "min"):
+            np.testing.assert_array_equal(first, reference(world, op, size, dtype))
+        else:
+            np.testing.assert_allclose(
+                first, reference(world, op, size, dtype), rtol=1e-5, atol=1e-9
+            )
+
+
+@pytest.mark.parametrize(
+    ("world", "nproc"),
+    [(1, 8), (2, 8), (3, 2), (5, 2), (8, 4), (8, 8)],
+)
+def test_collectives_bit_identical_and_correct(world: int, nproc: int, clean_table: None) -> None:
+    table = cases(world, ("tree", "ring", "hierarchical"), SIZES)
+    check(world, nproc, table, run_ranks(world, nproc, table))
+
+
+@pytest.mark.timeout(180)
+def test_collectives_at_64_ranks(clean_table: None) -> None:
+    table = cases(64, ("tree", "ring", "hierarchical"), (1, 7, 4097))
+    check(64, 8, table, run_ranks(64, 8, table))
+
+
+def test_large_buffer_ring_allreduce(clean_table: None) -> None:
+    table = [
+        ("allreduce", "ring", "sum", 1 << 20, "float64"),
+        ("allreduce", "hierarchical", "sum", 1 << 18, "float64"),
+    ]
+    check(4, 2, table, run_ranks(4, 2, table))

@@ -1,0 +1,72 @@
+"""The codec accepts exactly the messages of this run and rejects everything else cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import msgpack
+import pytest
+
+from llmcluster.wire import DecodeError, Kind, Message, decode, encode
+from llmcluster.wire.codec import HEADER
+
+
+def _msg(kind: Kind = Kind.READY, **body: object) -> Message:
+    return Message(kind, "run1", 0, 3, body or {"rank": 3})
+
+
+def test_roundtrip_keeps_every_field() -> None:
+    msg = _msg(Kind.JOIN, rank=3, local_rank=3, node=0, pid=42, endpoint="ipc:///x", host="h")
+    got = decode(encode(msg), run_id="run1")
+    assert (got.kind, got.run_id, got.attempt, got.src) == (Kind.JOIN, "run1", 0, 3)
+    assert got.body == msg.body
+
+
+def test_foreign_run_is_rejected() -> None:
+    with pytest.raises(DecodeError, match="another run"):
+        decode(encode(_msg()), run_id="other")
+
+
+def test_wrong_version_header_is_rejected() -> None:
+    frames = encode(_msg())
+    frames[0] = b"LLMC\x02"
+    with pytest.raises(DecodeError, match="header"):
+        decode(frames, run_id="run1")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"rank": "3"}, {"rank": -1}, {"rank": True}, {}, {"rank": 3.5}],
+)
+def test_schema_violations_are_rejected(body: dict[str, object]) -> None:
+    head = {"k": "ready", "run": "run1", "att": 0, "src": 1, **body}
+    with pytest.raises(DecodeError):
+        decode([HEADER, msgpack.packb(head)], run_id="run1")
+
+
+def test_oversized_body_and_extra_frames_are_rejected() -> None:
+    frames = encode(_msg())
+    with pytest.raises(DecodeError):
+        decode(frames, run_id="run1", max_body=4)
+    with pytest.raises(DecodeError, match="frame count"):
+        decode([*frames, b"x", b"y"], run_id="run1")
+
+
+def test_random_garbage_never_raises_anything_but_decode_error() -> None:
+    rng = random.Random(7)
+    valid = encode(_msg())
+    for _ in range(5000):
+        choice = rng.random()
+        if choice < 0.3:
+            frames = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 40)))]
+        elif choice < 0.6:
+            body = bytearray(valid[1])
+            for _ in range(rng.randint(1, 4)):
+                body[rng.randrange(len(body))] = rng.getrandbits(8)
+            frames = [HEADER, bytes(body[: rng.randint(0, len(body))])]
+        else:
+            obj = rng.choice([[], 1, "x", {"k": 5}, {"k": "stats", "run": "run1"}, None, 2.5])
+            frames = [HEADER, msgpack.packb(obj)]
+        with contextlib.suppress(DecodeError):
+            decode(frames, run_id="run1")
