@@ -54,8 +54,7 @@ def _rank_main(rank: int, world: int, nproc: int, folder: str, table: list[tuple
         run_id="test",
         bind=f"ipc://{folder}/r{rank}",
         timeout_s=60,
-        service=lambda events: None,
-        watched=[],
+        service=lambda: None,
     )
     mesh.set_peers([f"ipc://{folder}/r{r}" for r in range(world)])
     comm = Communicator(mesh, rank=rank, topology=Topology.uniform(world, nproc))

@@ -32,7 +32,7 @@ def test_foreign_run_is_rejected() -> None:
 
 def test_wrong_version_header_is_rejected() -> None:
     frames = encode(_msg())
-    frames[0] = b"LLMC\x02"
+    frames[0] = b"LLMC\x02" + frames[0][5:]
     with pytest.raises(DecodeError, match="header"):
         decode(frames, run_id="run1")
 
@@ -44,7 +44,7 @@ def test_wrong_version_header_is_rejected() -> None:
 def test_schema_violations_are_rejected(body: dict[str, object]) -> None:
     head = {"k": "ready", "run": "run1", "att": 0, "src": 1, **body}
     with pytest.raises(DecodeError):
-        decode([HEADER, msgpack.packb(head)], run_id="run1")
+        decode([HEADER + msgpack.packb(head)], run_id="run1")
 
 
 def test_oversized_body_and_extra_frames_are_rejected() -> None:
@@ -63,12 +63,12 @@ def test_random_garbage_never_raises_anything_but_decode_error() -> None:
         if choice < 0.3:
             frames = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 40)))]
         elif choice < 0.6:
-            body = bytearray(valid[1])
+            body = bytearray(valid[0][5:])
             for _ in range(rng.randint(1, 4)):
                 body[rng.randrange(len(body))] = rng.getrandbits(8)
-            frames = [HEADER, bytes(body[: rng.randint(0, len(body))])]
+            frames = [HEADER + bytes(body[: rng.randint(0, len(body))])]
         else:
             obj = rng.choice([[], 1, "x", {"k": 5}, {"k": "stats", "run": "run1"}, None, 2.5])
-            frames = [HEADER, msgpack.packb(obj)]
+            frames = [HEADER + msgpack.packb(obj)]
         with contextlib.suppress(DecodeError):
             decode(frames, run_id="run1")

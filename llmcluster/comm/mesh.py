@@ -4,24 +4,29 @@ Each rank binds one PULL "inbox"; it connects a PUSH socket to a peer's inbox th
 first time it sends there. Messages are tagged (src, seq, phase) so that the
 collectives can ask for exactly the message they need while others wait in a
 pending table. While a receive waits, ``service`` is called with the other
-sockets that became readable (the rank's control socket), at least every
-``slice_ms``; it may raise to abandon the collective (abort, dead coordinator).
+``service`` is called at least every ``SERVICE_S`` (the rank serves its control
+socket there); it may raise to abandon the collective (abort, dead coordinator).
+The hot path is lean on purpose: one header frame (bytes) plus one data frame,
+received zero-copy only when it is large.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from typing import Any
 
+import msgpack
 import numpy as np
 import zmq
 
-from llmcluster.wire import DecodeError, Kind, Message, decode, encode
+from llmcluster.wire import DecodeError, Kind
+from llmcluster.wire.codec import HEADER, decode_head
 from llmcluster.wire.messages import MAX_PEER_BYTES
 
-ZERO_COPY_BYTES = 64 * 1024  # larger buffers are sent without copying (and tracked)
-SLICE_MS = 100
+ZERO_COPY_BYTES = 64 * 1024  # larger buffers are sent and received without copying
+SERVICE_S = 0.05  # control messages are served at least this often while a rank waits
+POLL_MS = 50
 
 
 class CollectiveTimeout(RuntimeError):
@@ -32,7 +37,7 @@ class CollectiveTimeout(RuntimeError):
         self.src, self.seq, self.waited_s = src, seq, waited_s
 
 
-Service = Callable[[dict[zmq.Socket, int]], None]
+Service = Callable[[], None]
 
 
 class PeerMesh:
@@ -47,7 +52,6 @@ class PeerMesh:
         bind: str,
         timeout_s: float,
         service: Service,
-        watched: list[zmq.Socket],
     ) -> None:
         self.rank, self.run_id, self.timeout_s = rank, run_id, timeout_s
         self.attempt = 0
@@ -64,10 +68,7 @@ class PeerMesh:
         else:
             self._inbox.bind(bind)
             self.endpoint = bind
-        self._poller = zmq.Poller()
-        self._poller.register(self._inbox, zmq.POLLIN)
-        for sock in watched:
-            self._poller.register(sock, zmq.POLLIN)
+        self._next_service = 0.0
         self._peers: list[str] = []
         self._out: dict[int, zmq.Socket] = {}
         self._pending: dict[tuple[int, int, int], np.ndarray] = {}
@@ -90,20 +91,22 @@ class PeerMesh:
     def send(self, dst: int, seq: int, phase: int, array: np.ndarray) -> None:
         """Queue ``array`` for ``dst``; large arrays are sent zero-copy and tracked."""
         data = np.ascontiguousarray(array)
-        msg = Message(
-            Kind.COLL,
-            self.run_id,
-            self.attempt,
-            self.rank,
-            {"seq": seq, "phase": phase, "dtype": data.dtype.str, "shape": list(data.shape)},
-            [memoryview(data).cast("B")],
-        )
-        frames = encode(msg)
+        head = {
+            "k": "coll",
+            "run": self.run_id,
+            "att": self.attempt,
+            "src": self.rank,
+            "seq": seq,
+            "phase": phase,
+            "dtype": data.dtype.str,
+            "shape": data.shape,
+        }
+        sock = self._socket_to(dst)
+        sock.send(HEADER + msgpack.packb(head), zmq.SNDMORE)
         if data.nbytes >= ZERO_COPY_BYTES:
-            tracker = self._socket_to(dst).send_multipart(frames, copy=False, track=True)
-            self._trackers.append(tracker)
+            self._trackers.append(sock.send(data, copy=False, track=True))
         else:
-            self._socket_to(dst).send_multipart(frames)
+            sock.send(data.tobytes())
 
     def flush(self) -> None:
         """Block until ZeroMQ no longer needs any zero-copy buffer handed to ``send``."""
@@ -119,39 +122,54 @@ class PeerMesh:
             return found
         started = time.monotonic()
         while True:
-            events = dict(self._poller.poll(SLICE_MS))
-            if self._inbox in events:
-                self._drain()
-                found = self._pending.pop(key, None)
-                if found is not None:
-                    return found
-            self._service(events)
-            waited = time.monotonic() - started
-            if waited > self.timeout_s:
-                raise CollectiveTimeout(src, seq, waited)
+            self._drain()
+            found = self._pending.pop(key, None)
+            if found is not None:
+                return found
+            now = time.monotonic()
+            if now >= self._next_service:
+                self._service()
+                self._next_service = now + SERVICE_S
+            if now - started > self.timeout_s:
+                raise CollectiveTimeout(src, seq, now - started)
+            self._inbox.poll(POLL_MS)
 
     def _drain(self) -> None:
-        while True:
+        inbox = self._inbox
+        while inbox.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            first = inbox.recv()
             try:
-                frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._accept(frames)
+                key, dtype, shape = self._describe(first)
+            except (DecodeError, TypeError, ValueError, KeyError):
+                self.dropped += 1
+                key = None
+            rest = []
+            while inbox.getsockopt(zmq.RCVMORE):
+                big = key is not None and dtype.itemsize * math.prod(shape) >= ZERO_COPY_BYTES
+                rest.append(inbox.recv(copy=not big))
+            if key is None:
+                continue
+            if len(rest) != 1:
+                self.dropped += 1
+                continue
+            buffer = rest[0].buffer if isinstance(rest[0], zmq.Frame) else rest[0]
+            try:
+                self._pending[key] = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+            except ValueError:  # the data does not match its description
+                self.dropped += 1
 
-    def _accept(self, frames: list[Any]) -> None:
-        try:
-            msg = decode(frames, run_id=self.run_id, max_body=4096)
-            if msg.kind is not Kind.COLL or len(msg.buffers) != 1 or msg.attempt != self.attempt:
-                raise DecodeError("not a collective message of this attempt")
-            dtype = np.dtype(msg.body["dtype"])
-            shape = tuple(int(x) for x in msg.body["shape"])
-            if dtype.hasobject or any(x < 0 for x in shape):
-                raise DecodeError("bad array description")
-            array = np.frombuffer(msg.buffers[0].buffer, dtype=dtype).reshape(shape)
-        except (DecodeError, TypeError, ValueError):
-            self.dropped += 1
-            return
-        self._pending[(msg.src, msg.body["seq"], msg.body["phase"])] = array
+    def _describe(self, first: bytes) -> tuple[tuple[int, int, int], np.dtype, tuple[int, ...]]:
+        head = decode_head(first, run_id=self.run_id, max_body=4096)
+        if head["k"] is not Kind.COLL or head["att"] != self.attempt:
+            raise DecodeError("not a collective message of this attempt")
+        seq, phase = head["seq"], head["phase"]
+        dtype = np.dtype(head["dtype"])
+        shape = tuple(int(x) for x in head["shape"])
+        if type(seq) is not int or type(phase) is not int or dtype.hasobject:
+            raise DecodeError("bad collective header")
+        if any(x < 0 for x in shape) or len(shape) > 8:
+            raise DecodeError("bad array shape")
+        return (head["src"], seq, phase), dtype, shape
 
     def reset(self, attempt: int) -> None:
         """Forget pending messages of an earlier attempt."""

@@ -2,9 +2,9 @@
 
 Frame layout (one ZeroMQ multipart message)::
 
-    [0] MAGIC + version byte          b"LLMC\\x01"
-    [1] msgpack map           {"k": kind, "run": run_id, "att": attempt, "src": sender, ...}
-    [2:] raw buffers                  numpy array bytes (peer collectives only)
+    [0] MAGIC + version byte, then a msgpack map
+        b"LLMC\\x01" + {"k": kind, "run": run_id, "att": attempt, "src": sender, ...body}
+    [1:] raw buffers: numpy array bytes (peer collectives only)
 
 ``decode`` checks frame count, sizes, the header, the run id and the body's
 schema before anything uses the message; every failure raises ``DecodeError``
@@ -30,7 +30,6 @@ from llmcluster.wire.messages import (
 HEADER = MAGIC + bytes([PROTOCOL_VERSION])
 _RESERVED = ("k", "run", "att", "src")
 _KINDS = {kind.value: kind for kind in Kind}
-_packer = msgpack.Packer(use_bin_type=True)
 
 
 class DecodeError(ValueError):
@@ -53,7 +52,7 @@ def encode(msg: Message) -> list[Any]:
     """Return the frames for ``msg`` (buffers are passed through without copying)."""
     head = {"k": msg.kind.value, "run": msg.run_id, "att": msg.attempt, "src": msg.src}
     head.update(msg.body)
-    return [HEADER, _packer.pack(head), *msg.buffers]
+    return [HEADER + msgpack.packb(head, use_bin_type=True), *msg.buffers]
 
 
 def decode(
@@ -67,15 +66,28 @@ def decode(
 
     ``run_id=None`` accepts any run (used by an agent before it has been welcomed).
     """
-    if len(frames) < 2 or len(frames) > 2 + max_buffers:
+    if not 1 <= len(frames) <= 1 + max_buffers:
         raise DecodeError(f"bad frame count {len(frames)}")
-    if bytes(frames[0]) != HEADER:
+    head = decode_head(bytes(frames[0]), run_id=run_id, max_body=max_body)
+    kind = head["k"]
+    _check_schema(kind, head)
+    body = {key: value for key, value in head.items() if key not in _RESERVED}
+    return Message(kind, head["run"], head["att"], head["src"], body, list(frames[1:]))
+
+
+def decode_head(first: bytes, *, run_id: str | None, max_body: int = MAX_CONTROL_BYTES) -> dict:
+    """Check and unpack the first frame; ``head["k"]`` is replaced by its ``Kind``.
+
+    The peer mesh calls this directly so it can choose how to receive the data frame.
+    """
+    if first[:5] != HEADER:
         raise DecodeError("bad header (foreign sender or protocol version)")
-    raw = frames[1]
-    if len(raw) > max_body:
-        raise DecodeError(f"body of {len(raw)} bytes exceeds {max_body}")
+    if len(first) - 5 > max_body:
+        raise DecodeError(f"body of {len(first) - 5} bytes exceeds {max_body}")
     try:
-        head = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_bin_len=max_body)
+        head = msgpack.unpackb(
+            memoryview(first)[5:], raw=False, strict_map_key=True, max_bin_len=max_body
+        )
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise DecodeError(f"undecodable body: {type(exc).__name__}") from None
     if not isinstance(head, dict):
@@ -88,9 +100,8 @@ def decode(
         raise DecodeError("message from another run")
     if type(attempt) is not int or attempt < 0 or type(src) is not int or src < -2:
         raise DecodeError("bad attempt or source")
-    _check_schema(kind, head)
-    body = {key: value for key, value in head.items() if key not in _RESERVED}
-    return Message(kind, run, attempt, src, body, list(frames[2:]))
+    head["k"] = kind
+    return head
 
 
 def _check_schema(kind: Kind, head: dict[str, Any]) -> None:

@@ -82,7 +82,6 @@ class Rank:
             bind=spec.inbox,
             timeout_s=spec.config.collective_timeout_s,
             service=self._service,
-            watched=[self.link.socket],
         )
         self.mesh.reset(spec.attempt)
         self.display: DisplayThread | None = None
@@ -95,9 +94,8 @@ class Rank:
             elif msg.kind is Kind.EXIT:
                 raise RankExit(int(msg.body["code"]))
 
-    def _service(self, events: dict[zmq.Socket, int]) -> None:
-        if self.link.socket in events:
-            self._handle(self.link.receive_ready())
+    def _service(self) -> None:
+        self._handle(self.link.receive_ready())
         self.link.tick()
 
     def _sleep(self, seconds: float) -> None:
