@@ -52,11 +52,11 @@ def _rank_main(rank: int, world: int, nproc: int, folder: str, table: list[tuple
         ctx,
         rank=rank,
         run_id="test",
-        bind=f"ipc://{folder}/r{rank}",
+        bind=[f"ipc://{folder}/r{rank}"],
         timeout_s=60,
         service=lambda: None,
     )
-    mesh.set_peers([f"ipc://{folder}/r{r}" for r in range(world)])
+    mesh.set_peers([[f"ipc://{folder}/r{r}"] for r in range(world)], [0] * world)
     comm = Communicator(mesh, rank=rank, topology=Topology.uniform(world, nproc))
     results = {}
     for i, (kind, algorithm, op, size, dtype) in enumerate(table):

@@ -18,7 +18,7 @@ def _msg(kind: Kind = Kind.READY, **body: object) -> Message:
 
 def test_roundtrip_keeps_every_field() -> None:
     msg = _msg(
-        Kind.JOIN, rank=3, local_rank=3, node=0, pid=42, endpoint="ipc:///x", host="h", env={}
+        Kind.JOIN, rank=3, local_rank=3, node=0, pid=42, endpoints=["ipc:///x"], host="h", env={}
     )
     got = decode(encode(msg), run_id="run1")
     assert (got.kind, got.run_id, got.attempt, got.src) == (Kind.JOIN, "run1", 0, 3)

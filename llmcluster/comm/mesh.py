@@ -49,7 +49,8 @@ class PeerMesh:
         *,
         rank: int,
         run_id: str,
-        bind: str,
+        bind: list[str],
+        node: int = 0,
         timeout_s: float,
         service: Service,
     ) -> None:
@@ -62,21 +63,22 @@ class PeerMesh:
         self._inbox.setsockopt(zmq.MAXMSGSIZE, MAX_PEER_BYTES + 4096)
         self._inbox.setsockopt(zmq.RCVHWM, 0)
         self._inbox.setsockopt(zmq.LINGER, 0)
-        if bind.startswith("tcp://") and bind.endswith(":0"):
-            self._inbox.bind(bind)
-            self.endpoint = self._inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
-        else:
-            self._inbox.bind(bind)
-            self.endpoint = bind
+        self.node = node
+        self.endpoints: list[str] = []
+        for address in bind:
+            self._inbox.bind(address)
+            self.endpoints.append(self._inbox.getsockopt(zmq.LAST_ENDPOINT).decode())
         self._next_service = 0.0
         self._peers: list[str] = []
         self._out: dict[int, zmq.Socket] = {}
         self._pending: dict[tuple[int, int, int], np.ndarray] = {}
         self._trackers: list[zmq.MessageTracker] = []
 
-    def set_peers(self, endpoints: list[str]) -> None:
-        """Install the address book (global rank -> endpoint)."""
-        self._peers = list(endpoints)
+    def set_peers(self, book: list[list[str]], nodes: list[int]) -> None:
+        """Install the address book: IPC to peers on this node, TCP to the others."""
+        self._peers = [
+            _pick(addresses, local=node == self.node) for addresses, node in zip(book, nodes)
+        ]
 
     def _socket_to(self, dst: int) -> zmq.Socket:
         sock = self._out.get(dst)
@@ -182,3 +184,12 @@ class PeerMesh:
             sock.close(0)
         self._out.clear()
         self._inbox.close(0)
+
+
+def _pick(addresses: list[str], *, local: bool) -> str:
+    """A peer's IPC endpoint when it shares our node (and has one), else its TCP endpoint."""
+    wanted = "ipc://" if local else "tcp://"
+    for address in addresses:
+        if address.startswith(wanted):
+            return address
+    return addresses[0]

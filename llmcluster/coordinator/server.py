@@ -43,6 +43,7 @@ class Peer:
     done: bool = False
     exited: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    endpoints: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -254,7 +255,7 @@ class Coordinator:
         peer.info = RankInfo(
             body["rank"], body["local_rank"], body["node"], body["host"], body["pid"]
         )
-        peer.host = str(body["endpoint"])
+        peer.endpoints = [str(a) for a in body["endpoints"]]
         peer.env = {str(k): str(v) for k, v in body["env"].items()}
         wrong = env_mismatches(
             peer.env,
@@ -267,7 +268,7 @@ class Coordinator:
             self.publish(self._log("ERROR", f"rank {body['rank']} sees wrong {', '.join(wrong)}"))
         if len(self.ranks) == self.config.ranks and all(p.info for p in self.ranks.values()):
             order = [self.ranks[r] for r in range(self.config.ranks)]
-            endpoints = [p.host for p in order]
+            endpoints = [p.endpoints for p in order]
             nodes = [p.info.node for p in order if p.info]
             for p in order:
                 self._send(p.identity, Kind.BOOK, endpoints=endpoints, nodes=nodes)

@@ -62,7 +62,7 @@ SCHEMAS: dict[Kind, dict[str, tuple[type, ...]]] = {
         "local_rank": _INT,
         "node": _INT,
         "pid": _INT,
-        "endpoint": _STR,
+        "endpoints": _LIST,
         "host": _STR,
         "env": _DICT,
     },

@@ -107,9 +107,9 @@ class NodeAgent:
             return
         local = config.node_ranks(self.node)
         for local_rank, rank in enumerate(local):
-            inbox = f"ipc://{self.work_dir}/r{rank}"
+            inbox = [f"ipc://{self.work_dir}/r{rank}"]
             if self.spec.tcp_host:
-                inbox = f"tcp://{self.spec.tcp_host}:0"
+                inbox.append(f"tcp://{self.spec.tcp_host}:0")
             spec = RankSpec(
                 config=config,
                 run_id=run_id,

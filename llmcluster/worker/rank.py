@@ -55,7 +55,7 @@ class RankSpec:
     start_step: int
     control: str  # coordinator's control endpoint
     publish: str  # coordinator's record endpoint (rank 0 subscribes)
-    inbox: str  # this rank's peer endpoint (ipc:// or tcp://host:0)
+    inbox: list[str]  # addresses this rank's peer inbox binds (ipc://..., tcp://host:0)
     speed: float  # simulated seconds per wall second
 
 
@@ -80,6 +80,7 @@ class Rank:
             rank=spec.rank,
             run_id=spec.run_id,
             bind=spec.inbox,
+            node=spec.node,
             timeout_s=spec.config.collective_timeout_s,
             service=self._service,
         )
@@ -132,13 +133,14 @@ class Rank:
                 local_rank=spec.local_rank,
                 node=spec.node,
                 pid=os.getpid(),
-                endpoint=self.mesh.endpoint,
+                endpoints=self.mesh.endpoints,
                 host=spec.host,
                 env={name: os.environ.get(name, "") for name in TORCHRUN_VARS},
             )
             book = self._await(Kind.BOOK, RENDEZVOUS_TIMEOUT_S)
-            self.mesh.set_peers([str(e) for e in book.body["endpoints"]])
-            topology = Topology(tuple(int(n) for n in book.body["nodes"]))
+            nodes = [int(n) for n in book.body["nodes"]]
+            self.mesh.set_peers([[str(a) for a in e] for e in book.body["endpoints"]], nodes)
+            topology = Topology(tuple(nodes))
             comm = Communicator(self.mesh, rank=spec.rank, topology=topology)
             plan = sim.make_plan(
                 sim.load_catalog(),
