@@ -7,6 +7,7 @@ started before the whole configuration has been checked.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -182,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
+    # ranks rebuild the identical plan from the resolved names without re-running the picks
+    config = dataclasses.replace(
+        config, model=plan.model.name, gpu=plan.gpu.name, dataset=plan.dataset.name
+    )
     from llmcluster.coordinator.launch import run_local
 
     return run_local(config, plan)

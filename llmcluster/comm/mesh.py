@@ -77,7 +77,8 @@ class PeerMesh:
     def set_peers(self, book: list[list[str]], nodes: list[int]) -> None:
         """Install the address book: IPC to peers on this node, TCP to the others."""
         self._peers = [
-            _pick(addresses, local=node == self.node) for addresses, node in zip(book, nodes)
+            _pick(addresses, local=node == self.node)
+            for addresses, node in zip(book, nodes, strict=True)
         ]
 
     def _socket_to(self, dst: int) -> zmq.Socket:

@@ -9,11 +9,12 @@ the coordinator shows them itself, as torchrun's agent prints its own report.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import zmq
@@ -28,6 +29,7 @@ from llmcluster.worker.procs import reap, signal_name, terminate_all
 COORD_SRC = -1
 HEARTBEAT_S = 0.5
 RENDER_WAIT_S = 10.0
+RENDEZVOUS_SIM_CAP_S = 60.0
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -62,6 +64,9 @@ class RunState:
     last_step: dict[str, Any] | None = None
     pending: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
     disagreements: int = 0
+    checkpoints: int = 0
+    merged_step: int = 0
+    held_phases: list[dict[str, Any]] = field(default_factory=list)
     ready: set[int] = field(default_factory=set)
 
 
@@ -205,6 +210,8 @@ class Coordinator:
             self._rank_ready(body["rank"])
         elif kind is Kind.STATS:
             self._stats(body["rank"], body["step"], body["stats"])
+        elif kind is Kind.PHASE:
+            self._phase(body)
         elif kind is Kind.DONE:
             peer.done = True
             if all(p.done for p in self.ranks.values()) and self.state.phase in (
@@ -252,9 +259,8 @@ class Coordinator:
 
     def _rank_join(self, peer: Peer, msg: Message) -> None:
         body = msg.body
-        peer.info = RankInfo(
-            body["rank"], body["local_rank"], body["node"], body["host"], body["pid"]
-        )
+        host = self._display_host(body["node"], body["host"])
+        peer.info = RankInfo(body["rank"], body["local_rank"], body["node"], host, body["pid"])
         peer.endpoints = [str(a) for a in body["endpoints"]]
         peer.env = {str(k): str(v) for k, v in body["env"].items()}
         wrong = env_mismatches(
@@ -274,11 +280,22 @@ class Coordinator:
                 self._send(p.identity, Kind.BOOK, endpoints=endpoints, nodes=nodes)
             self.publish(self._run_record())
 
+    def _display_host(self, node: int, real_host: str) -> str:
+        """The node's host name as logs show it: real across machines; when every node
+        runs on this machine, the plan's simulated cluster host names tell them apart."""
+        if self.local_agent_pids and self.config.nnodes > 1:
+            return self.plan.node_names[node]
+        return real_host
+
     def _rank_ready(self, rank: int) -> None:
         self.state.ready.add(rank)
         if len(self.state.ready) == self.config.ranks:
             self.state.ready_wall = time.time()
             self.state.phase = "training"
+            # the simulated clock runs `speed` times faster than the real rendezvous did
+            # (capped: a real NCCL bootstrap takes seconds, not the hours --speed 1e6 implies)
+            real = self.state.ready_wall - self.launch_wall
+            self.state.sim_time += max(real, min(real * self.speed, RENDEZVOUS_SIM_CAP_S))
             self.publish(
                 {
                     "type": "ready",
@@ -287,11 +304,13 @@ class Coordinator:
                     "ready_s": self.state.ready_wall - self.launch_wall,
                 }
             )
+            self._release_held_phases()
 
     def _run_record(self) -> dict[str, Any]:
         plan, config = self.plan, self.config
         infos = [self.ranks[r].info for r in range(config.ranks)]
-        hosts = [self.agents[n].host if n in self.agents else "" for n in range(config.nnodes)]
+        real = [self.agents[n].host if n in self.agents else "" for n in range(config.nnodes)]
+        hosts = [self._display_host(n, h) for n, h in enumerate(real)]
         return {
             "type": "run",
             "run_id": self.run_id,
@@ -305,6 +324,7 @@ class Coordinator:
             "master_addr": config.master_addr,
             "master_port": config.master_port,
             "hosts": hosts,
+            "real_hosts": real,
             "pids": [info.pid if info else 0 for info in infos],
             "env": [self.ranks[r].env for r in range(config.ranks)],
             "agent_pid": os.getpid(),
@@ -346,8 +366,59 @@ class Coordinator:
         self.state.steps_done += 1
         self.state.mfu_sum += merged.step["mfu"]
         self.state.last_step = merged.step
+        self.state.merged_step = step
         self.publish(merged.step)
         self.publish(merged.ranks)
+        self._release_held_phases()
+
+    def _release_held_phases(self) -> None:
+        held, self.state.held_phases = self.state.held_phases, []
+        for body in held:
+            self._phase(body)
+
+    def _phase(self, body: dict[str, Any]) -> None:
+        """A phase rank 0 began or ended; held back until its step has been published."""
+        state = self.state
+        if state.ready_wall is None or body["step"] > state.merged_step:
+            state.held_phases.append(body)
+            return
+        name, step, data = body["name"], body["step"], body["data"]
+        if body["state"] == "begin":
+            expected = float(data.get("expected_s", 0.0))
+            self.publish(
+                {"type": "phase", "name": name, "step": step, "time": state.sim_time,
+                 "expected_s": expected}
+            )  # fmt: skip
+            return
+        record: dict[str, Any] | None = None
+        if name == "eval":
+            elapsed = float(data["eval_s"])
+            val_loss = float(data["val_loss"])
+            record = {
+                "type": "eval", "step": step, "val_loss": val_loss,
+                "val_ppl": math.exp(val_loss), "eval_iters": self.plan.eval_iters,
+                "eval_s": elapsed, "accuracy": None,
+            }  # fmt: skip
+        elif name == "checkpoint":
+            info = sim.checkpoint_info(self.plan, step)
+            elapsed = info.save_s
+            state.checkpoints += 1
+            record = {"type": "checkpoint", **asdict(info)}
+        elif name == "export":
+            export = sim.export_info(self.plan)
+            elapsed = export.export_s
+            record = {
+                "type": "export", "path": export.path, "format": "safetensors",
+                "files": [{"name": n, "bytes": b} for n, b in export.files],
+                "bytes_total": export.bytes_total, "export_s": export.export_s,
+            }  # fmt: skip
+        else:
+            elapsed = float(data.get("elapsed_s", 0.0))
+        state.sim_time += elapsed
+        state.sim_seconds += elapsed
+        if record is not None:
+            record["time"] = state.sim_time
+            self.publish(record)
 
     def _log(self, level: str, text: str) -> dict[str, Any]:
         return {"type": "log", "level": level, "time": self.state.sim_time, "text": text}
@@ -383,7 +454,7 @@ class Coordinator:
             steps=state.steps_done,
             tokens_total=state.tokens_total,
             mfu_sum=state.mfu_sum,
-            checkpoints=0,
+            checkpoints=self.state.checkpoints,
             restarts=0,
             lost_s=0.0,
             dropped=self.dropped,

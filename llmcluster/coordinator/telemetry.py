@@ -36,7 +36,8 @@ class MergedStep:
 
 
 STATS_FIELDS = (
-    "loss", "local_loss", "grad_norm", "compute_s", "step_time_s", "comm_s", "arrive", "wait_ms",
+    "loss", "local_loss", "grad_norm", "compute_s", "step_time_s", "comm_s", "exposed_comm_s",
+    "arrive", "wait_ms",
     "util", "temp_c", "power_w", "mem_used_gb", "mem_total_gb", "sm_clock_mhz",
 )  # fmt: skip
 
@@ -101,6 +102,7 @@ def merge_step(
             "algorithm": algorithm,
             "bytes": plan.grad_bucket_bytes,
             "model_ms": comm_s * 1000.0,
+            "exposed_ms": float(first["exposed_comm_s"]) * 1000.0,
             "busbw_gbs": metrics.busbw_gbs,
             "wall_ms": coll_wall_ms,
         },

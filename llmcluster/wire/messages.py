@@ -39,6 +39,7 @@ class Kind(str, Enum):
     HEARTBEAT = "heartbeat"
     # telemetry plane
     STATS = "stats"  # rank -> coordinator, one per step
+    PHASE = "phase"  # rank 0 -> coordinator: a phase (init, eval, checkpoint, export) began/ended
     RECORD = "record"  # coordinator -> observers (rank 0): one output record
     # training plane: rank <-> rank
     COLL = "coll"
@@ -75,6 +76,7 @@ SCHEMAS: dict[Kind, dict[str, tuple[type, ...]]] = {
     Kind.RENDERED: {"rank": _INT},
     Kind.HEARTBEAT: {"t": _NUM},
     Kind.STATS: {"rank": _INT, "step": _INT, "stats": _DICT},
+    Kind.PHASE: {"rank": _INT, "step": _INT, "name": _STR, "state": _STR, "data": _DICT},
     Kind.RECORD: {"record": _DICT},
     Kind.COLL: {"seq": _INT, "phase": _INT, "dtype": _STR, "shape": _LIST},
 }

@@ -186,6 +186,9 @@ class Rank:
     def _train(self, plan: sim.RunPlan, comm: Communicator) -> int:
         spec, config = self.spec, self.spec.config
         state = sim.init_rank_state(plan, spec.rank)
+        if spec.start_step == 1:
+            self._phase(comm, "init", 0, plan.init_s, {})
+        cost = sim.comm_cost(plan, config.algorithm)
         step = spec.start_step - 1
         for step in range(spec.start_step, plan.total_steps + 1):
             work = sim.rank_step(plan, state, step, attempt=spec.attempt)
@@ -202,9 +205,10 @@ class Rank:
                 algorithm=config.algorithm,
             )
             done = time.time()
+            # the exposed part of the modelled allreduce completes the simulated step
+            self._sleep(cost.exposed_s / spec.speed - (done - arrive))
             loss = float(totals[0] / totals[1])
-            comm_s = sim.comm_time_s(plan, plan.grad_bucket_bytes, config.algorithm)
-            step_time_s = float(agreed[0]) + comm_s
+            step_time_s = float(agreed[0]) + cost.exposed_s
             state, sample = sim.rank_telemetry(
                 plan, state, step, compute_s=work.compute_s, step_time_s=step_time_s
             )
@@ -219,7 +223,8 @@ class Rank:
                     "grad_norm": math.sqrt(float(totals[2])),
                     "compute_s": work.compute_s,
                     "step_time_s": step_time_s,
-                    "comm_s": comm_s,
+                    "comm_s": cost.total_s,
+                    "exposed_comm_s": cost.exposed_s,
                     "arrive": arrive,
                     "wait_ms": (done - arrive) * 1000.0,
                     "util": sample.util_pct,
@@ -234,7 +239,64 @@ class Rank:
             )
             if agreed[1] > 0:
                 break
+            state = self._between_steps(plan, comm, state, step)
+        else:
+            if step == plan.total_steps:
+                info = sim.export_info(plan)
+                self._phase(comm, "export", step, info.export_s, {})
         return step
+
+    def _between_steps(
+        self, plan: sim.RunPlan, comm: Communicator, state: sim.RankState, step: int
+    ) -> sim.RankState:
+        """Validation and checkpointing after ``step``; the GPUs cool while they run."""
+        if sim.is_eval_step(plan, step):
+            eval_s = sim.eval_time_s(plan)
+            local = sim.local_val_loss(plan, step, self.spec.rank)
+            val = self._phase(comm, "eval", step, eval_s, {}, value=local)
+            if self.spec.rank == 0:
+                self._phase_end("eval", step, {"val_loss": val, "eval_s": eval_s})
+            state, _ = sim.rank_telemetry(
+                plan, state, step, compute_s=eval_s, step_time_s=eval_s, phase="eval"
+            )
+        if sim.is_checkpoint_step(plan, step):
+            save_s = sim.checkpoint_info(plan, step).save_s
+            self._phase(comm, "checkpoint", step, save_s, {})
+            state, _ = sim.rank_telemetry(
+                plan, state, step, compute_s=0.0, step_time_s=save_s, phase="checkpoint"
+            )
+        return state
+
+    def _phase(
+        self,
+        comm: Communicator,
+        name: str,
+        step: int,
+        sim_s: float,
+        data: dict[str, float],
+        *,
+        value: float | None = None,
+    ) -> float:
+        """Run a phase on every rank: sleep its scaled duration, then meet in an allreduce.
+
+        Returns the mean of ``value`` over ranks (the validation loss), or 0.
+        """
+        spec = self.spec
+        if spec.rank == 0:
+            self.link.send(
+                Kind.PHASE, rank=0, step=step, name=name, state="begin",
+                data={"expected_s": sim_s, **data},
+            )  # fmt: skip
+        self._sleep(sim_s / spec.speed)
+        mean = comm.allreduce(
+            np.array([0.0 if value is None else value]), "mean", algorithm=spec.config.algorithm
+        )
+        if spec.rank == 0 and name != "eval":
+            self._phase_end(name, step, {"elapsed_s": sim_s})
+        return float(mean[0])
+
+    def _phase_end(self, name: str, step: int, data: dict[str, float]) -> None:
+        self.link.send(Kind.PHASE, rank=0, step=step, name=name, state="end", data=data)
 
     def _finish_display(self) -> None:
         display = self.display
