@@ -100,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ascii", dest="ascii_only", action="store_true")
     parser.add_argument("--no-color", action="store_true")
     parser.add_argument("--max-restarts", type=_int, default=3)
+    parser.add_argument(
+        "--inject",
+        action="append",
+        default=[],
+        metavar="FAULT",
+        help="inject a fault, e.g. kill:rank=17,step=40  hang:rank=3,step=25  "
+        "straggler:rank=5,slowdown=1.3  throttle:gpu=12  nan:step=60  spike:step=80",
+    )
+    parser.add_argument("--chaos", type=_float, default=0.0, metavar="RATE",
+                        help="random rank failures per step (e.g. 0.01)")  # fmt: skip
     parser.add_argument("--grad-bucket", type=_size, default=0, metavar="SIZE")
     parser.add_argument("--record", dest="record_path", default=None, metavar="FILE")
     parser.add_argument("--list", action="store_true", help="list models, GPUs, datasets, styles")
@@ -162,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ascii_only=args.ascii_only,
             no_color=args.no_color,
             max_restarts=args.max_restarts,
+            inject=tuple(args.inject),
+            chaos=args.chaos,
             grad_bucket_bytes=args.grad_bucket,
             record_path=args.record_path,
         )
@@ -169,18 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from llmcluster.control.limits import check_capacity
 
         check_capacity(config.ranks, config.nnodes)
-        from llmcluster import sim
+        from llmcluster.sim.faults import build_setup
 
-        plan = sim.make_plan(
-            sim.load_catalog(),
-            seed=config.seed,
-            world_size=config.ranks,
-            nproc_per_node=config.nproc_per_node,
-            steps=config.steps,
-            model=config.model,
-            gpu=config.gpu,
-            dataset=config.dataset,
-        )
+        plan = build_setup(config).plan
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
     # ranks rebuild the identical plan from the resolved names without re-running the picks
@@ -189,4 +192,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from llmcluster.coordinator.launch import run_local
 
-    return run_local(config, plan)
+    return run_local(config, build_setup(config).plan)

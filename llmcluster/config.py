@@ -71,6 +71,8 @@ class RunConfig:
     max_restarts: int = 3
     grad_bucket_bytes: int = 0  # extra real gradient payload per step (0: loss vector only)
     record_path: str | None = None
+    inject: tuple[str, ...] = ()
+    chaos: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,7 +93,9 @@ class RunConfig:
     def from_wire(cls, data: dict[str, Any]) -> RunConfig:
         """Rebuild a config sent by ``to_wire`` (unknown keys are ignored)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        values = {key: value for key, value in data.items() if key in known}
+        values["inject"] = tuple(values.get("inject", ()))
+        return cls(**values)
 
     def validate(self) -> None:
         """Raise ConfigError naming the flag and its accepted range."""
@@ -113,5 +117,9 @@ class RunConfig:
             raise ConfigError(f"--max-restarts must be between 0 and 100, got {self.max_restarts}")
         if not 0 <= self.grad_bucket_bytes <= 1 << 30:
             raise ConfigError("--grad-bucket must be between 0 and 1GiB")
+        if not 0.0 <= self.chaos <= 1.0:
+            raise ConfigError(
+                f"--chaos must be a failure rate per step in [0, 1], got {self.chaos:g}"
+            )
         if not 1 <= self.master_port <= 65535:
             raise ConfigError(f"--master-port must be between 1 and 65535, got {self.master_port}")

@@ -20,7 +20,9 @@ def run_records() -> list[dict]:
 
 
 def test_phases_come_in_order(run_records: list[dict]) -> None:
-    kinds = [(r["type"], r.get("name") or r.get("step")) for r in run_records if r["type"] != "ranks"]
+    kinds = [
+        (r["type"], r.get("name") or r.get("step")) for r in run_records if r["type"] != "ranks"
+    ]
     assert kinds[:3] == [("run", None), ("ready", None), ("phase", "init")]
     assert ("step", 1) in kinds and kinds[-1][0] == "summary"
     evals = [r["step"] for r in run_records if r["type"] == "eval"]

@@ -75,20 +75,15 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
     control, publish = f"ipc://{work_dir}/control", f"ipc://{work_dir}/records"
     host = local_host_name()
     try:
-        agent_pids = [
-            fork_child(
-                lambda node=node: NodeAgent(
-                    AgentSpec(
-                        node=node,
-                        control=control,
-                        host=host,
-                        heartbeat_timeout_s=config.heartbeat_timeout_s,
-                    )
-                ).run(),
-                name=f"llmc-agent{node}",
-            )
-            for node in range(config.nnodes)
-        ]
+
+        def start_agent(node: int) -> int:
+            spec = AgentSpec(
+                node=node, control=control, host=host,
+                heartbeat_timeout_s=config.heartbeat_timeout_s,
+            )  # fmt: skip
+            return fork_child(lambda: NodeAgent(spec).run(), name=f"llmc-agent{node}")
+
+        agent_pids = [start_agent(node) for node in range(config.nnodes)]
         coordinator = Coordinator(
             config,
             plan,
@@ -99,6 +94,7 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
             launch_wall=launch_wall,
             local_agent_pids=agent_pids,
             show_locally=lambda records: show_records(config, records),
+            start_agent=start_agent,
         )
         coordinator.signals = received
         return coordinator.run()

@@ -30,6 +30,8 @@ COORD_SRC = -1
 HEARTBEAT_S = 0.5
 RENDER_WAIT_S = 10.0
 RENDEZVOUS_SIM_CAP_S = 60.0
+RESTART_KILL_WAIT_S = 5.0
+RESTART_OVERHEAD_S = 90.0  # detect, tear down, re-rendezvous, NCCL init (simulated)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -52,7 +54,7 @@ class Peer:
 class RunState:
     """Progress of the run, mutated only by the coordinator loop."""
 
-    phase: str = "rendezvous"  # rendezvous | training | stopping | finishing | over
+    phase: str = "rendezvous"  # rendezvous | training | stopping | restarting | finishing | over
     exit_code: int = 0
     exit_reason: str = "completed"
     ready_wall: float | None = None
@@ -61,11 +63,21 @@ class RunState:
     tokens_total: int = 0
     steps_done: int = 0
     mfu_sum: float = 0.0
+    mfu_steps: int = 0
     last_step: dict[str, Any] | None = None
     pending: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
     disagreements: int = 0
     checkpoints: int = 0
+    last_checkpoint_step: int = 0
+    checkpoint_time: float = 0.0  # simulated time the last checkpoint (or training) began from
+    restarts: int = 0
+    lost_s: float = 0.0
+    last_seq: int = 0
+    rendezvous_wall: float = 0.0
+    failure_reason: str = ""
+    restart_deadline: float = 0.0
     merged_step: int = 0
+    resume_step: int = 1
     held_phases: list[dict[str, Any]] = field(default_factory=list)
     ready: set[int] = field(default_factory=set)
 
@@ -85,15 +97,19 @@ class Coordinator:
         launch_wall: float,
         local_agent_pids: list[int],
         show_locally: Any,
+        start_agent: Any = None,
     ) -> None:
         self.config, self.plan, self.run_id, self.speed = config, plan, run_id, speed
         self.launch_wall = launch_wall
         self.local_agent_pids = list(local_agent_pids)
         self.show_locally = show_locally  # callable(list[record]) for records nobody received
+        self.start_agent = start_agent  # callable(node) -> pid: replace a lost local agent
+        self.lost_nodes: set[int] = set()
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted rank reuses its identity
         self.router.setsockopt(zmq.SNDHWM, 0)
         self.router.setsockopt(zmq.RCVHWM, 0)
         self.router.setsockopt(zmq.LINGER, 1000)
@@ -107,7 +123,7 @@ class Coordinator:
         self.attempt = 0
         self.agents: dict[int, Peer] = {}
         self.ranks: dict[int, Peer] = {}
-        self.state = RunState(sim_time=launch_wall)
+        self.state = RunState(sim_time=launch_wall, rendezvous_wall=launch_wall)
         self.outbox: deque[dict[str, Any]] = deque()
         self.subscribers = 0
         self.dropped = 0
@@ -186,6 +202,8 @@ class Coordinator:
                 msg = decode(frames, run_id=None)
                 if msg.kind is not Kind.AGENT_JOIN and msg.run_id != self.run_id:
                     raise DecodeError("message from another run")
+                if msg.src >= 0 and msg.attempt != self.attempt:
+                    raise DecodeError("message from an earlier attempt")
                 if msg.kind is Kind.STATS and not valid_stats(msg.body["stats"]):
                     raise DecodeError("malformed stats")
             except DecodeError:
@@ -255,7 +273,13 @@ class Coordinator:
             config=self.config.to_wire(),
             publish=self.publish_endpoint,
         )
-        self._send(identity, Kind.SPAWN, attempt=0, start_step=1, speed=self.speed)
+        self._send(
+            identity,
+            Kind.SPAWN,
+            attempt=self.attempt,
+            start_step=self.state.resume_step,
+            speed=self.speed,
+        )
 
     def _rank_join(self, peer: Peer, msg: Message) -> None:
         body = msg.body
@@ -294,14 +318,15 @@ class Coordinator:
             self.state.phase = "training"
             # the simulated clock runs `speed` times faster than the real rendezvous did
             # (capped: a real NCCL bootstrap takes seconds, not the hours --speed 1e6 implies)
-            real = self.state.ready_wall - self.launch_wall
+            real = self.state.ready_wall - self.state.rendezvous_wall
             self.state.sim_time += max(real, min(real * self.speed, RENDEZVOUS_SIM_CAP_S))
             self.publish(
                 {
                     "type": "ready",
                     "time": self.state.sim_time,
                     "world_size": self.config.ranks,
-                    "ready_s": self.state.ready_wall - self.launch_wall,
+                    "ready_s": self.state.ready_wall - self.state.rendezvous_wall,
+                    "attempt": self.attempt,
                 }
             )
             self._release_held_phases()
@@ -329,11 +354,14 @@ class Coordinator:
             "env": [self.ranks[r].env for r in range(config.ranks)],
             "agent_pid": os.getpid(),
             "start_time": self.launch_wall,
+            "attempt": self.attempt,
             **sim.describe_plan(plan),
         }
 
     # ---- training -----------------------------------------------------------------------
     def _stats(self, rank: int, step: int, stats: dict[str, Any]) -> None:
+        if self.state.phase not in ("training", "stopping"):
+            return  # a failed attempt's last reports: its steps will be replayed
         pending = self.state.pending.setdefault(step, {})
         pending[rank] = stats
         if len(pending) < self.config.ranks:
@@ -363,8 +391,10 @@ class Coordinator:
                     "disagree with rank 0 after allreduce",
                 )
             )
-        self.state.steps_done += 1
+        self.state.steps_done = step
+        self.state.last_seq = int(ordered[0].get("seq", 0))
         self.state.mfu_sum += merged.step["mfu"]
+        self.state.mfu_steps += 1
         self.state.last_step = merged.step
         self.state.merged_step = step
         self.publish(merged.step)
@@ -403,6 +433,7 @@ class Coordinator:
             info = sim.checkpoint_info(self.plan, step)
             elapsed = info.save_s
             state.checkpoints += 1
+            state.last_checkpoint_step = step
             record = {"type": "checkpoint", **asdict(info)}
         elif name == "export":
             export = sim.export_info(self.plan)
@@ -416,6 +447,8 @@ class Coordinator:
             elapsed = float(data.get("elapsed_s", 0.0))
         state.sim_time += elapsed
         state.sim_seconds += elapsed
+        if name in ("checkpoint", "init", "restore"):
+            state.checkpoint_time = state.sim_time  # work after this is lost on a failure
         if record is not None:
             record["time"] = state.sim_time
             self.publish(record)
@@ -453,10 +486,10 @@ class Coordinator:
             last_step=state.last_step,
             steps=state.steps_done,
             tokens_total=state.tokens_total,
-            mfu_sum=state.mfu_sum,
-            checkpoints=self.state.checkpoints,
-            restarts=0,
-            lost_s=0.0,
+            mfu_mean=state.mfu_sum / state.mfu_steps if state.mfu_steps else 0.0,
+            checkpoints=state.checkpoints,
+            restarts=state.restarts,
+            lost_s=state.lost_s,
             dropped=self.dropped,
             exit_reason=state.exit_reason,
         )
@@ -473,18 +506,19 @@ class Coordinator:
             peer.exited = True
         if self.state.phase in ("finishing", "over") or (peer is not None and peer.done):
             return
-        if self.state.phase == "aborting":
+        if self.state.phase in ("aborting", "restarting"):
             return
         self._fail(f"rank {rank} (pid {pid}) exited", rank, exitcode)
 
     def _fail(self, reason: str, rank: int, exitcode: int) -> None:
-        if self.state.phase in ("aborting", "over"):
+        state = self.state
+        if state.phase in ("aborting", "over", "restarting", "finishing"):
             return
         info = self.ranks[rank].info if rank in self.ranks else None
         self.publish(
             {
                 "type": "failure",
-                "time": self.state.sim_time,
+                "time": state.sim_time,
                 "rank": rank,
                 "local_rank": info.local_rank if info else rank % self.config.nproc_per_node,
                 "node": info.node if info else rank // self.config.nproc_per_node,
@@ -493,16 +527,61 @@ class Coordinator:
                 "exitcode": exitcode,
                 "signal": signal_name(exitcode),
                 "reason": reason,
-                "seq": 0,
+                "seq": state.last_seq + 1,
                 "op": "ALLREDUCE",
                 "numel": 3,
                 "timeout_ms": int(self.config.collective_timeout_s * 1000),
-                "attempt": 0,
+                "step": state.merged_step + 1,
+                "attempt": self.attempt,
                 "max_restarts": self.config.max_restarts,
             }
         )
-        self.state.exit_code, self.state.exit_reason = 1, "failed"
+        if state.phase == "training" and self.attempt < self.config.max_restarts:
+            state.phase = "restarting"
+            state.failure_reason = reason
+            state.restart_deadline = time.monotonic() + RESTART_KILL_WAIT_S
+            self._to_agents(Kind.KILL, reason=reason)
+            return
+        state.exit_code, state.exit_reason = 1, "failed"
         self._abort()
+
+    def _respawn(self) -> None:
+        """Start attempt n+1 from the last checkpoint, as torchrun's elastic agent does."""
+        state, plan = self.state, self.plan
+        self.attempt += 1
+        resume = state.last_checkpoint_step + 1
+        state.resume_step = resume
+        lost = max(0.0, state.sim_time - state.checkpoint_time)
+        state.sim_time += RESTART_OVERHEAD_S
+        state.lost_s += lost + RESTART_OVERHEAD_S
+        state.restarts += 1
+        self.publish(
+            {
+                "type": "restart",
+                "time": state.sim_time,
+                "attempt": self.attempt,
+                "max_restarts": self.config.max_restarts,
+                "restarts_left": self.config.max_restarts - self.attempt,
+                "resume_step": resume,
+                "replayed_steps": state.merged_step - state.last_checkpoint_step,
+                "lost_s": lost + RESTART_OVERHEAD_S,
+                "reason": state.failure_reason,
+            }
+        )
+        self.ranks.clear()
+        state.ready.clear()
+        state.pending.clear()
+        state.held_phases.clear()
+        state.merged_step = state.steps_done = resume - 1
+        state.tokens_total = plan.tokens_per_step * (resume - 1)
+        state.ready_wall = None
+        state.rendezvous_wall = time.time()
+        state.phase = "rendezvous"
+        self._to_agents(Kind.SPAWN, attempt=self.attempt, start_step=resume, speed=self.speed)
+        for node in sorted(self.lost_nodes):  # a replacement agent gets SPAWN when it joins
+            if self.start_agent is not None:
+                self.local_agent_pids.append(self.start_agent(node))
+        self.lost_nodes.clear()
 
     def _abort(self) -> None:
         """Kill every rank, show what rank 0 could not, and end the run."""
@@ -536,6 +615,11 @@ class Coordinator:
             self._to_agents(Kind.HEARTBEAT, t=time.time())
             self._to_ranks(Kind.HEARTBEAT, t=time.time())
         self._reap_agents()
+        if self.state.phase == "restarting":
+            gone = all(p.exited for p in self.ranks.values())
+            if gone or now > self.state.restart_deadline:
+                self._respawn()
+            return
         if self.state.phase == "finishing" and now > self._render_deadline:
             self._release()
             return
@@ -552,10 +636,18 @@ class Coordinator:
         finished = reap(self.local_agent_pids)
         for pid, code in finished.items():
             self.local_agent_pids.remove(pid)
-            if self.state.phase not in ("over", "aborting", "finishing"):
-                node = next((n for n, a in self.agents.items() if a.pid == pid), -1)
-                rank = self.config.node_ranks(max(node, 0))[0]
-                self._fail(f"node agent {node} (pid {pid}) exited with {code}", rank, code)
+            if self.state.phase in ("over", "aborting", "finishing"):
+                continue
+            node = next((n for n, a in self.agents.items() if a.pid == pid), -1)
+            if node < 0:
+                continue
+            del self.agents[node]
+            self.lost_nodes.add(node)
+            for rank in self.config.node_ranks(node):  # its ranks died with it (PDEATHSIG)
+                if rank in self.ranks:
+                    self.ranks[rank].exited = True
+            rank = self.config.node_ranks(node)[0]
+            self._fail(f"node agent {node} (pid {pid}) exited with {code}", rank, code)
 
     def _agents_alive(self) -> bool:
         return bool(self.local_agent_pids)

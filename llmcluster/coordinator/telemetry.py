@@ -143,7 +143,7 @@ def summary_record(
     last_step: dict[str, Any] | None,
     steps: int,
     tokens_total: int,
-    mfu_sum: float,
+    mfu_mean: float,
     checkpoints: int,
     restarts: int,
     lost_s: float,
@@ -164,7 +164,7 @@ def summary_record(
         "checkpoints": checkpoints,
         "restarts": restarts,
         "lost_s": lost_s,
-        "mfu": mfu_sum / steps if steps else 0.0,
+        "mfu": mfu_mean,
         "dropped_messages": dropped,
         "exit": exit_reason,
     }

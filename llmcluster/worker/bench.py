@@ -10,6 +10,7 @@ size / time, busbw = algbw x 2(n-1)/n as nccl-tests defines it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -92,9 +93,9 @@ def print_bench(
 
 def run_bench(args: argparse.Namespace) -> int:
     """CLI side of ``llmcluster bench``."""
-    from llmcluster import sim
     from llmcluster.control.limits import check_capacity
     from llmcluster.coordinator.launch import run_local
+    from llmcluster.sim.faults import build_setup
 
     settings = {
         "min_bytes": args.min_bytes,
@@ -121,10 +122,8 @@ def run_bench(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"llmcluster bench: error: {exc}", file=sys.stderr)
         return 2
-    plan = sim.make_plan(
-        sim.load_catalog(),
-        seed=config.seed,
-        world_size=config.ranks,
-        nproc_per_node=config.nproc_per_node,
+    plan = build_setup(config).plan
+    named = dataclasses.replace(
+        config, model=plan.model.name, gpu=plan.gpu.name, dataset=plan.dataset.name
     )
-    return run_local(config, plan)
+    return run_local(named, plan)

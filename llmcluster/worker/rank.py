@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from llmcluster.comm import CollectiveTimeout, Communicator, PeerMesh
 from llmcluster.comm.collectives import Topology
 from llmcluster.config import RunConfig
 from llmcluster.control.env import TORCHRUN_VARS
+from llmcluster.sim.faults import Fault, build_setup
 from llmcluster.wire import Kind, Message
 from llmcluster.worker.bench import print_bench, rank_bench
 from llmcluster.worker.link import ControlLink, CoordinatorLost
@@ -86,6 +88,7 @@ class Rank:
         )
         self.mesh.reset(spec.attempt)
         self.display: DisplayThread | None = None
+        self.faults: tuple[Fault, ...] = ()
 
     # ---- control --------------------------------------------------------------------------
     def _handle(self, messages: list[Message]) -> None:
@@ -142,16 +145,6 @@ class Rank:
             self.mesh.set_peers([[str(a) for a in e] for e in book.body["endpoints"]], nodes)
             topology = Topology(tuple(nodes))
             comm = Communicator(self.mesh, rank=spec.rank, topology=topology)
-            plan = sim.make_plan(
-                sim.load_catalog(),
-                seed=spec.config.seed,
-                world_size=spec.config.ranks,
-                nproc_per_node=spec.config.nproc_per_node,
-                steps=spec.config.steps,
-                model=spec.config.model,
-                gpu=spec.config.gpu,
-                dataset=spec.config.dataset,
-            )
             comm.barrier()
             self.link.send(Kind.READY, rank=spec.rank)
             if bench:
@@ -166,7 +159,9 @@ class Rank:
                     )
                     self.link.send(Kind.RENDERED, rank=spec.rank)
             else:
-                last = self._train(plan, comm)
+                setup = build_setup(spec.config)
+                self.faults = setup.process_faults
+                last = self._train(setup.plan, comm)
                 self.link.send(Kind.DONE, rank=spec.rank, step=last)
                 if self.display is not None:
                     self._finish_display()
@@ -188,9 +183,13 @@ class Rank:
         state = sim.init_rank_state(plan, spec.rank)
         if spec.start_step == 1:
             self._phase(comm, "init", 0, plan.init_s, {})
+        else:  # restarted: load the last checkpoint first
+            resumed = spec.start_step - 1
+            self._phase(comm, "restore", resumed, sim.checkpoint_info(plan, resumed).save_s, {})
         cost = sim.comm_cost(plan, config.algorithm)
         step = spec.start_step - 1
         for step in range(spec.start_step, plan.total_steps + 1):
+            self._carry_out_faults(step)
             work = sim.rank_step(plan, state, step, attempt=spec.attempt)
             self._sleep(work.compute_s / spec.speed)
             arrive = time.time()
@@ -245,6 +244,19 @@ class Rank:
                 info = sim.export_info(plan)
                 self._phase(comm, "export", step, info.export_s, {})
         return step
+
+    def _carry_out_faults(self, step: int) -> None:
+        """Injected process faults, for real: the i-th fires in restart attempt i."""
+        spec = self.spec
+        if spec.attempt >= len(self.faults):
+            return
+        fault = self.faults[spec.attempt]
+        if fault.rank != spec.rank or step < fault.step:
+            return
+        if fault.kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        while True:  # hang: alive, silent, deaf to the coordinator (like a stuck CUDA kernel)
+            time.sleep(3600)
 
     def _between_steps(
         self, plan: sim.RunPlan, comm: Communicator, state: sim.RankState, step: int

@@ -1,0 +1,141 @@
+"""Injected faults for demos: ``--inject kill:rank=17,step=40`` and ``--chaos RATE``.
+
+Process faults (``kill``, ``hang``) are carried out for real by the rank
+process: SIGKILL to itself, or going silent while alive. Hardware and training
+faults (``straggler``, ``throttle``, ``nan``, ``spike``) become simulation
+events, so their effects flow through the same physics as natural ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from llmcluster.config import ConfigError, RunConfig
+from llmcluster.sim.catalog import load_catalog
+from llmcluster.sim.plan import Event, RunPlan, make_plan
+from llmcluster.sim.rng import Stream, generator
+
+KEYS = {
+    "kill": {"rank": True, "step": True},
+    "hang": {"rank": True, "step": True},
+    "straggler": {"rank": True, "slowdown": False, "step": False, "steps": False},
+    "throttle": {"gpu": True, "step": False, "steps": False},
+    "nan": {"step": True},
+    "spike": {"step": True, "size": False},
+}
+PROCESS_FAULTS = ("kill", "hang")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault."""
+
+    kind: str
+    rank: int = -1
+    step: int = 1
+    value: float = 0.0  # slowdown factor, spike size (nats)
+    steps: int = 0  # duration in steps (0: to the end of the run)
+
+
+def _number(kind: str, key: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--inject {kind}: {key} must be a number, got {text!r}") from None
+
+
+def parse_fault(text: str) -> Fault:
+    """Parse ``kind:key=value,...``; raises ConfigError naming what is wrong."""
+    kind, _, rest = text.strip().partition(":")
+    if kind not in KEYS:
+        raise ConfigError(f"--inject: unknown fault {kind!r} (expected {', '.join(KEYS)})")
+    values: dict[str, float] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in KEYS[kind]:
+            allowed = ", ".join(KEYS[kind])
+            raise ConfigError(f"--inject {kind}: unknown or malformed {item!r} (keys: {allowed})")
+        values[key] = _number(kind, key, value)
+    missing = [k for k, required in KEYS[kind].items() if required and k not in values]
+    if missing:
+        raise ConfigError(f"--inject {kind}: missing {', '.join(missing)}")
+    rank = int(values.get("rank", values.get("gpu", -1)))
+    step = int(values.get("step", 1))
+    if step < 1:
+        raise ConfigError(f"--inject {kind}: step must be >= 1, got {step}")
+    default_value = {"straggler": 1.3, "spike": 0.8}.get(kind, 0.0)
+    value = values.get("slowdown", values.get("size", default_value))
+    if kind == "straggler" and not 1.0 < value <= 10.0:
+        raise ConfigError(f"--inject straggler: slowdown must be in (1, 10], got {value:g}")
+    return Fault(kind, rank, step, value, int(values.get("steps", 0)))
+
+
+def parse_faults(specs: list[str] | tuple[str, ...], ranks: int) -> tuple[Fault, ...]:
+    """Parse every ``--inject`` value (each may hold several faults separated by ';')."""
+    faults = [parse_fault(part) for spec in specs for part in spec.split(";") if part.strip()]
+    for fault in faults:
+        targets_rank = "rank" in KEYS[fault.kind] or "gpu" in KEYS[fault.kind]
+        if targets_rank and not 0 <= fault.rank < ranks:
+            raise ConfigError(
+                f"--inject {fault.kind}: rank must be between 0 and {ranks - 1}, got {fault.rank}"
+            )
+    return tuple(faults)
+
+
+def chaos_faults(plan: RunPlan, rate: float) -> tuple[Fault, ...]:
+    """Random rank failures (mostly crashes, some hangs) at ``rate`` per step, seeded."""
+    if rate <= 0:
+        return ()
+    rng = generator(plan.seed, Stream.EVENTS, 2)
+    count = int(rng.poisson(rate * plan.total_steps))
+    steps = sorted(int(s) for s in rng.integers(2, plan.total_steps + 1, size=count))
+    return tuple(
+        Fault("hang" if rng.random() < 0.2 else "kill", int(rng.integers(plan.world_size)), step)
+        for step in steps
+    )
+
+
+def process_faults(faults: tuple[Fault, ...]) -> tuple[Fault, ...]:
+    """Kills and hangs in the order they fire: the i-th fires in restart attempt i."""
+    return tuple(sorted((f for f in faults if f.kind in PROCESS_FAULTS), key=lambda f: f.step))
+
+
+def fault_events(plan: RunPlan, faults: tuple[Fault, ...]) -> tuple[Event, ...]:
+    """Simulation events for the hardware and training faults."""
+    events = []
+    for fault in faults:
+        span = float(fault.steps or plan.total_steps + 1 - fault.step)
+        if fault.kind == "straggler":
+            events.append(Event("straggler", fault.step, fault.rank, span, fault.value))
+        elif fault.kind == "throttle":
+            events.append(Event("thermal", fault.step, fault.rank, span, 1.45))
+        elif fault.kind == "nan":
+            events.append(Event("nan_skip", fault.step))
+        elif fault.kind == "spike":
+            events.append(Event("spike", fault.step, -1, 20.0, fault.value))
+    return tuple(events)
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """The plan with injected and chaos events applied, and the process faults to carry out."""
+
+    plan: RunPlan
+    process_faults: tuple[Fault, ...]
+
+
+def build_setup(config: RunConfig) -> RunSetup:
+    """What every process of the run derives from the config (identically, from the seed)."""
+    plan = make_plan(
+        load_catalog(),
+        seed=config.seed,
+        world_size=config.ranks,
+        nproc_per_node=config.nproc_per_node,
+        steps=config.steps,
+        model=config.model,
+        gpu=config.gpu,
+        dataset=config.dataset,
+    )
+    faults = parse_faults(tuple(config.inject), config.ranks) + chaos_faults(plan, config.chaos)
+    events = tuple(sorted(plan.events + fault_events(plan, faults), key=lambda e: (e.step, e.kind)))
+    return RunSetup(replace(plan, events=events), process_faults(faults))
