@@ -78,6 +78,8 @@ class RunState:
     restart_deadline: float = 0.0
     merged_step: int = 0
     resume_step: int = 1
+    rank_dropped: dict[int, int] = field(default_factory=dict)  # per rank, this attempt
+    earlier_dropped: int = 0  # ranks' drops in earlier attempts
     held_phases: list[dict[str, Any]] = field(default_factory=list)
     ready: set[int] = field(default_factory=set)
 
@@ -109,7 +111,6 @@ class Coordinator:
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted rank reuses its identity
         self.router.setsockopt(zmq.SNDHWM, 0)
         self.router.setsockopt(zmq.RCVHWM, 0)
         self.router.setsockopt(zmq.LINGER, 1000)
@@ -364,6 +365,9 @@ class Coordinator:
             return  # a failed attempt's last reports: its steps will be replayed
         pending = self.state.pending.setdefault(step, {})
         pending[rank] = stats
+        dropped = stats.get("dropped", 0)
+        if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped >= 0:
+            self.state.rank_dropped[rank] = dropped
         if len(pending) < self.config.ranks:
             return
         del self.state.pending[step]
@@ -491,6 +495,7 @@ class Coordinator:
             restarts=state.restarts,
             lost_s=state.lost_s,
             dropped=self.dropped,
+            rank_dropped=state.earlier_dropped + sum(state.rank_dropped.values()),
             exit_reason=state.exit_reason,
         )
 
@@ -569,6 +574,8 @@ class Coordinator:
             }
         )
         self.ranks.clear()
+        state.earlier_dropped += sum(state.rank_dropped.values())
+        state.rank_dropped.clear()
         state.ready.clear()
         state.pending.clear()
         state.held_phases.clear()

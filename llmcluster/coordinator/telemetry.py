@@ -148,6 +148,7 @@ def summary_record(
     restarts: int,
     lost_s: float,
     dropped: int,
+    rank_dropped: int,
     exit_reason: str,
 ) -> dict[str, Any]:
     """The run's closing record."""
@@ -165,6 +166,8 @@ def summary_record(
         "restarts": restarts,
         "lost_s": lost_s,
         "mfu": mfu_mean,
-        "dropped_messages": dropped,
+        "dropped_messages": dropped + rank_dropped,
+        "dropped_by_coordinator": dropped,
+        "dropped_by_ranks": rank_dropped,
         "exit": exit_reason,
     }

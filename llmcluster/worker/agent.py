@@ -9,6 +9,7 @@ its ranks and leaves by itself when the coordinator goes silent.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -56,7 +57,7 @@ class NodeAgent:
         link = ControlLink(
             ctx,
             endpoint=self.spec.control,
-            identity=f"agent-{self.spec.host}-{os.getpid()}".encode(),
+            identity=f"agent-{self.spec.host}-{os.getpid()}-{secrets.token_hex(6)}".encode(),
             run_id=None,
             src=AGENT_SRC,
             timeout_s=max(self.spec.heartbeat_timeout_s, 3.0),

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -71,7 +73,7 @@ class Rank:
         self.link = ControlLink(
             self.ctx,
             endpoint=spec.control,
-            identity=f"r{spec.rank}".encode(),
+            identity=f"r{spec.rank}-{secrets.token_hex(6)}".encode(),  # unguessable: no hijack
             run_id=spec.run_id,
             src=spec.rank,
             timeout_s=spec.config.heartbeat_timeout_s,
@@ -173,7 +175,7 @@ class Rank:
             self._report_failure(f"watchdog: {timeout}", 1)
             return 1
         except CoordinatorLost as lost:
-            print(f"[rank{spec.rank}]: llmcluster: {lost}; exiting", flush=True)
+            print(f"[rank{spec.rank}]: llmcluster: {lost}; exiting", file=sys.stderr, flush=True)
             return 1
         finally:
             self._close()
@@ -234,6 +236,7 @@ class Rank:
                     "sm_clock_mhz": sample.sm_clock_mhz,
                     "throttled": sample.throttled,
                     "seq": comm.seq,
+                    "dropped": self.mesh.dropped + self.link.dropped,
                 },
             )
             if agreed[1] > 0:
