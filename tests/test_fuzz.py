@@ -19,7 +19,7 @@ def garbage_frames(rng: np.random.Generator, run_id: str, count: int) -> list[li
     """Random, truncated, oversized and wrong-typed messages."""
     out: list[list[bytes]] = []
     for i in range(count):
-        choice = i % 6
+        choice = i % 5 if i % 50 else 5  # an oversized frame now and then
         if choice == 0:
             out.append([rng.bytes(int(rng.integers(0, 300)))])
         elif choice == 1:
@@ -76,10 +76,11 @@ def test_fuzzing_every_socket_changes_nothing(clean_table: None) -> None:
         ctx.destroy(0)
     assert code == 0, err
     steps = [r for r in recs if r["type"] == "step"]
-    assert [s["step"] for s in steps][-1] == 60
+    assert [s["step"] for s in steps][-1] == 60, [r["type"] for r in recs[-8:]]
     for ranks in (r for r in recs if r["type"] == "ranks"):
         assert len({x["loss"] for x in ranks["ranks"]}) == 1
     summary = recs[-1]
     assert summary["exit"] == "completed"
-    assert summary["dropped_by_coordinator"] > 100
-    assert summary["dropped_by_ranks"] > 100
+    # ranks report their counts with each step, so the last few frames may go uncounted
+    assert summary["dropped_by_coordinator"] > 500
+    assert summary["dropped_by_ranks"] > 500

@@ -24,6 +24,7 @@ from llmcluster.config import RunConfig
 from llmcluster.control.env import env_mismatches
 from llmcluster.coordinator.telemetry import RankInfo, merge_step, summary_record, valid_stats
 from llmcluster.wire import MAX_CONTROL_BYTES, DecodeError, Kind, Message, decode, encode
+from llmcluster.worker.display import ACK, ack_frame
 from llmcluster.worker.procs import reap, signal_name, terminate_all
 
 COORD_SRC = -1
@@ -31,6 +32,7 @@ HEARTBEAT_S = 0.5
 RENDER_WAIT_S = 10.0
 RENDEZVOUS_SIM_CAP_S = 60.0
 RESTART_KILL_WAIT_S = 5.0
+DRAIN_DISPLAY_S = 1.0
 RESTART_OVERHEAD_S = 90.0  # detect, tear down, re-rendezvous, NCCL init (simulated)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -125,7 +127,9 @@ class Coordinator:
         self.agents: dict[int, Peer] = {}
         self.ranks: dict[int, Peer] = {}
         self.state = RunState(sim_time=launch_wall, rendezvous_wall=launch_wall)
-        self.outbox: deque[dict[str, Any]] = deque()
+        self.outbox: deque[tuple[int, dict[str, Any]]] = deque()
+        self.unacked: deque[tuple[int, dict[str, Any]]] = deque()
+        self.record_seq = 0
         self.subscribers = 0
         self.dropped = 0
         self.signals: list[int] = []
@@ -150,15 +154,29 @@ class Coordinator:
             self._send(peer.identity, kind, **body)
 
     def publish(self, record: dict[str, Any]) -> None:
-        """Queue an output record for rank 0 (and any observer)."""
-        self.outbox.append(record)
+        """Queue an output record for rank 0 (and any observer); kept until acknowledged."""
+        self.record_seq += 1
+        self.outbox.append((self.record_seq, record))
         self._flush_outbox()
 
     def _flush_outbox(self) -> None:
         while self.subscribers > 0 and self.outbox:
-            record = self.outbox.popleft()
-            msg = Message(Kind.RECORD, self.run_id, 0, COORD_SRC, {"record": record})
-            self.xpub.send_multipart(encode(msg))
+            seq, record = self.outbox.popleft()
+            body = {"record": record, "seq": seq}
+            self.xpub.send_multipart(encode(Message(Kind.RECORD, self.run_id, 0, COORD_SRC, body)))
+            self.unacked.append((seq, record))
+
+    def _drain_display(self, timeout_s: float = DRAIN_DISPLAY_S) -> None:
+        """Give a live rank 0 a moment to show (and acknowledge) everything published so far,
+        so a failure report is on screen before its worker group is killed."""
+        deadline = time.monotonic() + timeout_s
+        while self.subscribers and (self.unacked or self.outbox) and time.monotonic() < deadline:
+            if self.xpub.poll(20):
+                self._subscriptions()
+
+    def _unshown(self) -> list[dict[str, Any]]:
+        """Records no display has acknowledged, oldest first."""
+        return [record for _, record in (*self.unacked, *self.outbox)]
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -185,9 +203,16 @@ class Coordinator:
             except zmq.Again:
                 return
             if frame[:1] == b"\x01":
+                if self.subscribers == 0:  # a new rank 0: replay what the last one never showed
+                    self.outbox.extendleft(reversed(self.unacked))
+                    self.unacked.clear()
                 self.subscribers += 1
             elif frame[:1] == b"\x00":
                 self.subscribers = max(0, self.subscribers - 1)
+            elif frame[:1] == ACK and len(frame) == len(ack_frame(0)):
+                acked = int.from_bytes(frame[1:], "little")
+                while self.unacked and self.unacked[0][0] <= acked:
+                    self.unacked.popleft()
             self._flush_outbox()
 
     def _control(self) -> None:
@@ -544,6 +569,7 @@ class Coordinator:
         if state.phase == "training" and self.attempt < self.config.max_restarts:
             state.phase = "restarting"
             state.failure_reason = reason
+            self._drain_display()
             state.restart_deadline = time.monotonic() + RESTART_KILL_WAIT_S
             self._to_agents(Kind.KILL, reason=reason)
             return
@@ -593,6 +619,7 @@ class Coordinator:
     def _abort(self) -> None:
         """Kill every rank, show what rank 0 could not, and end the run."""
         self.state.phase = "aborting"
+        self._drain_display()
         self._to_agents(Kind.KILL, reason=self.state.exit_reason)
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline and not all(p.exited for p in self.ranks.values()):
@@ -601,9 +628,9 @@ class Coordinator:
             self._reap_agents()
             if not self._agents_alive():
                 break
-        self.outbox.append(self._summary())
-        self.show_locally(list(self.outbox))
+        self.show_locally([*self._unshown(), self._summary()])
         self.outbox.clear()
+        self.unacked.clear()
         self._to_agents(Kind.EXIT, code=self.state.exit_code)
         self.state.phase = "over"
 

@@ -77,7 +77,7 @@ SCHEMAS: dict[Kind, dict[str, tuple[type, ...]]] = {
     Kind.HEARTBEAT: {"t": _NUM},
     Kind.STATS: {"rank": _INT, "step": _INT, "stats": _DICT},
     Kind.PHASE: {"rank": _INT, "step": _INT, "name": _STR, "state": _STR, "data": _DICT},
-    Kind.RECORD: {"record": _DICT},
+    Kind.RECORD: {"record": _DICT, "seq": _INT},
     Kind.COLL: {"seq": _INT, "phase": _INT, "dtype": _STR, "shape": _LIST},
 }
 

@@ -17,7 +17,6 @@ import os
 import secrets
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from llmcluster.control.env import TORCHRUN_VARS
 from llmcluster.sim.faults import Fault, build_setup
 from llmcluster.wire import Kind, Message
 from llmcluster.worker.bench import print_bench, rank_bench
+from llmcluster.worker.display import DisplayThread
 from llmcluster.worker.link import ControlLink, CoordinatorLost
 
 RENDEZVOUS_TIMEOUT_S = 60.0
@@ -129,7 +129,7 @@ class Rank:
         try:
             bench = spec.config.extra.get("bench")
             if spec.rank == 0 and not bench:
-                self.display = DisplayThread(self.ctx, spec)
+                self.display = DisplayThread(self.ctx, spec.config, spec.publish, spec.run_id)
                 self.display.start()
                 self.display.subscribed.wait(10)
             self.link.send(
@@ -333,37 +333,3 @@ class Rank:
         self.mesh.close()
         self.link.close()
         self.ctx.term()
-
-
-class DisplayThread(threading.Thread):
-    """Rank 0's renderer: subscribes to the coordinator's records and shows them."""
-
-    def __init__(self, ctx: zmq.Context, spec: RankSpec) -> None:
-        super().__init__(name="display", daemon=True)
-        from llmcluster.render.sinks import make_display  # rich is only needed on rank 0
-
-        self.ctx, self.spec = ctx, spec
-        self.subscribed = threading.Event()
-        self._stopping = threading.Event()
-        self._display = make_display(spec.config)
-
-    def run(self) -> None:
-        from llmcluster.render.sinks import receive_records
-
-        try:
-            receive_records(
-                self.ctx,
-                self.spec.publish,
-                self.spec.run_id,
-                self._display,
-                subscribed=self.subscribed,
-                stopping=self._stopping,
-            )
-        finally:
-            self._display.close()
-
-    def stop(self) -> None:
-        """Ask the thread to finish and wait for the terminal to be restored."""
-        self._stopping.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(5)
