@@ -28,6 +28,7 @@ from llmcluster.sim.hardware import Fabric, Layout, Memory
 from llmcluster.sim.rng import Stream, generator
 
 DEFAULT_STEPS = 300
+MAX_GRAD_ACCUM = 32
 MEMORY_HEADROOM = 0.94  # plan at most this fraction of the card, spread included
 STORAGE_GBS_PER_NODE = 1.2  # BLOOM: 2.3 TB in 40 s from 48 nodes [D]
 CHECKPOINT_BYTES_PER_PARAM = 14  # bf16 weights + fp32 master, m, v
@@ -211,6 +212,7 @@ class _Candidate:
     memory: Memory
     throughput: float
     exposed_fraction: float
+    step_s: float
 
 
 def _parallel_shapes(model: ModelSpec, world_size: int, ppn: int) -> list[tuple[int, int]]:
@@ -240,7 +242,7 @@ def _evaluate(
     exposed = max(0.1 * comm, comm - 0.66 * compute / layout.grad_accum)
     step = compute + exposed
     return _Candidate(layout, hardware.memory_per_gpu(model, layout), tokens / step / world_size,
-                      exposed / step)  # fmt: skip
+                      exposed / step, step)  # fmt: skip
 
 
 def _layouts(model: ModelSpec, gpu: GpuSpec, world_size: int, ppn: int) -> list[_Candidate]:
@@ -254,7 +256,10 @@ def _layouts(model: ModelSpec, gpu: GpuSpec, world_size: int, ppn: int) -> list[
     ):
         dp = world_size // (tp * pp)
         for micro_batch in (8, 4, 2, 1):
-            accum = max(1, round(target_seqs / (dp * micro_batch)))
+            if micro_batch > max(1, target_seqs // dp):
+                continue  # would overshoot the global batch already without accumulation
+            # small clusters train with smaller batches rather than absurd accumulation
+            accum = max(1, min(MAX_GRAD_ACCUM, round(target_seqs / (dp * micro_batch))))
             layout = Layout(tp, pp, dp, stage, micro_batch, accum, seq, recompute)
             if hardware.memory_per_gpu(model, layout).total_gb * 1.05 <= capacity:
                 found.append(_evaluate(model, gpu, layout, world_size, ppn))
@@ -340,8 +345,8 @@ def _pick_model(
         if model.humorous != humorous_turn:
             continue
         best = _best_layout(model, gpu, world_size, ppn)
-        if best is not None and best.exposed_fraction < 0.25:
-            return model
+        if best is not None and best.exposed_fraction < 0.25 and 1.0 <= best.step_s <= 60.0:
+            return model  # a combination a team would actually run
     return None
 
 
