@@ -16,6 +16,7 @@ from llmcluster import __version__
 from llmcluster.config import (
     ALGORITHMS,
     FORMATS,
+    STYLE_NAMES,
     UIS,
     ConfigError,
     RunConfig,
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exit-after-time", type=_duration, default=None, metavar="DURATION")
     parser.add_argument("--format", dest="output_format", choices=FORMATS, default="log")
     parser.add_argument("--ui", choices=UIS, default="auto")
-    parser.add_argument("--style", default="default")
+    parser.add_argument("--style", choices=STYLE_NAMES, default="default")
     parser.add_argument("--ascii", dest="ascii_only", action="store_true")
     parser.add_argument("--no-color", action="store_true")
     parser.add_argument("--max-restarts", type=_int, default=3)

@@ -13,6 +13,7 @@ from typing import Any
 ALGORITHMS = ("ring", "tree", "hierarchical")
 FORMATS = ("log", "jsonl")
 UIS = ("auto", "live", "log")
+STYLE_NAMES = ("default", "megatron", "deepspeed", "hf")
 TRANSPORTS = ("ipc", "tcp")
 MAX_RANKS = 4096
 TARGET_WALL_STEP_S = 0.5  # --speed auto: a demo shows a step about every half second

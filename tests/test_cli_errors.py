@@ -69,3 +69,22 @@ def test_python_dash_m_works() -> None:
         timeout=20,
     )
     assert done.returncode == 0
+
+
+def test_list_shows_every_catalog_entry_and_style() -> None:
+    from llmcluster import sim
+
+    done = run_cli("--list")
+    assert done.returncode == 0, done.stderr
+    catalog = sim.load_catalog()
+    for entry in (*catalog.models, *catalog.gpus, *catalog.datasets):
+        assert f"  {entry.name} " in done.stdout
+    for style in ("default", "megatron", "deepspeed", "hf"):
+        assert f"  {style} " in done.stdout
+
+
+def test_unknown_style_and_model_are_usage_errors() -> None:
+    for args, text in ((["--style", "fancy"], "--style"), (["--model", "GPT-7"], "unknown model")):
+        done = run_cli("--ranks", "2", *args)
+        assert done.returncode == 2 and text in done.stderr
+        assert done.stderr.count("\n") == 1

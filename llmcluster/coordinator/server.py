@@ -381,6 +381,7 @@ class Coordinator:
             "agent_pid": os.getpid(),
             "start_time": self.launch_wall,
             "attempt": self.attempt,
+            "max_restarts": config.max_restarts,
             **sim.describe_plan(plan),
         }
 

@@ -1,9 +1,9 @@
 """Where records become output: the only module that owns a rich Console or Live.
 
-``make_display(config)`` picks the sink: ``jsonl`` (one JSON object per line),
-a scrolling ``log`` (plain text, no ANSI when piped or with NO_COLOR), or the
-``live`` dashboard on a terminal. ``receive_records`` is rank 0's subscriber
-loop; ``show_records`` lets the coordinator print what no rank 0 was left to show.
+``make_display(config)`` picks the sink: ``jsonl`` (one JSON object per line), the
+scrolling ``log`` (plain text, no ANSI when piped or with NO_COLOR), or the ``live``
+dashboard on a terminal. ``--record FILE.svg|.html|.txt`` saves what was shown.
+``show_records`` lets the coordinator print what no rank 0 was left to show.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import sys
 import threading
 from typing import Any, Protocol
 
-import zmq
-
 from llmcluster.config import RunConfig
-from llmcluster.wire import DecodeError, Kind, decode
 
 GRID_EVERY_STEPS = 10
+LIVE_REFRESH_PER_S = 8
 
 
 class Display(Protocol):
@@ -55,61 +53,140 @@ class JsonlDisplay:
         self.stream.flush()
 
 
+def record_lines(config: RunConfig, run: dict[str, Any] | None, record: dict[str, Any],
+                 width: int) -> list[str]:  # fmt: skip
+    """The log lines of one record in the configured style (ASCII only with ``--ascii``)."""
+    lines = _style_lines(config, run, record, width)
+    if config.ascii_only:
+        from llmcluster.render.fmt import ascii_safe
+
+        return [ascii_safe(line) for line in lines]
+    return lines
+
+
+def _style_lines(config: RunConfig, run: dict[str, Any] | None, record: dict[str, Any],
+                 width: int) -> list[str]:  # fmt: skip
+    from llmcluster import render
+
+    style, kind = render.STYLES[config.style], record.get("type")
+    if kind == "run":
+        if record.get("attempt", 0):  # a restarted worker group: the new communicator only
+            return render.nccl_init_lines(record, 0)
+        return [
+            *render.launcher_lines(record),
+            *render.nccl_init_lines(record, 0),
+            *render.gpu_detect_lines(record),
+            *style.preamble(record),
+        ]
+    if kind == "summary":
+        return render.summary_lines(run, record, width=width, ascii_only=config.ascii_only)
+    if run is None:
+        return []
+    if kind == "step":
+        return style.step_line(run, record)
+    if kind == "ranks":
+        if record["step"] % GRID_EVERY_STEPS == 0 or record["step"] == 1:
+            return render.grid_lines(run, record, width=width, ascii_only=config.ascii_only)
+        return []
+    handlers = {
+        "phase": style.phase_lines,
+        "eval": style.eval_lines,
+        "checkpoint": style.checkpoint_lines,
+        "export": style.export_lines,
+        "failure": render.failure_lines,
+        "restart": render.restart_lines,
+    }
+    if kind in handlers:
+        return handlers[kind](run, record)
+    if kind == "log":
+        return [f"{record.get('level', 'INFO')}: {record.get('text', '')}"]
+    return []
+
+
 class LogDisplay:
     """The scrolling log: the chosen style's lines, the GPU grid every few steps."""
 
     def __init__(self, config: RunConfig, console: Any) -> None:
-        from llmcluster import render
-
-        self.render = render
-        self.config = config
-        self.console = console
-        self.style = render.STYLES[config.style]
+        self.config, self.console = config, console
         self.run: dict[str, Any] | None = None
 
-    def _print(self, lines: list[str]) -> None:
-        for line in lines:
+    def show(self, record: dict[str, Any]) -> None:
+        if record.get("type") == "run":
+            self.run = record
+        for line in record_lines(self.config, self.run, record, self.console.width):
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    def show(self, record: dict[str, Any]) -> None:
-        kind, render, run = record.get("type"), self.render, self.run
-        if kind == "run":
-            self.run = record
-            self._print(render.launcher_lines(record))
-            self._print(render.nccl_init_lines(record, 0))
-            self._print(render.gpu_detect_lines(record))
-            self._print(self.style.preamble(record))
-            return
-        if run is None:
-            return
-        width = self.console.width
-        if kind == "step":
-            self._print(self.style.step_line(run, record))
-        elif kind == "ranks" and (record["step"] % GRID_EVERY_STEPS == 0 or record["step"] == 1):
-            self._print(
-                render.grid_lines(run, record, width=width, ascii_only=self.config.ascii_only)
-            )
-        elif kind == "eval":
-            self._print(self.style.eval_lines(run, record))
-        elif kind == "checkpoint":
-            self._print(self.style.checkpoint_lines(run, record))
-        elif kind == "failure":
-            self._print(render.failure_lines(run, record))
-        elif kind == "restart":
-            self._print(render.restart_lines(run, record))
-        elif kind == "summary":
-            self._print(
-                render.summary_lines(run, record, width=width, ascii_only=self.config.ascii_only)
-            )
-        elif kind == "log":
-            self._print([f"{record.get('level', 'INFO')}: {record.get('text', '')}"])
-
     def close(self) -> None:
+        _save_recording(self.config, self.console)
         self.console.file.flush()
 
 
+class LiveDisplay:
+    """The dashboard on a terminal: a rich Live redrawn at a fixed rate (no flicker, no tearing)."""
+
+    def __init__(self, config: RunConfig, console: Any) -> None:
+        from rich.live import Live
+
+        from llmcluster.render.dashboard import DashboardState
+
+        self.config, self.console = config, console
+        self.state = DashboardState(style=config.style)
+        self.lock = threading.Lock()
+        self.live = Live(
+            get_renderable=self._renderable,
+            console=console,
+            refresh_per_second=LIVE_REFRESH_PER_S,
+            transient=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self.live.start()
+
+    def _renderable(self) -> Any:
+        from llmcluster.render.dashboard import dashboard_renderable
+
+        with self.lock:
+            return dashboard_renderable(
+                self.state, width=self.console.width, ascii_only=self.config.ascii_only
+            )
+
+    def show(self, record: dict[str, Any]) -> None:
+        with self.lock:
+            self.state.update(record)
+        if record.get("type") == "summary":
+            self._finish(record)
+
+    def _finish(self, summary: dict[str, Any]) -> None:
+        from llmcluster.render.report import summary_renderable
+
+        if self.live.is_started:
+            self.live.refresh()
+            self.live.stop()
+            self.console.print(
+                summary_renderable(self.state.run, summary, ascii_only=self.config.ascii_only)
+            )
+
+    def close(self) -> None:
+        if self.live.is_started:
+            self.live.stop()  # restores the cursor on every exit path
+        _save_recording(self.config, self.console)
+        self.console.file.flush()
+
+
+def _save_recording(config: RunConfig, console: Any) -> None:
+    path = config.record_path
+    if not path:
+        return
+    if path.endswith(".svg"):
+        console.save_svg(path, title="llmcluster")
+    elif path.endswith(".html"):
+        console.save_html(path)
+    else:
+        console.save_text(path)
+
+
 def make_console(config: RunConfig, *, file: Any = None) -> Any:
-    """A rich Console honouring --no-color, NO_COLOR, --ascii and a non-TTY stdout."""
+    """A rich Console honouring --no-color, NO_COLOR, --ascii, --record and a non-TTY stdout."""
     from rich.console import Console
 
     no_color = config.no_color or "NO_COLOR" in os.environ
@@ -121,56 +198,36 @@ def make_console(config: RunConfig, *, file: Any = None) -> Any:
         emoji=False,
         safe_box=True,
         legacy_windows=False,
+        record=bool(config.record_path),
     )
+
+
+def wants_live(config: RunConfig, console: Any) -> bool:
+    """``--ui live``, or ``auto`` on a terminal."""
+    if config.output_format != "log" or config.ui == "log":
+        return False
+    return config.ui == "live" or bool(console.is_terminal)
 
 
 def make_display(config: RunConfig) -> Display:
     """The display the user asked for (``--format``, ``--ui``)."""
     if config.output_format == "jsonl":
         return JsonlDisplay()
-    return LogDisplay(config, make_console(config))
+    console = make_console(config)
+    if wants_live(config, console):
+        return LiveDisplay(config, console)
+    return LogDisplay(config, console)
 
 
 def show_records(config: RunConfig, records: list[dict[str, Any]]) -> None:
     """Show records directly (the coordinator's fallback when no rank 0 is left)."""
-    display = make_display(config)
+    display: Display
+    if config.output_format == "jsonl":
+        display = JsonlDisplay()
+    else:
+        display = LogDisplay(config, make_console(config))
     try:
         for record in records:
             display.show(record)
     finally:
         display.close()
-
-
-def receive_records(
-    ctx: zmq.Context,
-    endpoint: str,
-    run_id: str,
-    display: Display,
-    *,
-    subscribed: threading.Event,
-    stopping: threading.Event,
-) -> None:
-    """Subscribe to the coordinator's records and show them until the summary (or stop)."""
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.MAXMSGSIZE, 16 * 1024 * 1024)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(endpoint)
-    subscribed.set()
-    try:
-        while not stopping.is_set():
-            if not sub.poll(100):
-                continue
-            try:
-                msg = decode(sub.recv_multipart(), run_id=run_id, max_buffers=0)
-            except DecodeError:
-                continue
-            if msg.kind is not Kind.RECORD:
-                continue
-            record = msg.body["record"]
-            display.show(record)
-            if record.get("type") == "summary":
-                return
-    finally:
-        sub.close(0)

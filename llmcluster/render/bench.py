@@ -1,0 +1,54 @@
+"""nccl-tests' ``all_reduce_perf`` table for ``llmcluster bench`` (real-logs.md 2f).
+
+The same measurement fills the out-of-place and in-place columns: our allreduce
+always writes a fresh result array, so there is no separate in-place variant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _time(us: float) -> str:
+    if us >= 10000:
+        return f"{us:7.0f}"
+    if us >= 100:
+        return f"{us:7.1f}"
+    return f"{us:7.2f}"
+
+
+def bench_table_lines(rows: list[dict[str, Any]], *, world_size: int, algorithm: str) -> list[str]:
+    """Header, one row per size, and the footer with the average bus bandwidth."""
+    if not rows:
+        return ["# no sizes measured"]
+    first, last = rows[0]["size"], rows[-1]["size"]
+    factor = rows[1]["size"] // rows[0]["size"] if len(rows) > 1 else 2
+    lines = [
+        f"# nThread 1 nGpus {world_size} minBytes {first} maxBytes {last} step: {factor}(factor) "
+        "warmup iters: 5 iters: 20 agg iters: 1 validation: 1 graph: 0",
+        f"# llmcluster allreduce over ZeroMQ, algorithm {algorithm}",
+        "#",
+        "#                                                              out-of-place"
+        "                       in-place          ",
+        "#       size         count      type   redop    root     time   algbw   busbw #wrong"
+        "     time   algbw   busbw #wrong",
+        "#        (B)    (elements)                               (us)  (GB/s)  (GB/s)      "
+        "      (us)  (GB/s)  (GB/s)       ",
+    ]
+    for row in rows:
+        cols = (
+            f"  {_time(row['time_us'])}  {row['algbw_gbs']:6.2f}  {row['busbw_gbs']:6.2f}"
+            f"  {row['wrong']:5g}"
+        )
+        lines.append(
+            f"{row['size']:12d}  {row['count']:12d}  {row['type']:>8}  {row['redop']:>6}  {-1:6d}"
+            f"{cols}{cols}"
+        )
+    wrong = sum(row["wrong"] for row in rows)
+    average = sum(row["busbw_gbs"] for row in rows) / len(rows)
+    lines += [
+        f"# Out of bounds values : {wrong} {'OK' if wrong == 0 else 'FAILED'}",
+        f"# Avg bus bandwidth    : {average:g} ",
+        "#",
+    ]
+    return lines

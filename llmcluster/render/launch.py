@@ -1,0 +1,178 @@
+"""The start of a run as real tools print it: torchrun's agent, NCCL's init, GPU detection.
+
+Formats follow ``shared/reference/real-logs.md`` sections 2a (torchrun glog lines, the
+OMP_NUM_THREADS banner, the elastic agent's launch configs and rendezvous result), 2b
+(``host:pid:tid [dev] NCCL INFO`` lines with ring/tree listings and ``Init COMPLETE``)
+and 2g (nvidia-smi's GPU listing). Every value comes from the ``run`` record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from llmcluster.render.fmt import glog, tid_of
+
+RUN_PY = "torch/distributed/run.py:803"
+API_PY = "torch/distributed/launcher/api.py:194"
+AGENT_PY = "torch/distributed/elastic/agent/server/api.py:525"
+OMP_TEXT = (
+    "Setting OMP_NUM_THREADS environment variable for each process to be 1 in default, to avoid "
+    "your system being overloaded, please further tune the variable for optimal performance in "
+    "your application as needed. "
+)
+MAX_CHANNEL_LINES = 4
+
+
+def _hex(seed: str, digits: int) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()[:digits]
+
+
+def agent_pid(run: dict[str, Any]) -> int:
+    """The pid torchrun's lines carry: the coordinator's."""
+    return int(run.get("agent_pid", 0))
+
+
+def launcher_lines(run: dict[str, Any]) -> list[str]:
+    """torchrun's banner, launch configs and node 0's rendezvous result."""
+    t, pid = float(run["start_time"]), agent_pid(run)
+    nnodes, nproc, world = run["nnodes"], run["nproc_per_node"], run["world_size"]
+    w = glog("W", t, pid, RUN_PY)
+    lines = [f"{w} ", f"{w} " + "*" * 41, f"{w} {OMP_TEXT}", f"{w} " + "*" * 41]
+    i = glog("I", t + 0.01, pid, API_PY)
+    endpoint = f"{run['master_addr']}:{run['master_port']}"
+    lines += [
+        f"{i} Starting elastic_operator with launch configs:",
+        f"{i}   entrypoint       : pretrain_gpt.py",
+        f"{i}   min_nodes        : {nnodes}",
+        f"{i}   max_nodes        : {nnodes}",
+        f"{i}   nproc_per_node   : {nproc}",
+        f"{i}   run_id           : {run['run_id']}",
+        f"{i}   rdzv_backend     : c10d",
+        f"{i}   rdzv_endpoint    : {endpoint}",
+        f"{i}   rdzv_configs     : {{'timeout': 900}}",
+        f"{i}   max_restarts     : {run.get('max_restarts', 0)}",
+        f"{i}   monitor_interval : 0.1",
+        f"{i}   log_dir          : /tmp/torchelastic_{_hex(run['run_id'], 8)}",
+        f"{i}   metrics_cfg      : {{}}",
+        f"{i} ",
+    ]
+    a = glog("I", t + 0.05, pid, AGENT_PY)
+    local = list(range(min(nproc, world)))
+    lines += [
+        f"{a} [default] starting workers for entrypoint: python",
+        f"{a} [default] Rendezvous'ing worker group",
+        f"{a} [default] Rendezvous complete for workers. Result:",
+        f"{a}   restart_count={run.get('attempt', 0)}",
+        f"{a}   master_addr={run['master_addr']}",
+        f"{a}   master_port={run['master_port']}",
+        f"{a}   group_rank=0",
+        f"{a}   group_world_size={nnodes}",
+        f"{a}   local_ranks={local}",
+        f"{a}   role_ranks={local}",
+        f"{a}   global_ranks={local}",
+        f"{a}   role_world_sizes={[world] * len(local)}",
+        f"{a}   global_world_sizes={[world] * len(local)}",
+        f"{a} ",
+        f"{a} [default] Starting worker group",
+    ]
+    return lines
+
+
+def nccl_prefix(run: dict[str, Any], rank: int, *, thread: int = 0) -> str:
+    """``host:pid:tid [dev]`` for a rank."""
+    nproc = run["nproc_per_node"]
+    node, local = divmod(rank, nproc)
+    host = run["hosts"][node] if node < len(run["hosts"]) else f"node{node}"
+    pid = int(run["pids"][rank]) if rank < len(run["pids"]) else 0
+    return f"{host}:{pid}:{tid_of(pid, thread)} [{local}]"
+
+
+def ring_orders(world: int, nproc: int, channels: int) -> list[list[int]]:
+    """Per-channel ring orders: node by node, local order rotated per channel pair."""
+    nodes = -(-world // nproc)
+    orders = []
+    for channel in range(channels):
+        order = []
+        for node in range(nodes):
+            local = list(range(node * nproc, min(world, (node + 1) * nproc)))
+            shift = (channel // 2) % max(1, len(local) - 1)
+            order += [local[0], *local[1:][shift:], *local[1:][:shift]]
+        orders.append(order)
+    return orders
+
+
+def nccl_init_lines(run: dict[str, Any], rank: int) -> list[str]:
+    """NCCL_DEBUG=INFO bootstrap and communicator init for ``rank`` (rank 0 adds the version)."""
+    versions = run["plan"]["versions"]
+    world, nproc, nnodes = run["world_size"], run["nproc_per_node"], run["nnodes"]
+    main, init = nccl_prefix(run, rank), nccl_prefix(run, rank, thread=183)
+    ip = f"10.{(rank // nproc) // 250}.{(rank // nproc) % 250}.{11 + (rank // nproc) % 200}"
+    gpu = run["gpu"]
+    major, _, minor = versions["cuda"].removeprefix("rocm-").partition(".")
+    cuda_driver = f"{int(major) * 1000 + int(minor.split('.')[0] or 0) * 10}"
+    comm = "0x" + _hex(f"{run['run_id']}{rank}", 8)
+    comm_id = "0x" + _hex(run["run_id"], 16)
+    local = rank % nproc
+    bus = f"{0x18 + 0x10 * local:x}000"
+    channels = 24 if gpu["intra_node_link"].startswith("NVLink") else 4
+    lines = [
+        f"{main} NCCL INFO Bootstrap : Using eth0:{ip}<0>",
+        f"{main} NCCL INFO cudaDriverVersion {cuda_driver}",
+    ]
+    if rank == 0:
+        lines.append(f"NCCL version {versions['nccl']}+cuda{versions['cuda']}")
+    nics = " ".join(f"[{i}]mlx5_{i}:1/IB" for i in range(min(8, nproc)))
+    lines += [
+        f"{main} NCCL INFO NET/IB : Using {nics} [RO]; OOB eth0:{ip}<0>",
+        f"{main} NCCL INFO Using non-device net plugin version 0",
+        f"{main} NCCL INFO Using network IB",
+        f"{init} NCCL INFO ncclCommInitRank comm {comm} rank {rank} nranks {world} cudaDev {local} "
+        f"nvmlDev {local} busId {bus} commId {comm_id} - Init START",
+        f"{init} NCCL INFO comm {comm} rank {rank} nRanks {world} nNodes {nnodes} "
+        f"localRanks {min(nproc, world)} localRank {local} MNNVL 0",
+    ]
+    orders = ring_orders(world, nproc, channels)
+    if world <= 64:
+        for channel in range(min(channels, MAX_CHANNEL_LINES)):
+            ranks = "".join(f"{r:4d}" for r in orders[channel])
+            lines.append(f"{init} NCCL INFO Channel {channel:02d}/{channels:02d} :{ranks}")
+    up = -1 if local == 0 else rank - 1
+    down = rank + 1 if local + 1 < min(nproc, world) else -1
+    trees = " ".join(f"[{c}] {down}/-1/-1->{rank}->{up}" for c in range(min(channels, 2)))
+    lines += [
+        f"{init} NCCL INFO Trees {trees}",
+        f"{init} NCCL INFO P2P Chunksize set to 524288",
+    ]
+    nxt = orders[0][(orders[0].index(rank) + 1) % world] if world > 1 else rank
+    if world > 1:
+        same_node = nxt // nproc == rank // nproc
+        via = "P2P/CUMEM/read" if same_node else "NET/IB/0/GDRDMA"
+        kind = "" if same_node else " [send]"
+        hop = f"{rank}[{local}] -> {nxt}[{nxt % nproc}]{kind}"
+        lines.append(f"{init} NCCL INFO Channel 00/0 : {hop} via {via}")
+    lines += [
+        f"{init} NCCL INFO Connected all rings, use ring PXN 0 GDR 1",
+        f"{init} NCCL INFO Connected all trees",
+        f"{init} NCCL INFO {channels} coll channels, {channels} collnet channels, 0 nvls channels, "
+        f"{channels} p2p channels, {max(1, channels // 8)} p2p channels per peer",
+        f"{init} NCCL INFO ncclCommInitRank comm {comm} rank {rank} nranks {world} cudaDev {local} "
+        f"nvmlDev {local} busId {bus} commId {comm_id} - Init COMPLETE",
+    ]
+    return [line for line in lines if line]
+
+
+def gpu_detect_lines(run: dict[str, Any]) -> list[str]:
+    """nvidia-smi -L for node 0's GPUs, then the driver and CUDA versions."""
+    gpu, versions = run["gpu"], run["plan"]["versions"]
+    count = min(run["nproc_per_node"], run["world_size"])
+    lines = []
+    for index in range(count):
+        uuid = _hex(f"{run['run_id']}-gpu{index}", 32)
+        uuid = f"GPU-{uuid[:8]}-{uuid[8:12]}-{uuid[12:16]}-{uuid[16:20]}-{uuid[20:32]}"
+        lines.append(f"GPU {index}: {gpu['smi_name']} (UUID: {uuid})")
+    lines.append(
+        f"Driver Version: {versions['driver']}    CUDA Version: {versions['cuda']}    "
+        f"{count} x {gpu['smi_name']}, {gpu['memory_mib']}MiB each, {gpu['tdp_w']:.0f}W cap"
+    )
+    return lines
