@@ -105,6 +105,7 @@ class Coordinator:
     ) -> None:
         self.config, self.plan, self.run_id, self.speed = config, plan, run_id, speed
         self.launch_wall = launch_wall
+        self.pacing = speed if config.speed is None else 0.0  # as the ranks pace their phases
         self.local_agent_pids = list(local_agent_pids)
         self.show_locally = show_locally  # callable(list[record]) for records nobody received
         self.start_agent = start_agent  # callable(node) -> pid: replace a lost local agent
@@ -362,6 +363,9 @@ class Coordinator:
         infos = [self.ranks[r].info for r in range(config.ranks)]
         real = [self.agents[n].host if n in self.agents else "" for n in range(config.nnodes)]
         hosts = [self._display_host(n, h) for n, h in enumerate(real)]
+        described = sim.describe_plan(plan)
+        described["plan"]["init_s"] = sim.init_time_s(plan, self.pacing)
+        described["plan"]["eval_s"] = sim.eval_time_s(plan, self.pacing)
         return {
             "type": "run",
             "run_id": self.run_id,
@@ -382,7 +386,7 @@ class Coordinator:
             "start_time": self.launch_wall,
             "attempt": self.attempt,
             "max_restarts": config.max_restarts,
-            **sim.describe_plan(plan),
+            **described,
         }
 
     # ---- training -----------------------------------------------------------------------
@@ -460,13 +464,13 @@ class Coordinator:
                 "eval_s": elapsed, "accuracy": None,
             }  # fmt: skip
         elif name == "checkpoint":
-            info = sim.checkpoint_info(self.plan, step)
+            info = sim.checkpoint_info(self.plan, step, self.pacing)
             elapsed = info.save_s
             state.checkpoints += 1
             state.last_checkpoint_step = step
             record = {"type": "checkpoint", **asdict(info)}
         elif name == "export":
-            export = sim.export_info(self.plan)
+            export = sim.export_info(self.plan, self.pacing)
             elapsed = export.export_s
             record = {
                 "type": "export", "path": export.path, "format": "safetensors",

@@ -12,9 +12,11 @@ from llmcluster.sim.phases import (
     checkpoint_info,
     eval_time_s,
     export_info,
+    init_time_s,
     is_checkpoint_step,
     is_eval_step,
     local_val_loss,
+    paced_s,
 )
 from llmcluster.sim.plan import PlanError, RunPlan, make_plan
 from llmcluster.sim.throughput import (
@@ -48,11 +50,13 @@ __all__ = [
     "export_info",
     "global_step",
     "init_rank_state",
+    "init_time_s",
     "is_checkpoint_step",
     "is_eval_step",
     "load_catalog",
     "local_val_loss",
     "make_plan",
+    "paced_s",
     "rank_step",
     "rank_telemetry",
     "step_metrics",

@@ -26,7 +26,24 @@ from llmcluster.sim.throughput import step_time_model_s
 
 CHECKPOINT_FIXED_S = 1.5  # barrier, metadata, fsync
 EXPORT_FIXED_S = 4.0  # gather to rank 0, dtype conversion, index file
-VAL_GAP_NATS = (0.02, 0.06)  # val tracks train a little above (GPT-2 on OWT ~0.01, BLOOM 0.12)
+VAL_GAP_NATS = (0.02, 0.06)
+# With --speed auto, phases last at least this long on the wall clock so a demo has the
+# rhythm of a real run (init 5-10 s, validation 5-10 s, checkpoint 3-5 s, export 5-10 s);
+# the simulated duration is stretched to match, so the clock stays consistent.
+PHASE_FLOOR_WALL_S = {"init": 6.0, "eval": 5.5, "checkpoint": 3.5, "export": 6.0, "restore": 3.0}
+
+
+def paced_s(seconds: float, phase: str, pacing_speed: float) -> float:
+    """``seconds`` of simulated time, at least the phase's wall floor at ``pacing_speed``
+    (0 disables pacing: an explicit --speed gets the physics alone)."""
+    return max(seconds, PHASE_FLOOR_WALL_S.get(phase, 0.0) * pacing_speed)
+
+
+def init_time_s(plan: RunPlan, pacing_speed: float = 0.0) -> float:
+    """Simulated seconds from rendezvous to the first step (model build, data index, warm-up)."""
+    return paced_s(
+        plan.init_s, "init", pacing_speed
+    )  # val tracks train a little above (GPT-2 on OWT ~0.01, BLOOM 0.12)
 
 
 def is_eval_step(plan: RunPlan, step: int) -> bool:
@@ -39,9 +56,9 @@ def is_checkpoint_step(plan: RunPlan, step: int) -> bool:
     return step % plan.checkpoint_interval == 0 or step == plan.total_steps
 
 
-def eval_time_s(plan: RunPlan) -> float:
+def eval_time_s(plan: RunPlan, pacing_speed: float = 0.0) -> float:
     """Simulated seconds of one validation pass."""
-    return plan.eval_iters * step_time_model_s(plan) / 3.0
+    return paced_s(plan.eval_iters * step_time_model_s(plan) / 3.0, "eval", pacing_speed)
 
 
 def local_val_loss(plan: RunPlan, step: int, rank: int) -> float:
@@ -67,17 +84,19 @@ class CheckpointInfo:
     bandwidth_gbs: float
 
 
-def checkpoint_info(plan: RunPlan, step: int) -> CheckpointInfo:
+def checkpoint_info(plan: RunPlan, step: int, pacing_speed: float = 0.0) -> CheckpointInfo:
     """Size, layout and duration of the checkpoint saved after ``step``."""
     total = int(CHECKPOINT_BYTES_PER_PARAM * plan.model.params)
-    bandwidth = STORAGE_GBS_PER_NODE * plan.nnodes
+    physics = CHECKPOINT_FIXED_S + total / (STORAGE_GBS_PER_NODE * plan.nnodes * 1e9)
+    save_s = paced_s(physics, "checkpoint", pacing_speed)
+    bandwidth = total / (save_s - CHECKPOINT_FIXED_S) / 1e9  # what the storage delivered
     return CheckpointInfo(
         step=step,
         path=f"{plan.checkpoint_dir}/iter_{step:07d}",
         shards=plan.world_size,
         bytes_total=total,
         bytes_per_rank=total // plan.world_size,
-        save_s=CHECKPOINT_FIXED_S + total / (bandwidth * 1e9),
+        save_s=save_s,
         bandwidth_gbs=bandwidth,
     )
 
@@ -92,7 +111,7 @@ class ExportInfo:
     export_s: float
 
 
-def export_info(plan: RunPlan) -> ExportInfo:
+def export_info(plan: RunPlan, pacing_speed: float = 0.0) -> ExportInfo:
     """Shards and duration of the bf16 SafeTensors export of the final weights."""
     total = int(2 * plan.model.params)
     count = max(1, math.ceil(total / EXPORT_SHARD_BYTES))
@@ -108,5 +127,7 @@ def export_info(plan: RunPlan) -> ExportInfo:
         path=plan.export_dir,
         files=files,
         bytes_total=total,
-        export_s=EXPORT_FIXED_S + total / (STORAGE_GBS_PER_NODE * 1e9),
+        export_s=paced_s(
+            EXPORT_FIXED_S + total / (STORAGE_GBS_PER_NODE * 1e9), "export", pacing_speed
+        ),
     )

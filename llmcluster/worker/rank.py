@@ -91,6 +91,8 @@ class Rank:
         self.mesh.reset(spec.attempt)
         self.display: DisplayThread | None = None
         self.faults: tuple[Fault, ...] = ()
+        # --speed auto paces phases like a real run; an explicit --speed gets the physics alone
+        self.pacing = spec.speed if spec.config.speed is None else 0.0
 
     # ---- control --------------------------------------------------------------------------
     def _handle(self, messages: list[Message]) -> None:
@@ -184,10 +186,13 @@ class Rank:
         spec, config = self.spec, self.spec.config
         state = sim.init_rank_state(plan, spec.rank)
         if spec.start_step == 1:
-            self._phase(comm, "init", 0, plan.init_s, {})
+            self._phase(comm, "init", 0, sim.init_time_s(plan, self.pacing), {})
         else:  # restarted: load the last checkpoint first
             resumed = spec.start_step - 1
-            self._phase(comm, "restore", resumed, sim.checkpoint_info(plan, resumed).save_s, {})
+            restore_s = sim.paced_s(
+                sim.checkpoint_info(plan, resumed).save_s, "restore", self.pacing
+            )
+            self._phase(comm, "restore", resumed, restore_s, {})
         cost = sim.comm_cost(plan, config.algorithm)
         step = spec.start_step - 1
         for step in range(spec.start_step, plan.total_steps + 1):
@@ -244,7 +249,7 @@ class Rank:
             state = self._between_steps(plan, comm, state, step)
         else:
             if step == plan.total_steps:
-                info = sim.export_info(plan)
+                info = sim.export_info(plan, self.pacing)
                 self._phase(comm, "export", step, info.export_s, {})
         return step
 
@@ -266,7 +271,7 @@ class Rank:
     ) -> sim.RankState:
         """Validation and checkpointing after ``step``; the GPUs cool while they run."""
         if sim.is_eval_step(plan, step):
-            eval_s = sim.eval_time_s(plan)
+            eval_s = sim.eval_time_s(plan, self.pacing)
             local = sim.local_val_loss(plan, step, self.spec.rank)
             val = self._phase(comm, "eval", step, eval_s, {}, value=local)
             if self.spec.rank == 0:
@@ -275,7 +280,7 @@ class Rank:
                 plan, state, step, compute_s=eval_s, step_time_s=eval_s, phase="eval"
             )
         if sim.is_checkpoint_step(plan, step):
-            save_s = sim.checkpoint_info(plan, step).save_s
+            save_s = sim.checkpoint_info(plan, step, self.pacing).save_s
             self._phase(comm, "checkpoint", step, save_s, {})
             state, _ = sim.rank_telemetry(
                 plan, state, step, compute_s=0.0, step_time_s=save_s, phase="checkpoint"
