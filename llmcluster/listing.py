@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmcluster.render.fmt import human_count
 from llmcluster.render.styles import STYLES
-from llmcluster.sim import Catalog, load_catalog
 
 
-def listing_lines(catalog: Catalog) -> list[str]:
-    """One line per entry, grouped by kind."""
+def listing_lines(catalog: Any) -> list[str]:
+    """One line per entry, grouped under ``Models:``, ``GPUs:``, ``Datasets:``, ``Styles:``."""
     lines = ["Models:"]
     for model in catalog.models:
         joke = "  [joke]" if model.humorous else ""
-        moe = f" MoE {model.moe_experts}x" if model.moe_experts else ""
+        moe = f"  MoE {model.moe_active}/{model.moe_experts}" if model.moe_experts else ""
         lines.append(
-            f"  {model.name:<26} {human_count(model.params):>8} params  {model.layers:3d} layers  "
+            f"  {model.name:<26}{model.params / 1e9:9.2f}B params  {model.layers:3d} layers  "
             f"hidden {model.hidden:6d}  vocab {model.vocab:6d}{moe}{joke}"
         )
     lines.append("GPUs:")
     for gpu in catalog.gpus:
+        precision = "BF16" if gpu.bf16_supported else "FP16"
         lines.append(
-            f"  {gpu.name:<16} {gpu.memory_gb:5.0f} GB  {gpu.bf16_tflops:6.0f} TFLOPs "
-            f"{'BF16' if gpu.bf16_supported else 'FP16'}  {gpu.tdp_w:5.0f} W  "
-            f"{gpu.intra_node_link}  (aliases: {', '.join(gpu.aliases)})"
+            f"  {gpu.name:<16} {gpu.memory_gb:5.0f} GB  {gpu.bf16_tflops:6.0f} {precision} "
+            f"TFLOPs  {gpu.tdp_w:5.0f} W TDP  {gpu.intra_node_link}  "
+            f"(aliases: {', '.join(gpu.aliases)})"
         )
     lines.append("Datasets:")
     for data in catalog.datasets:
@@ -34,6 +36,10 @@ def listing_lines(catalog: Catalog) -> list[str]:
     return lines
 
 
-def print_listing() -> None:
-    """Print the listing to stdout."""
-    print("\n".join(listing_lines(load_catalog())))
+def print_listing(catalog: Any = None) -> None:
+    """Print the listing of ``catalog`` (the shipped one by default) to stdout."""
+    if catalog is None:
+        from llmcluster import sim
+
+        catalog = sim.load_catalog()
+    print("\n".join(listing_lines(catalog)))

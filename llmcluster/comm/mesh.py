@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -27,6 +28,7 @@ from llmcluster.wire.messages import MAX_PEER_BYTES
 ZERO_COPY_BYTES = 64 * 1024  # larger buffers are sent and received without copying
 SERVICE_S = 0.05  # control messages are served at least this often while a rank waits
 POLL_MS = 50
+NOBLOCK, RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)  # plain ints: enum arithmetic is slow
 
 
 class CollectiveTimeout(RuntimeError):
@@ -93,6 +95,14 @@ class PeerMesh:
 
     def send(self, dst: int, seq: int, phase: int, array: np.ndarray) -> None:
         """Queue ``array`` for ``dst``; large arrays are sent zero-copy and tracked."""
+        self.send_many((dst,), seq, phase, array)
+
+    def send_many(self, dsts: Sequence[int], seq: int, phase: int, array: np.ndarray) -> None:
+        """Queue the same ``array`` for every rank in ``dsts``, encoding it once.
+
+        Small arrays travel inside the header frame (one frame per message); large ones
+        follow it as a zero-copy frame whose buffer is tracked until ZeroMQ lets go.
+        """
         data = np.ascontiguousarray(array)
         head = {
             "k": "coll",
@@ -104,12 +114,17 @@ class PeerMesh:
             "dtype": data.dtype.str,
             "shape": data.shape,
         }
-        sock = self._socket_to(dst)
-        sock.send(HEADER + msgpack.packb(head), zmq.SNDMORE)
-        if data.nbytes >= ZERO_COPY_BYTES:
+        if data.nbytes < ZERO_COPY_BYTES:
+            head["data"] = data.tobytes()
+            frame = HEADER + msgpack.packb(head)
+            for dst in dsts:
+                self._socket_to(dst).send(frame)
+            return
+        frame = HEADER + msgpack.packb(head)
+        for dst in dsts:
+            sock = self._socket_to(dst)
+            sock.send(frame, zmq.SNDMORE)
             self._trackers.append(sock.send(data, copy=False, track=True))
-        else:
-            sock.send(data.tobytes())
 
     def flush(self) -> None:
         """Block until ZeroMQ no longer needs any zero-copy buffer handed to ``send``."""
@@ -139,20 +154,23 @@ class PeerMesh:
 
     def _drain(self) -> None:
         inbox = self._inbox
-        while inbox.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            first = inbox.recv()
+        while True:
             try:
-                key, dtype, shape = self._describe(first)
+                first = inbox.recv(NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                key, dtype, shape, inline = self._describe(first)
             except (DecodeError, TypeError, ValueError, KeyError):
                 self.dropped += 1
-                key = None
-            rest = []
-            while inbox.getsockopt(zmq.RCVMORE):
+                key, inline = None, None
+            rest: list[Any] = [] if inline is None else [inline]
+            while inbox.getsockopt(RCVMORE):
                 big = key is not None and dtype.itemsize * math.prod(shape) >= ZERO_COPY_BYTES
                 rest.append(inbox.recv(copy=not big))
             if key is None:
                 continue
-            if len(rest) != 1:
+            if len(rest) != 1:  # exactly one payload: inline or a second frame
                 self.dropped += 1
                 continue
             buffer = rest[0].buffer if isinstance(rest[0], zmq.Frame) else rest[0]
@@ -161,8 +179,10 @@ class PeerMesh:
             except ValueError:  # the data does not match its description
                 self.dropped += 1
 
-    def _describe(self, first: bytes) -> tuple[tuple[int, int, int], np.dtype, tuple[int, ...]]:
-        head = decode_head(first, run_id=self.run_id, max_body=4096)
+    def _describe(
+        self, first: bytes
+    ) -> tuple[tuple[int, int, int], np.dtype, tuple[int, ...], bytes | None]:
+        head = decode_head(first, run_id=self.run_id, max_body=ZERO_COPY_BYTES + 4096)
         if head["k"] is not Kind.COLL or head["att"] != self.attempt:
             raise DecodeError("not a collective message of this attempt")
         seq, phase = head["seq"], head["phase"]
@@ -172,7 +192,10 @@ class PeerMesh:
             raise DecodeError("bad collective header")
         if any(x < 0 for x in shape) or len(shape) > 8:
             raise DecodeError("bad array shape")
-        return (head["src"], seq, phase), dtype, shape
+        inline = head.get("data")
+        if inline is not None and not isinstance(inline, bytes):
+            raise DecodeError("bad inline payload")
+        return (head["src"], seq, phase), dtype, shape, inline
 
     def reset(self, attempt: int) -> None:
         """Forget pending messages of an earlier attempt."""

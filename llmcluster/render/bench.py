@@ -2,6 +2,8 @@
 
 The same measurement fills the out-of-place and in-place columns: our allreduce
 always writes a fresh result array, so there is no separate in-place variant.
+Each rank is one process driving one GPU, as with ``mpirun -np N all_reduce_perf``,
+hence ``nGpus 1``.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ def _time(us: float) -> str:
     return f"{us:7.2f}"
 
 
-def bench_table_lines(rows: list[dict[str, Any]], *, world_size: int, algorithm: str) -> list[str]:
+def bench_table_lines(rows: list[dict[str, Any]], *, world_size: int, algorithm: str,
+                      iters: int = 20, warmup: int = 5) -> list[str]:  # fmt: skip
     """Header, one row per size, and the footer with the average bus bandwidth."""
     if not rows:
         return ["# no sizes measured"]
     first, last = rows[0]["size"], rows[-1]["size"]
     factor = rows[1]["size"] // rows[0]["size"] if len(rows) > 1 else 2
     lines = [
-        f"# nThread 1 nGpus {world_size} minBytes {first} maxBytes {last} step: {factor}(factor) "
-        "warmup iters: 5 iters: 20 agg iters: 1 validation: 1 graph: 0",
-        f"# llmcluster allreduce over ZeroMQ, algorithm {algorithm}",
+        f"# nThread 1 nGpus 1 minBytes {first} maxBytes {last} step: {factor}(factor) "
+        f"warmup iters: {warmup} iters: {iters} agg iters: 1 validation: 1 graph: 0",
+        f"# llmcluster allreduce over ZeroMQ: {world_size} ranks, algorithm {algorithm}",
         "#",
         "#                                                              out-of-place"
         "                       in-place          ",

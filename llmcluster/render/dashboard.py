@@ -2,12 +2,12 @@
 collective timings and a log tail, rebuilt from records by pure functions.
 
 ``DashboardState.update`` folds records in; ``dashboard_renderable`` turns the state
-into a rich renderable for a given width. The sink owns the ``rich.live.Live``.
+into a rich renderable for a given width (80 to 200+ columns, one screen line per
+``Text``, nothing wraps). The sink owns the ``rich.live.Live``.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,14 +15,27 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from llmcluster.render.fmt import ascii_safe, duration, human_bytes, human_count, iso, num
-from llmcluster.render.grid import COMPRESS_NODES, mark, straggler_rank
+from llmcluster.render.fmt import ascii_safe, duration, finite, human_bytes, human_count, iso, num
+from llmcluster.render.grid import grid_segments
 from llmcluster.render.styles import STYLES
 
 SPARKS = "▁▂▃▄▅▆▇█"
 ASCII_SPARKS = "_.-~=+*#"
 LOG_TAIL = 8
-MARK_STYLE = {"!": "bold red", "*": "bold magenta", "^": "yellow", "": ""}
+ETA_WINDOW = 20  # steps whose record times give the pace for the ETA
+LOSS_HISTORY = 240
+GRID_STYLE = {
+    "title": "bold",
+    "host": "cyan",
+    "util": "green",
+    "low": "yellow",
+    "temp": "green",
+    "hot": "bold red",
+    "plain": "",
+    "!": "bold red",
+    "*": "bold magenta",
+    "^": "yellow",
+}
 
 
 @dataclass
@@ -34,10 +47,10 @@ class DashboardState:
     step: dict[str, Any] | None = None
     ranks: dict[str, Any] | None = None
     phase: str = "starting"
-    losses: deque[float] = field(default_factory=lambda: deque(maxlen=120))
+    losses: deque[float] = field(default_factory=lambda: deque(maxlen=LOSS_HISTORY))
     log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL))
     summary: dict[str, Any] | None = None
-    train_start: float | None = None
+    pace: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=ETA_WINDOW))
 
     def update(self, record: dict[str, Any]) -> None:
         """Fold one record in."""
@@ -52,10 +65,12 @@ class DashboardState:
             return
         if kind == "step":
             self.step, self.phase = record, "training"
-            if self.train_start is None:
-                self.train_start = record["time"] - record["step_time_s"]
-            self.losses.append(record["loss"])
-            self._log([f"WARNING: {e['text']}" for e in record.get("events", [])])
+            if self.pace and record["step"] <= self.pace[-1][0]:
+                self.pace.clear()  # resumed from a checkpoint: the pace starts again
+            self.pace.append((record["step"], record["time"]))
+            if finite(record["loss"]):
+                self.losses.append(record["loss"])
+            self._log(style.step_line(run, record))
         elif kind == "ranks":
             self.ranks = record
         elif kind == "phase":
@@ -69,23 +84,33 @@ class DashboardState:
             self._log(style.export_lines(run, record))
         elif kind == "failure":
             self.phase = "failed"
-            self._log([f"ERROR: rank {record['rank']} failed: {record['reason']}"])
+            self._log([f"ERROR: rank {record['rank']} on {record['host']} failed: "
+                       f"{record['reason']}"])  # fmt: skip
         elif kind == "restart":
             self.phase = "restarting"
-            self._log(
-                [f"restarting from step {record['resume_step']} (attempt {record['attempt']})"]
-            )
+            self._log([f"restarting from step {record['resume_step']} (attempt "
+                       f"{record['attempt']}/{record['max_restarts']})"])  # fmt: skip
         elif kind == "log":
             self._log([f"{record.get('level', 'INFO')}: {record.get('text', '')}"])
 
     def _log(self, lines: list[str]) -> None:
         self.log.extend(lines)
 
+    def eta_s(self) -> float:
+        """Simulated seconds left at the pace of recent step records (NaN before a step)."""
+        if self.step is None or self.run is None:
+            return float("nan")
+        left = self.run["plan"]["total_steps"] - self.step["step"]
+        if len(self.pace) < 2:
+            return left * self.step["step_time_s"]
+        (first, t0), (last, t1) = self.pace[0], self.pace[-1]
+        return left * (t1 - t0) / (last - first)
+
 
 def sparkline(values: list[float], width: int, *, ascii_only: bool) -> str:
-    """The last ``width`` values as a one-line bar chart."""
+    """The last ``width`` finite values as a one-line bar chart."""
     glyphs = ASCII_SPARKS if ascii_only else SPARKS
-    values = [v for v in values[-width:] if v == v]
+    values = [v for v in values[-width:] if finite(v)]
     if not values:
         return ""
     low, high = min(values), max(values)
@@ -95,6 +120,17 @@ def sparkline(values: list[float], width: int, *, ascii_only: bool) -> str:
     )
 
 
+def pack(fields: list[str], width: int, sep: str = "  ") -> list[str]:
+    """Greedily join ``fields`` into as few lines of at most ``width`` as possible."""
+    lines: list[str] = []
+    for item in fields:
+        if lines and len(lines[-1]) + len(sep) + len(item) <= width:
+            lines[-1] += sep + item
+        else:
+            lines.append(item)
+    return lines
+
+
 def _bar(fraction: float, width: int, ascii_only: bool) -> str:
     filled = round(max(0.0, min(1.0, fraction)) * width)
     full, empty = ("#", ".") if ascii_only else ("█", "░")
@@ -102,47 +138,54 @@ def _bar(fraction: float, width: int, ascii_only: bool) -> str:
 
 
 def _grid(state: DashboardState, width: int, ascii_only: bool) -> list[Text]:
-    run, record = state.run, state.ranks
-    if run is None or record is None:
+    if state.run is None or state.ranks is None:
         return [Text("waiting for the first step ...", style="dim")]
-    ranks = record["ranks"]
-    straggler = straggler_rank(ranks)
-    slowdown = run["gpu"]["slowdown_c"]
-    nodes: dict[int, list[dict[str, Any]]] = {}
-    for gpu in ranks:
-        nodes.setdefault(gpu["node"], []).append(gpu)
-    hosts = run.get("hosts", [])
-    host_width = min(24, max(len(hosts[n]) if n < len(hosts) else 6 for n in nodes))
-    lines = []
-    compress = len(nodes) > COMPRESS_NODES
-    cell = 22 if width >= host_width + 8 * 23 + 2 else 10
-    for node, gpus in nodes.items():
-        host = hosts[node] if node < len(hosts) else f"node{node}"
-        text = Text(f"{host[-host_width:]:<{host_width}} ", style="cyan")  # keep the node number
-        if compress:
-            utils = [g["util"] for g in gpus]
-            hottest = max(gpus, key=lambda g: g["temp_c"])
-            marks = "".join(sorted({mark(g, run, straggler) for g in gpus} - {""}))
-            text.append(
-                f"util {min(utils):3.0f}/{statistics.mean(utils):3.0f}/{max(utils):3.0f}%  "
-                f"max {hottest['temp_c']:.0f}C  {sum(g['power_w'] for g in gpus) / 1000:.1f}kW "
-            )
-            text.append(marks, style="bold red")
-        else:
-            for gpu in gpus:
-                health = mark(gpu, run, straggler)
-                temp_style = "red" if gpu["temp_c"] >= slowdown - 5 else "green"
-                util_style = "green" if gpu["util"] >= 80 else "yellow"
-                text.append(f"{gpu['util']:3.0f}%", style=util_style)
-                text.append(f" {gpu['temp_c']:2.0f}C", style=temp_style)
-                if cell > 10:
-                    text.append(f" {gpu['mem_used_gb']:4.1f}G {gpu['power_w']:3.0f}W")
-                text.append(f"{health or ' '} ", style=MARK_STYLE[health])
-        if ascii_only:
-            text = Text(ascii_safe(text.plain))
-        text.truncate(width)
-        lines.append(text)
-    return lines
+    rows = []
+    for row in grid_segments(state.run, state.ranks, width=width):
+        text = Text()
+        for piece, tag in row:
+            text.append(ascii_safe(piece) if ascii_only else piece, style=GRID_STYLE[tag])
+        rows.append(text)
+    return rows
+
+
+def _progress(state: DashboardState, plan: dict[str, Any], width: int,
+              ascii_only: bool) -> list[Text]:  # fmt: skip
+    total, interval = plan["total_steps"], plan["eval_interval"]
+    done = state.step["step"] if state.step else 0
+    digits = len(str(total))
+    bar_width = max(10, min(60, width - 50))
+    into = done % interval if done % interval or not done else interval
+    target = min(total, (done // interval + 1) * interval) if done < total else total
+    return [
+        Text(f"steps   {done:>{digits}}/{total} {_bar(done / total, bar_width, ascii_only)} "
+             f"{100 * done / total:5.1f}%  ETA {duration(state.eta_s())} (sim)"),
+        Text(f"segment {into:>{digits}}/{interval:<{digits}} "
+             f"{_bar(into / interval, bar_width, ascii_only)} eval+ckpt @ {target}"),
+    ]  # fmt: skip
+
+
+def _metrics(step: dict[str, Any], width: int) -> list[Text]:
+    coll = step["collective"]
+    fields = [
+        iso(step["time"]),
+        f"loss {num(step['loss'], '.4f')}",
+        f"ppl {num(step['ppl'], '.2f')}",
+        f"lr {step['lr']:.2e}",
+        f"grad_norm {num(step['grad_norm'], '.3f')}",
+        f"tok/s {human_count(step['tokens_per_s'])}",
+        f"MFU {100 * step['mfu']:.1f}%",
+        f"step {step['step_time_s']:.2f}s",
+    ]
+    collective = [
+        f"allreduce {coll['algorithm']} {human_bytes(coll['bytes'])}",
+        f"model {coll['model_ms']:.1f} ms busbw {coll['busbw_gbs']:.0f} GB/s |",
+        f"measured wall {coll['wall_ms']:.2f} ms (real ZeroMQ)",
+    ]
+    return [
+        *(Text(line, style="bold green") for line in pack(fields, width)),
+        *(Text(line) for line in pack(collective, width, sep=" ")),
+    ]
 
 
 def dashboard_renderable(state: DashboardState, *, width: int, ascii_only: bool) -> RenderableType:
@@ -151,58 +194,27 @@ def dashboard_renderable(state: DashboardState, *, width: int, ascii_only: bool)
     if run is None:
         return Text("llmcluster: waiting for the ranks to rendezvous ...", style="dim")
     model, gpu, plan = run["model"], run["gpu"], run["plan"]
-    head = Text(
-        f"llmcluster | {model['name']} ({human_count(model['params'])}) on {run['world_size']} x "
-        f"{gpu['name']} ({run['nnodes']} nodes) | {plan['strategy']} {plan['precision']} | "
-        f"seed {run['seed']} | {state.phase}",
-        style="bold",
-    )
-    parts: list[RenderableType] = [head]
-    step = state.step
-    total = plan["total_steps"]
-    done = step["step"] if step else 0
-    bar_width = max(10, min(50, width - 60))
-    eta = (total - done) * step["step_time_s"] if step else float("nan")
-    progress = Text(
-        f"steps {done:>{len(str(total))}}/{total} {_bar(done / total, bar_width, ascii_only)} "
-        f"{100 * done / total:5.1f}%  ETA {duration(eta)} (simulated)"
-    )
-    interval = plan["eval_interval"]
-    into = done % interval if done % interval or not done else interval
-    segment = Text(
-        f"segment {into:>{len(str(interval))}}/{interval} "
-        f"{_bar(into / interval, bar_width, ascii_only)} next eval + checkpoint at step "
-        f"{min(total, (done // interval + 1) * interval)}"
-    )
-    parts += [progress, segment]
-    if step:
-        parts.append(
-            Text(
-                f"{iso(step['time'])}  loss {num(step['loss'], '.4f')}  "
-                f"ppl {num(step['ppl'], '.2f')}  lr {step['lr']:.2e}  "
-                f"grad {num(step['grad_norm'], '.3f')}  tok/s "
-                f"{human_count(step['tokens_per_s'])}  MFU {100 * step['mfu']:.1f}%  "
-                f"step {step['step_time_s']:.2f}s",
-                style="bold green",
-            )
-        )
-        coll = step["collective"]
-        parts.append(
-            Text(
-                f"allreduce {coll['algorithm']} {human_bytes(coll['bytes'])}: model "
-                f"{coll['model_ms']:.1f} ms busbw {coll['busbw_gbs']:.0f} GB/s | measured wall "
-                f"{coll['wall_ms']:.2f} ms (real ZeroMQ)"
-            )
-        )
-        spark = sparkline(list(state.losses), max(10, width - 12), ascii_only=ascii_only)
+    head = [
+        f"llmcluster {run['run_id']}",
+        f"{model['name']} ({human_count(model['params'])})",
+        f"{run['world_size']} x {gpu['name']} on {run['nnodes']} nodes",
+        f"{plan['strategy']} {plan['precision']}",
+        f"style {state.style}",
+        f"seed {run['seed']}",
+        state.phase,
+    ]
+    parts: list[Text] = [Text(line, style="bold") for line in pack(head, width, sep=" | ")]
+    parts += _progress(state, plan, width, ascii_only)
+    if state.step:
+        parts += _metrics(state.step, width)
+        spark = sparkline(list(state.losses), max(10, width - 6), ascii_only=ascii_only)
         parts.append(Text(f"loss {spark}", style="blue"))
     parts += _grid(state, width, ascii_only)
-    for line in state.log:
-        parts.append(Text(line, style="dim"))
+    parts += [Text(line, style="dim") for line in state.log]
     for part in parts:
-        if isinstance(part, Text):
-            part.no_wrap = True
-            part.overflow = "ellipsis"
-            if ascii_only:
-                part.plain = ascii_safe(part.plain)
+        if ascii_only:
+            part.plain = ascii_safe(part.plain)
+        part.no_wrap = True
+        part.overflow = "crop" if ascii_only else "ellipsis"
+        part.truncate(width, overflow=part.overflow)
     return Group(*parts)

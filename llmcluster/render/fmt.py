@@ -32,9 +32,12 @@ def deepspeed_ts(t: float) -> str:
 
 
 def glog(level: str, t: float, pid: int, where: str) -> str:
-    """A glog prefix as torch.distributed prints it: ``W1122 14:03:07.123000 4242 file.py:803]``."""
+    """A glog prefix as torch.distributed prints it: ``W1122 14:03:07.123000 4242 file.py:803]``.
+
+    Python's logging keeps milliseconds only, so the microseconds always end in ``000``.
+    """
     stamp = time.strftime("%m%d %H:%M:%S", clock(t))
-    return f"{level}{stamp}.{int((t % 1) * 1e6):06d} {pid} {where}]"
+    return f"{level}{stamp}.{int((t % 1) * 1000):03d}000 {pid} {where}]"
 
 
 def c10_glog(level: str, t: float, where: str) -> str:
@@ -71,11 +74,22 @@ def duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+def hms(seconds: float) -> str:
+    """``0:02:21``, ``27:04:09`` (hours not wrapped at a day)."""
+    if not math.isfinite(seconds):
+        return "?"
+    hours, rest = divmod(int(max(0, seconds)), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def finite(value: Any) -> bool:
+    """False for a missing (JSON null) or NaN/infinite number."""
+    return value is not None and math.isfinite(float(value))
+
+
 def num(value: Any, spec: str) -> str:
-    """Format a possibly missing or NaN number the way Python prints it (``nan``)."""
-    if value is None:
-        return "nan"
-    return format(float(value), spec)
+    """Format a possibly missing (null) or NaN number as Python does: ``nan``, ``NAN`` for E."""
+    return format(float("nan") if value is None else float(value), spec)
 
 
 def tid_of(pid: int, offset: int = 0) -> int:

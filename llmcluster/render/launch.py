@@ -21,7 +21,8 @@ OMP_TEXT = (
     "your system being overloaded, please further tune the variable for optimal performance in "
     "your application as needed. "
 )
-MAX_CHANNEL_LINES = 4
+MAX_CHANNEL_LINES = 4  # of 24 on NVLink nodes; big worlds list 2 (each line has every rank)
+BIG_WORLD = 64
 
 
 def _hex(seed: str, digits: int) -> str:
@@ -102,6 +103,21 @@ def ring_orders(world: int, nproc: int, channels: int) -> list[list[int]]:
     return orders
 
 
+def tree_line(world: int, nproc: int, rank: int) -> str:
+    """``down0/down1/down2->rank->up``: a chain inside the node, a binary tree of node leaders."""
+    node, local = divmod(rank, nproc)
+    nodes = -(-world // nproc)
+    local_count = min(nproc, world - node * nproc)
+    downs = [rank + 1] if local + 1 < local_count else []
+    if local == 0:
+        downs += [child * nproc for child in (2 * node + 1, 2 * node + 2) if child < nodes]
+        up = (node - 1) // 2 * nproc if node else -1
+    else:
+        up = rank - 1
+    downs = ([*downs, -1, -1, -1])[:3]
+    return f"{downs[0]}/{downs[1]}/{downs[2]}->{rank}->{up}"
+
+
 def nccl_init_lines(run: dict[str, Any], rank: int) -> list[str]:
     """NCCL_DEBUG=INFO bootstrap and communicator init for ``rank`` (rank 0 adds the version)."""
     versions = run["plan"]["versions"]
@@ -133,13 +149,12 @@ def nccl_init_lines(run: dict[str, Any], rank: int) -> list[str]:
         f"localRanks {min(nproc, world)} localRank {local} MNNVL 0",
     ]
     orders = ring_orders(world, nproc, channels)
-    if world <= 64:
-        for channel in range(min(channels, MAX_CHANNEL_LINES)):
-            ranks = "".join(f"{r:4d}" for r in orders[channel])
-            lines.append(f"{init} NCCL INFO Channel {channel:02d}/{channels:02d} :{ranks}")
-    up = -1 if local == 0 else rank - 1
-    down = rank + 1 if local + 1 < min(nproc, world) else -1
-    trees = " ".join(f"[{c}] {down}/-1/-1->{rank}->{up}" for c in range(min(channels, 2)))
+    shown = MAX_CHANNEL_LINES if world <= BIG_WORLD else 2
+    for channel in range(min(channels, shown)):
+        ranks = "".join(f"{r:4d}" for r in orders[channel])
+        lines.append(f"{init} NCCL INFO Channel {channel:02d}/{channels:02d} : {ranks}")
+    tree = tree_line(world, nproc, rank)
+    trees = " ".join(f"[{c}] {tree}" for c in range(min(channels, 2)))
     lines += [
         f"{init} NCCL INFO Trees {trees}",
         f"{init} NCCL INFO P2P Chunksize set to 524288",

@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from llmcluster.render.fmt import ascii_safe, c10_glog, duration, glog, human_count
+from llmcluster.render.fmt import ascii_safe, c10_glog, duration, glog, hms, human_count, num
 from llmcluster.render.launch import agent_pid
 
 MP_API = "torch/distributed/elastic/multiprocessing/api.py:1014"
@@ -109,7 +109,7 @@ def restart_lines(run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
         f"{a}   master_port={run['master_port']}",
         f"{a} [default] Starting worker group",
         f"llmcluster: resuming from the checkpoint at step {rec['resume_step'] - 1}; "
-        f"{rec['replayed_steps']} step(s) to replay, {duration(rec['lost_s'])} of work lost",
+        f"{rec.get('replayed_steps', 0)} step(s) to replay, {duration(rec['lost_s'])} of work lost",
     ]
 
 
@@ -126,17 +126,21 @@ def summary_renderable(run: dict[str, Any] | None, rec: dict[str, Any], *,
     table.add_column("value")
     if run is not None:
         model, gpu = run["model"], run["gpu"]
+        table.add_row("Run", f"{run['run_id']} (seed {run['seed']})")
         table.add_row("Model", f"{model['name']} ({human_count(model['params'])} params)")
         table.add_row("GPUs", f"{run['world_size']} x {gpu['name']} on {run['nnodes']} node(s)")
         table.add_row("Strategy", f"{run['plan']['strategy']}, {run['plan']['precision']}")
     table.add_row("Steps", str(rec["steps"]))
-    table.add_row("Final loss / PPL", f"{rec['final_loss']:.4f} / {rec['final_ppl']:.2f}")
+    table.add_row(
+        "Final loss / PPL", f"{num(rec['final_loss'], '.4f')} / {num(rec['final_ppl'], '.2f')}"
+    )
     table.add_row("Tokens trained", human_count(rec["tokens_total"]))
-    table.add_row("Simulated time", duration(rec["sim_seconds"]))
-    table.add_row("Wall time", f"{rec['wall_seconds']:.1f}s")
+    table.add_row("Simulated time", hms(rec["sim_seconds"]))
+    wall = rec["wall_seconds"]
+    table.add_row("Wall time", f"{hms(wall)} ({wall:.0f}s)" if wall >= 60 else f"{wall:.1f}s")
     table.add_row("Mean MFU", f"{100 * rec['mfu']:.1f}%")
     table.add_row("Checkpoints", str(rec["checkpoints"]))
-    table.add_row("Restarts", f"{rec['restarts']} ({duration(rec['lost_s'])} lost)")
+    table.add_row("Restarts", f"{rec['restarts']} ({hms(rec['lost_s'])} lost)")
     table.add_row("Dropped messages", str(rec["dropped_messages"]))
     table.add_row("Exit", rec["exit"])
     return table

@@ -79,7 +79,8 @@ def _style_lines(config: RunConfig, run: dict[str, Any] | None, record: dict[str
             *style.preamble(record),
         ]
     if kind == "summary":
-        return render.summary_lines(run, record, width=width, ascii_only=config.ascii_only)
+        table = render.summary_lines(run, record, width=width, ascii_only=config.ascii_only)
+        return table if run is None else [*style.final_lines(run, record), *table]
     if run is None:
         return []
     if kind == "step":

@@ -13,13 +13,20 @@ taken from a record; nothing is recomputed differently from what JSONL shows.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from llmcluster.render.fmt import deepspeed_ts, duration, human_bytes, human_count, iso, num
+from llmcluster.render.fmt import (
+    deepspeed_ts,
+    duration,
+    finite,
+    human_bytes,
+    human_count,
+    iso,
+    num,
+)
 
-MB = 1024.0 * 1024.0
+OPTIMIZER_SHARE = 0.02  # of a step shown as the optimizer step in DeepSpeed's timer line
 
 
 def rank_prefix(style: str, local_rank: int) -> str:
@@ -39,13 +46,24 @@ def _events(step: dict[str, Any]) -> list[str]:
     return [f"WARNING: {event['text']}" for event in step.get("events", [])]
 
 
+def memory_gib(run: dict[str, Any]) -> tuple[float, float, float]:
+    """(allocated, max allocated, reserved) GiB per GPU from the plan's memory budget.
+
+    Between steps weights, gradients and optimizer state stay allocated; the peak adds
+    the activations; the caching allocator holds the whole budget (overhead included).
+    """
+    mem = run["plan"]["memory"]
+    allocated = mem["weights_gb"] + mem["grads_gb"] + mem["optimizer_gb"]
+    return allocated, allocated + mem["activations_gb"], mem["total_gb"]
+
+
 @dataclass(frozen=True)
 class Style:
     """Base: the default style. Subclasses override what their tool prints differently."""
 
     name: str = "default"
     example: str = (
-        "2026-11-22 14:03:07 | step   120/300 | loss 3.4121 | ppl 30.32 | lr 2.850e-04 | "
+        "2026-11-22 14:03:07 | step 120/300 | loss 3.4121 | ppl 30.32 | lr 2.850e-04 | "
         "grad_norm 0.842 | tok/s 1.23M | step 4.87s | mfu 43.1%"
     )
 
@@ -129,6 +147,14 @@ class Style:
         )
         return _prefixed(self.prefix(run), lines)
 
+    def final_lines(self, run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
+        """What the framework prints when training ends (before the summary table)."""
+        line = (
+            f"{iso(rec['time'])} | training {rec['exit']} after {rec['steps']} steps, final loss "
+            f"{num(rec['final_loss'], '.4f')}"
+        )
+        return _prefixed(self.prefix(run), [line])
+
     def phase_lines(self, run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
         """A phase begins."""
         t, name, step = iso(rec["time"]), rec["name"], rec["step"]
@@ -211,27 +237,22 @@ class MegatronStyle(Style):
             f"learning rate: {step['lr']:.6E} | global batch size: {plan['global_batch']:5d} | "
             f"lm loss: {num(step['loss'], '.6E')} | loss scale: {step['loss_scale']:.1f} | "
             f"{grad}number of skipped iterations: {skipped:3d} | "
-            f"number of nan iterations: {0 if math.isfinite(step['loss']) else 1:3d} |"
+            f"number of nan iterations: {0 if finite(step['loss']) else 1:3d} |"
         )
-        lines = [line]
-        if step["step"] == 10:
-            mem = plan["memory"]
-            allocated = (mem["total_gb"] - mem["overhead_gb"]) * 1024
-            peak = mem["total_gb"] * 1024 * 0.97
-            reserved = mem["total_gb"] * 1024
+        lines = _prefixed(self.prefix(run), [*_events(step), line])
+        if step["step"] == 10:  # printed by each data-parallel rank 0, so tee'd as local rank 0
+            allocated, peak, reserved = (1024 * gib for gib in memory_gib(run))
             lines.append(
-                f"[Rank 0] (after 10 iterations) memory (MB) | allocated: {allocated * 0.55:.2f} "
-                f"| max allocated: {peak:.2f} | reserved: {reserved:.2f} | "
-                f"max reserved: {reserved:.2f}"
+                f"{rank_prefix(self.name, 0)}[Rank 0] (after 10 iterations) memory (MB) | "
+                f"allocated: {allocated:.2f} | max allocated: {peak:.2f} | reserved: "
+                f"{reserved:.2f} | max reserved: {reserved:.2f}"
             )
-        return _prefixed(self.prefix(run), [*_events(step), *lines])
+        return lines
 
     def eval_lines(self, run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
-        loss = rec["val_loss"]
-        ppl = math.exp(min(20.0, loss))
         text = (
-            f" validation loss at iteration {rec['step']} | lm loss value: {loss:.6E} | "
-            f"lm loss PPL: {ppl:.6E} | "
+            f" validation loss at iteration {rec['step']} | lm loss value: "
+            f"{num(rec['val_loss'], '.6E')} | lm loss PPL: {num(rec['val_ppl'], '.6E')} | "
         )
         rule = "-" * (len(text) + 1)
         return _prefixed(self.prefix(run), [rule, text, rule])
@@ -266,9 +287,14 @@ class MegatronStyle(Style):
             ]
         elif rec["name"] == "init":
             return []  # the preamble already shows Megatron's initialisation
+        elif rec["name"] == "export":
+            lines = [f"[after training is done] datetime: {t} "]
         else:
             return super().phase_lines(run, rec)
         return _prefixed(self.prefix(run), lines)
+
+    def final_lines(self, run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
+        return _prefixed(self.prefix(run), [f"exiting program at iteration {rec['steps']}"])
 
 
 @dataclass(frozen=True)
@@ -306,8 +332,12 @@ class DeepSpeedStyle(Style):
 
     def step_line(self, run: dict[str, Any], step: dict[str, Any]) -> list[str]:
         plan, t, n = run["plan"], step["time"], step["step"]
-        mem = plan["memory"]
+        allocated, peak, _ = memory_gib(run)
         skipped = "skipped" if step["skipped"] else ""
+        step_ms = 1000 * step["step_time_s"]
+        allreduce = min(step["collective"]["model_ms"], step_ms / 2)
+        optimizer = OPTIMIZER_SHARE * step_ms
+        compute = step_ms - allreduce - optimizer
         lines = _events(step)
         if step["skipped"] and plan["precision"] == "fp16":
             lines.append(self._info(t, "logging.py:128:log_dist",
@@ -322,8 +352,11 @@ class DeepSpeedStyle(Style):
                        f"epoch=0/micro_step={n * plan['grad_accum']}/global_step={n}, "
                        f"RunningAvgSamplesPerSec={step['samples_per_s']!r}, "
                        f"CurrSamplesPerSec={step['samples_per_s']!r}, "
-                       f"MemAllocated={mem['total_gb'] - mem['overhead_gb']:.2f}GB, "
-                       f"MaxMemAllocated={mem['total_gb'] * 0.97:.2f}GB"),
+                       f"MemAllocated={allocated:.2f}GB, MaxMemAllocated={peak:.2f}GB"),
+            self._info(t, "logging.py:128:log_dist",
+                       f"[Rank 0] time (ms) | fwd: {compute / 3:.2f} | bwd: "
+                       f"{2 * compute / 3 + allreduce:.2f} | bwd_inner: {2 * compute / 3:.2f} | "
+                       f"bwd_allreduce: {allreduce:.2f} | step: {optimizer:.2f}"),
             f"epoch 0 | step {n}/{step['total_steps']} | loss {num(step['loss'], '.4f')} | "
             f"ppl {num(step['ppl'], '.2f')} | grad_norm {num(step['grad_norm'], '.3f')} | "
             f"TFLOPs {step['tflops_per_gpu']:.1f}",
@@ -384,7 +417,7 @@ class HfStyle(Style):
             f"{duration((total - n) * step['step_time_s'])}, {step['step_time_s']:5.2f}s/it]"
         )
         record = {
-            "loss": round(step["loss"], 4),
+            "loss": round(step["loss"], 4) if finite(step["loss"]) else float("nan"),
             "grad_norm": step["grad_norm"],
             "learning_rate": step["lr"],
             "epoch": self._epoch(run, n),
@@ -395,11 +428,23 @@ class HfStyle(Style):
         plan = run["plan"]
         samples = plan["eval_iters"] * plan["global_batch"]
         record = {
-            "eval_loss": round(rec["val_loss"], 4),
+            "eval_loss": round(rec["val_loss"], 4) if finite(rec["val_loss"]) else float("nan"),
             "eval_runtime": round(rec["eval_s"], 4),
             "eval_samples_per_second": round(samples / rec["eval_s"], 3),
             "eval_steps_per_second": round(plan["eval_iters"] / rec["eval_s"], 3),
             "epoch": self._epoch(run, rec["step"]),
+        }
+        return [str(record)]
+
+    def final_lines(self, run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
+        runtime, steps = max(rec["sim_seconds"], 1e-9), rec["steps"]
+        loss = rec["final_loss"]
+        record = {
+            "train_runtime": round(runtime, 4),
+            "train_samples_per_second": round(steps * run["plan"]["global_batch"] / runtime, 3),
+            "train_steps_per_second": round(steps / runtime, 3),
+            "train_loss": loss if finite(loss) else float("nan"),
+            "epoch": self._epoch(run, steps),
         }
         return [str(record)]
 

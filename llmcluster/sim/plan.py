@@ -27,7 +27,7 @@ from llmcluster.sim.catalog import Catalog, DatasetSpec, GpuSpec, ModelSpec
 from llmcluster.sim.hardware import Fabric, Layout, Memory
 from llmcluster.sim.rng import Stream, generator
 
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 250
 MAX_GRAD_ACCUM = 32
 MEMORY_HEADROOM = 0.94  # plan at most this fraction of the card, spread included
 STORAGE_GBS_PER_NODE = 1.2  # BLOOM: 2.3 TB in 40 s from 48 nodes [D]
