@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -136,16 +138,73 @@ def _fail(message: str) -> int:
     return 2
 
 
+def build_coordinator_parser() -> argparse.ArgumentParser:
+    """``llmcluster coordinator``: rendezvous, health and telemetry for remote node agents."""
+    parser = build_parser()
+    parser.prog = "llmcluster coordinator"
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", "--master-port", dest="port", type=_int,
+                        default=int(os.environ.get("MASTER_PORT", "29500")))  # fmt: skip
+    parser.add_argument("--nnodes", default=os.environ.get("NNODES", "1"), help="N or MIN:MAX")
+    _add_remote_flags(parser)
+    return parser
+
+
+def build_node_parser() -> argparse.ArgumentParser:
+    """``llmcluster node``: a node agent that joins a coordinator and runs its local ranks."""
+    parser = _Parser(prog="llmcluster node", description="Join a coordinator as one node.")
+    parser.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR", "127.0.0.1"))
+    parser.add_argument("--master-port", type=_int,
+                        default=int(os.environ.get("MASTER_PORT", "29500")))  # fmt: skip
+    parser.add_argument("--node-rank", default=os.environ.get("NODE_RANK", "auto"),
+                        help="this node's rank, or auto (assigned on join)")  # fmt: skip
+    parser.add_argument("--heartbeat-timeout", type=_float, default=3.0)
+    _add_remote_flags(parser)
+    return parser
+
+
+def _add_remote_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token", default=os.environ.get("LLMCLUSTER_TOKEN", ""),
+                        help="shared secret (env LLMCLUSTER_TOKEN)")  # fmt: skip
+    parser.add_argument("--join-timeout", type=_duration, default=120.0, metavar="DURATION")
+
+
+def _nnodes(text: str) -> int:
+    low, _, high = text.partition(":")
+    try:
+        count = int(high or low)
+    except ValueError:
+        raise ConfigError(f"--nnodes must be N or MIN:MAX, got {text!r}") from None
+    if not 1 <= count <= 512:
+        raise ConfigError(f"--nnodes must be between 1 and 512, got {count}")
+    return count
+
+
+def _loopback(address: str) -> bool:
+    return address in ("localhost", "::1") or address.startswith("127.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmcluster`` command; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    command = args_list[0] if args_list[:1] in (["bench"], ["coordinator"], ["node"]) else "run"
     try:
-        if args_list[:1] == ["bench"]:
+        if command == "bench":
             from llmcluster.worker.bench import run_bench
 
             bench_args = build_bench_parser().parse_args(args_list[1:])
             return run_bench(bench_args)
-        args = build_parser().parse_args(args_list)
+        if command == "node":
+            return _node(build_node_parser().parse_args(args_list[1:]))
+        parser = build_coordinator_parser() if command == "coordinator" else build_parser()
+        args = parser.parse_args(args_list[1:] if command == "coordinator" else args_list)
+        if command == "coordinator":
+            args.ranks = _nnodes(args.nnodes) * args.nproc_per_node
+            if not _loopback(args.bind) and not args.token:
+                raise ConfigError(
+                    "--token (or LLMCLUSTER_TOKEN) is required when binding to a "
+                    "non-loopback address"
+                )
     except UsageError as exc:
         return _fail(str(exc))
     except ConfigError as exc:
@@ -191,6 +250,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = dataclasses.replace(
         config, model=plan.model.name, gpu=plan.gpu.name, dataset=plan.dataset.name
     )
+    if command == "coordinator":  # what ranks on every node see as MASTER_ADDR/MASTER_PORT
+        wildcard = args.bind in ("0.0.0.0", "*", "::")
+        master = socket.gethostname() if wildcard else args.bind
+        config = dataclasses.replace(config, master_addr=master, master_port=args.port)
+    if command == "coordinator":
+        from llmcluster.coordinator.launch import run_coordinator
+
+        return run_coordinator(
+            config, build_setup(config).plan, bind=args.bind, port=args.port,
+            token=args.token, join_timeout_s=args.join_timeout,
+        )  # fmt: skip
     from llmcluster.coordinator.launch import run_local
 
     return run_local(config, build_setup(config).plan)
+
+
+def _node(args: argparse.Namespace) -> int:
+    from llmcluster.coordinator.launch import run_node
+
+    if args.node_rank != "auto" and not args.node_rank.isdigit():
+        return _fail(f"--node-rank must be a number or auto, got {args.node_rank!r}")
+    return run_node(
+        master_addr=args.master_addr,
+        master_port=args.master_port,
+        node_rank=-1 if args.node_rank == "auto" else int(args.node_rank),
+        token=args.token,
+        join_timeout_s=args.join_timeout,
+        heartbeat_timeout_s=args.heartbeat_timeout,
+    )

@@ -13,13 +13,14 @@ import re
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import time
 
 from llmcluster import sim
 from llmcluster.config import TARGET_WALL_STEP_S, RunConfig
 from llmcluster.coordinator.server import Coordinator
-from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name
+from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name, outgoing_address
 from llmcluster.worker.procs import fork_child
 
 
@@ -102,3 +103,61 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def run_coordinator(
+    config: RunConfig, plan: sim.RunPlan, *, bind: str, port: int, token: str, join_timeout_s: float
+) -> int:
+    """``llmcluster coordinator``: serve remote node agents over TCP until the run ends."""
+    from llmcluster.render.sinks import show_records
+
+    speed = choose_speed(config, plan)
+    received: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        coordinator = Coordinator(
+            config,
+            plan,
+            run_id=secrets.token_hex(6),
+            control=f"tcp://{bind}:{port}",
+            publish=f"tcp://{bind}:{port + 1}",
+            speed=speed,
+            launch_wall=time.time(),
+            local_agent_pids=[],
+            show_locally=lambda records: show_records(config, records),
+            token=token,
+            join_timeout_s=join_timeout_s,
+        )
+        print(f"llmcluster coordinator: listening on {bind}:{port} (records on {port + 1}), "
+              f"waiting for {config.nnodes} node(s) of {config.nproc_per_node} rank(s)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        coordinator.signals = received
+        return coordinator.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_node(
+    *, master_addr: str, master_port: int, node_rank: int, token: str, join_timeout_s: float,
+    heartbeat_timeout_s: float,
+) -> int:  # fmt: skip
+    """``llmcluster node``: one node agent joining a remote coordinator."""
+    host = local_host_name()
+    spec = AgentSpec(
+        node=node_rank,
+        control=f"tcp://{master_addr}:{master_port}",
+        host=host,
+        heartbeat_timeout_s=heartbeat_timeout_s,
+        tcp_host=outgoing_address(master_addr, master_port),
+        token=token,
+        join_timeout_s=join_timeout_s,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return NodeAgent(spec).run()
+    except KeyboardInterrupt:
+        return 130

@@ -9,9 +9,11 @@ the coordinator shows them itself, as torchrun's agent prints its own report.
 
 from __future__ import annotations
 
+import hmac
 import math
 import os
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -102,6 +104,8 @@ class Coordinator:
         local_agent_pids: list[int],
         show_locally: Any,
         start_agent: Any = None,
+        token: str = "",
+        join_timeout_s: float = 0.0,
     ) -> None:
         self.config, self.plan, self.run_id, self.speed = config, plan, run_id, speed
         self.launch_wall = launch_wall
@@ -109,6 +113,10 @@ class Coordinator:
         self.local_agent_pids = list(local_agent_pids)
         self.show_locally = show_locally  # callable(list[record]) for records nobody received
         self.start_agent = start_agent  # callable(node) -> pid: replace a lost local agent
+        self.token = token  # required from agents when set (non-loopback binds)
+        self.join_timeout_s = join_timeout_s
+        self.join_deadline = time.monotonic() + join_timeout_s if join_timeout_s else None
+        self.refused = 0
         self.lost_nodes: set[int] = set()
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -286,11 +294,19 @@ class Coordinator:
 
     # ---- rendezvous ---------------------------------------------------------------------
     def _agent_join(self, identity: bytes, msg: Message, now: float) -> None:
+        if self.token and not hmac.compare_digest(msg.body["token"], self.token):
+            self.refused += 1
+            self.dropped += 1
+            print(f"llmcluster coordinator: refused a join from {msg.body['host']!r} "
+                  "(wrong or missing token)", file=sys.stderr)  # fmt: skip
+            return
         node = msg.body["node"]
         if node < 0:
             node = next(n for n in range(self.config.nnodes + 1) if n not in self.agents)
         if node >= self.config.nnodes or node in self.agents:
             self.dropped += 1
+            print(f"llmcluster coordinator: refused {msg.body['host']!r} as node {node} "
+                  "(taken or out of range)", file=sys.stderr)  # fmt: skip
             return
         self.agents[node] = Peer(identity, now, host=msg.body["host"], pid=msg.body["pid"])
         self._send(
@@ -616,6 +632,8 @@ class Coordinator:
         state.rendezvous_wall = time.time()
         state.phase = "rendezvous"
         self._to_agents(Kind.SPAWN, attempt=self.attempt, start_step=resume, speed=self.speed)
+        if self.join_timeout_s:  # remote nodes get the join timeout again to come back
+            self.join_deadline = time.monotonic() + self.join_timeout_s
         for node in sorted(self.lost_nodes):  # a replacement agent gets SPAWN when it joins
             if self.start_agent is not None:
                 self.local_agent_pids.append(self.start_agent(node))
@@ -647,6 +665,18 @@ class Coordinator:
             self.request_stop(f"interrupted ({signal.Signals(signum).name})", EXIT_CODES[signum])
         if self.state.phase == "over":
             return
+        if (
+            self.join_deadline is not None
+            and self.state.phase == "rendezvous"
+            and now > self.join_deadline
+        ):
+            missing = [n for n in range(self.config.nnodes) if n not in self.agents]
+            self.state.exit_code, self.state.exit_reason = 1, "rendezvous timeout"
+            print("llmcluster coordinator: rendezvous timed out; missing node(s) "
+                  f"{', '.join(map(str, missing)) or 'none (ranks did not join)'}",
+                  file=sys.stderr)  # fmt: skip
+            self._abort()
+            return
         if self.deadline is not None and now >= self.deadline and self.state.phase == "training":
             self.request_stop("exit-after-time", 0)
         if now >= self._next_beat:
@@ -662,6 +692,18 @@ class Coordinator:
         if self.state.phase == "finishing" and now > self._render_deadline:
             self._release()
             return
+        if self.state.phase in ("training", "stopping") and not self.local_agent_pids:
+            for node, agent in list(self.agents.items()):  # remote agents: heartbeats only
+                if now - agent.last_seen > self.config.heartbeat_timeout_s:
+                    del self.agents[node]
+                    self.lost_nodes.add(node)
+                    for rank in self.config.node_ranks(node):
+                        if rank in self.ranks:
+                            self.ranks[rank].exited = True
+                    silent = now - agent.last_seen
+                    first = self.config.node_ranks(node)[0]
+                    self._fail(f"node {node} ({agent.host}) silent for {silent:.1f}s", first, -9)
+                    return
         if self.state.phase in ("training", "stopping"):
             timeout = self.config.heartbeat_timeout_s
             for rank, peer in self.ranks.items():

@@ -53,7 +53,7 @@ _DICT = (dict,)
 _BOOL = (bool,)
 
 SCHEMAS: dict[Kind, dict[str, tuple[type, ...]]] = {
-    Kind.AGENT_JOIN: {"node": _INT, "host": _STR, "pid": _INT},
+    Kind.AGENT_JOIN: {"node": _INT, "host": _STR, "pid": _INT, "token": _STR},
     Kind.AGENT_WELCOME: {"node": _INT, "config": _DICT},
     Kind.AGENT_EXIT: {"rank": _INT, "pid": _INT, "exitcode": _INT},
     Kind.SPAWN: {"attempt": _INT, "start_step": _INT, "speed": _NUM},

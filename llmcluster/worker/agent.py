@@ -14,6 +14,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 
 import zmq
@@ -37,6 +38,8 @@ class AgentSpec:
     host: str
     heartbeat_timeout_s: float = 3.0
     tcp_host: str | None = None  # bind rank inboxes on this address too (multi-host)
+    token: str = ""  # shared secret the coordinator requires across hosts
+    join_timeout_s: float = 60.0  # give up if no coordinator answers for this long
 
 
 class NodeAgent:
@@ -63,7 +66,9 @@ class NodeAgent:
             timeout_s=max(self.spec.heartbeat_timeout_s, 3.0),
         )
         try:
-            link.send(Kind.AGENT_JOIN, node=self.node, host=self.spec.host, pid=os.getpid())
+            code = self._join(link)
+            if code is not None:
+                return code
             while True:
                 for msg in link.wait(0.05):
                     code = self._handle(link, msg)
@@ -82,11 +87,40 @@ class NodeAgent:
             ctx.term()
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
+    def _join(self, link: ControlLink) -> int | None:
+        """Join, retrying with backoff while the coordinator is not up yet (or not answering)."""
+        started, backoff, attempt = time.monotonic(), 0.5, 0
+        while True:
+            attempt += 1
+            link.send(Kind.AGENT_JOIN, node=self.node, host=self.spec.host, pid=os.getpid(),
+                      token=self.spec.token)  # fmt: skip
+            link.last_heard = time.monotonic()
+            deadline = time.monotonic() + backoff
+            try:
+                while time.monotonic() < deadline:
+                    for msg in link.wait(deadline - time.monotonic()):
+                        code = self._handle(link, msg)
+                        if code is not None:
+                            return code
+                    if self.config is not None:
+                        return None
+            except CoordinatorLost:
+                pass
+            waited = time.monotonic() - started
+            if waited > self.spec.join_timeout_s:
+                print(f"llmcluster node: no coordinator answered at {self.spec.control} in "
+                      f"{waited:.0f}s; giving up", file=sys.stderr)  # fmt: skip
+                return 1
+            if attempt in (2, 5) or attempt % 10 == 0:
+                print(f"llmcluster node: waiting for the coordinator at {self.spec.control} "
+                      f"(attempt {attempt})", file=sys.stderr)  # fmt: skip
+            backoff = min(backoff * 2, 4.0)
+
     def _handle(self, link: ControlLink, msg: Message) -> int | None:
         if msg.kind is Kind.AGENT_WELCOME:
             self.config = RunConfig.from_wire(msg.body["config"])
             self.node = int(msg.body["node"])
-            self.publish = str(msg.body.get("publish", ""))
+            self.publish = reachable(str(msg.body.get("publish", "")), self.spec.control)
             link.run_id = msg.run_id
         elif msg.kind is Kind.SPAWN and self.config is not None:
             for pid, exitcode in terminate_all(list(self.children)).items():
@@ -139,6 +173,22 @@ class NodeAgent:
             )
             pid = fork_child(lambda s=spec: Rank(s).run(), name=f"llmc-rank{rank}", env=env)
             self.children[pid] = rank
+
+
+def reachable(endpoint: str, control: str) -> str:
+    """A coordinator endpoint bound on a wildcard, as this node reaches it (the control host)."""
+    host = control.rsplit(":", 1)[0].removeprefix("tcp://")
+    for wildcard in ("tcp://0.0.0.0:", "tcp://*:"):
+        if endpoint.startswith(wildcard):
+            return f"tcp://{host}:{endpoint[len(wildcard) :]}"
+    return endpoint
+
+
+def outgoing_address(host: str, port: int) -> str:
+    """This machine's address on the route to ``host`` (what peers on other hosts can reach)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((socket.gethostbyname(host), port))  # UDP: no packet is sent
+        return probe.getsockname()[0]
 
 
 def local_host_name() -> str:

@@ -1,0 +1,135 @@
+"""Across hosts: a coordinator and node agents on stand-in hosts with their own IP addresses.
+
+``tests/netns/netns-hosts.sh`` (the team's tool) builds network namespaces on a private
+bridge: coord 10.213.0.10, node1 .11, node2 .12. The tests skip, saying why, where
+namespaces cannot be made (not root, no iproute2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+NETNS = Path(__file__).parent / "netns" / "netns-hosts.sh"
+PREFIX = f"lt{os.getpid() % 10000}-"
+COORD = "10.213.0.10"
+ENV = {**os.environ, "NETNS_PREFIX": PREFIX}
+LLMC = [sys.executable, "-m", "llmcluster"]
+
+
+def _netns(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(NETNS), *args], env=ENV, capture_output=True, text=True,
+                          timeout=120, check=check)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[None]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("stand-in hosts need root and iproute2 (network namespaces)")
+    made = _netns("up", "2", check=False)
+    if made.returncode != 0:
+        _netns("down", check=False)
+        pytest.skip(f"network namespaces unavailable: {made.stderr.strip()[:200]}")
+    try:
+        yield
+    finally:
+        _netns("down", check=False)
+
+
+def _start(host: str, *args: str, stdout: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    return subprocess.Popen(["bash", str(NETNS), "exec", host, *LLMC, *args], env=ENV,
+                            stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)  # fmt: skip
+
+
+def _reap(*procs: subprocess.Popen[str]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def _coordinator(*extra: str) -> subprocess.Popen[str]:
+    return _start("coord", "coordinator", "--bind", COORD, "--port", "29500", "--nnodes", "2",
+                  "--nproc-per-node", "8", "--token", "s3cret", "--join-timeout", "60",
+                  "--format", "jsonl", *extra, stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def _node(host: str, rank: int, token: str = "s3cret", *extra: str) -> subprocess.Popen[str]:
+    return _start(host, "node", "--master-addr", COORD, "--master-port", "29500", "--node-rank",
+                  str(rank), "--token", token, *extra)  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+def test_three_hosts_train_with_bit_identical_loss(hosts: None) -> None:
+    coord = _coordinator("--steps", "6", "--speed", "1e6")
+    node0, node1 = _node("node1", 0), _node("node2", 1)
+    try:
+        out, err = node0.communicate(timeout=150)
+        assert node0.returncode == 0, err
+        assert coord.wait(timeout=30) == 0
+        assert node1.wait(timeout=30) == 0
+    finally:
+        _reap(coord, node0, node1)
+    recs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    run = recs[0]
+    assert run["type"] == "run" and run["world_size"] == 16 and run["hosts"] == ["node1", "node2"]
+    assert run["master_addr"] == COORD
+    ranks_records = [r for r in recs if r["type"] == "ranks"]
+    assert len(ranks_records) == 6
+    for record, step in zip(ranks_records, (r for r in recs if r["type"] == "step"), strict=True):
+        assert [x["rank"] for x in record["ranks"]] == list(range(16))
+        assert [(x["node"], x["local_rank"]) for x in record["ranks"]] == [
+            (r // 8, r % 8) for r in range(16)
+        ]
+        assert {x["loss"] for x in record["ranks"]} == {step["loss"]}
+        assert {x["host"] for x in record["ranks"]} == {"node1", "node2"}
+    assert recs[-1]["type"] == "summary" and recs[-1]["exit"] == "completed"
+
+
+@pytest.mark.timeout(120)
+def test_wrong_token_is_refused_and_the_node_gives_up(hosts: None) -> None:
+    coord = _coordinator("--steps", "2", "--speed", "1e6")
+    intruder = _node("node1", 0, "wrong", "--join-timeout", "4")
+    try:
+        _, err = intruder.communicate(timeout=60)
+        assert intruder.returncode == 1 and "giving up" in err
+        coord.terminate()
+        _, coord_err = coord.communicate(timeout=30)
+        assert "refused a join" in coord_err and "wrong or missing token" in coord_err
+    finally:
+        _reap(coord, intruder)
+
+
+@pytest.mark.timeout(180)
+def test_cut_link_is_detected_within_the_heartbeat_timeout(hosts: None) -> None:
+    coord = _coordinator("--steps", "5000", "--speed", "200", "--model", "Llama-3-8B",
+                         "--gpu", "H100-SXM", "--max-restarts", "0")  # fmt: skip
+    node0, node1 = _node("node1", 0), _node("node2", 1)
+    try:
+        assert node0.stdout is not None
+        for line in node0.stdout:
+            record = json.loads(line) if line.startswith("{") else {}
+            if record.get("type") == "step" and record["step"] >= 2:
+                break
+        _netns("cut", "node2")
+        cut_at = time.monotonic()
+        assert coord.wait(timeout=60) == 1
+        detected = time.monotonic() - cut_at
+        assert detected < 3.0 + 3.0  # heartbeat timeout plus teardown on a loaded 2-core box
+        remaining, _ = node0.communicate(timeout=60)
+        recs = [json.loads(x) for x in remaining.splitlines() if x.startswith("{")]
+        failure = next(r for r in recs if r["type"] == "failure")
+        assert failure["node"] == 1 and failure["rank"] >= 8, failure  # the cut host's ranks
+        print(f"cut detected after {detected:.2f}s: {failure['reason']}")
+    finally:
+        _netns("heal", "node2", check=False)
+        _reap(coord, node0, node1)
