@@ -23,6 +23,8 @@ from llmcluster.coordinator.server import Coordinator
 from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name, outgoing_address
 from llmcluster.worker.procs import fork_child
 
+LOCAL_RENDEZVOUS_TIMEOUT_S = 60.0
+
 
 def process_start_wall() -> float:
     """Unix time at which this process started (from /proc), or now if unknown."""
@@ -96,6 +98,7 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
             local_agent_pids=agent_pids,
             show_locally=lambda records: show_records(config, records),
             start_agent=start_agent,
+            join_timeout_s=LOCAL_RENDEZVOUS_TIMEOUT_S,  # a rendezvous that never completes ends
         )
         coordinator.signals = received
         return coordinator.run()
