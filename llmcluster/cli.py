@@ -123,7 +123,7 @@ def build_bench_parser() -> argparse.ArgumentParser:
     """``llmcluster bench``: the collectives alone, nccl-tests style."""
     parser = _Parser(prog="llmcluster bench", description="Benchmark allreduce over the fabric.")
     _add_cluster_flags(parser)
-    parser.set_defaults(ranks=8, algorithm="ring")
+    parser.set_defaults(ranks=8, algorithm="hierarchical")
     parser.add_argument("--min-bytes", "-b", type=_size, default=8)
     parser.add_argument("--max-bytes", "-e", type=_size, default=16 << 20)
     parser.add_argument("--factor", "-f", type=_int, default=2)

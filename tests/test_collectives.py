@@ -18,9 +18,11 @@ import zmq
 
 from llmcluster.comm import Communicator, PeerMesh
 from llmcluster.comm.collectives import Topology
+from llmcluster.comm.shm import ShmArena, create_region
 from llmcluster.worker.procs import fork_child, terminate_all
 
 SIZES = (0, 1, 3, 7, 1000, 4097)
+SHM_CAPACITY = 1 << 21
 OPS = ("sum", "mean", "max", "min")
 
 
@@ -46,7 +48,9 @@ def cases(world: int, algorithms: tuple[str, ...], sizes: tuple[int, ...]) -> li
     return out
 
 
-def _rank_main(rank: int, world: int, nproc: int, folder: str, table: list[tuple]) -> int:
+def _rank_main(
+    rank: int, world: int, nproc: int, folder: str, table: list[tuple], regions: dict | None
+) -> int:
     ctx = zmq.Context()
     mesh = PeerMesh(
         ctx,
@@ -57,10 +61,19 @@ def _rank_main(rank: int, world: int, nproc: int, folder: str, table: list[tuple
         service=lambda: None,
     )
     mesh.set_peers([[f"ipc://{folder}/r{r}"] for r in range(world)], [0] * world)
-    comm = Communicator(mesh, rank=rank, topology=Topology.uniform(world, nproc))
+    topology = Topology.uniform(world, nproc)
+    arena = None
+    if regions is not None:
+        local = topology.node_members(rank // nproc)
+        arena = ShmArena(regions[rank // nproc], len(local), SHM_CAPACITY)
+    comm = Communicator(mesh, rank=rank, topology=topology, shm=arena)
     results = {}
     for i, (kind, algorithm, op, size, dtype) in enumerate(table):
-        if kind == "allreduce":
+        if kind == "fused":  # the training step's sum + max in one round
+            data = rank_input(rank, size, dtype)
+            summed, top = comm.allreduce_fused([(data, "sum"), (data, "max")])
+            results[f"c{i}"] = summed if op == "sum" else top
+        elif kind == "allreduce":
             data = rank_input(rank, size, dtype)
             if dtype == "float32":
                 data = data.reshape(3, 5)
@@ -82,11 +95,22 @@ def _rank_main(rank: int, world: int, nproc: int, folder: str, table: list[tuple
     return 0
 
 
-def run_ranks(world: int, nproc: int, table: list[tuple]) -> list[dict[str, np.ndarray]]:
+def run_ranks(
+    world: int, nproc: int, table: list[tuple], *, shm: bool = False
+) -> list[dict[str, np.ndarray]]:
+    regions = None
+    if shm:  # mapped before the fork, as a node agent does
+        regions = {
+            node: create_region(
+                len(range(node * nproc, min(world, (node + 1) * nproc))), SHM_CAPACITY
+            )
+            for node in range(-(-world // nproc))
+        }
     with tempfile.TemporaryDirectory(prefix="llmc-test-") as folder:
         pids = [
             fork_child(
-                functools.partial(_rank_main, r, world, nproc, folder, table), name=f"llmc-t{r}"
+                functools.partial(_rank_main, r, world, nproc, folder, table, regions),
+                name=f"llmc-t{r}",
             )
             for r in range(world)
         ]
@@ -122,6 +146,8 @@ def check(world: int, nproc: int, table: list[tuple], outputs: list[dict[str, np
         key = f"c{i}"
         if kind == "barrier":
             continue
+        if kind == "fused":
+            kind = "allreduce"
         if kind == "gather":
             expected = np.stack([rank_input(r, size) for r in range(world)])
             np.testing.assert_array_equal(outputs[0][key], expected)
@@ -162,3 +188,22 @@ def test_large_buffer_ring_allreduce(clean_table: None) -> None:
         ("allreduce", "hierarchical", "sum", 1 << 18, "float64"),
     ]
     check(4, 2, table, run_ranks(4, 2, table))
+
+
+@pytest.mark.parametrize(("world", "nproc"), [(8, 8), (8, 4), (6, 4)])
+def test_shared_memory_allreduce_is_bit_identical(
+    world: int, nproc: int, clean_table: None
+) -> None:
+    table = [
+        ("allreduce", "hierarchical", op, size, "float64")
+        for size in (20000, 100003, 1 << 17)
+        for op in ("sum", "mean", "max", "min")
+    ]
+    table += [("allreduce", "hierarchical", "sum", 40001, "int64")] * 3  # both buffer sets
+    check(world, nproc, table, run_ranks(world, nproc, table, shm=True))
+
+
+@pytest.mark.parametrize(("world", "nproc"), [(1, 8), (5, 2), (16, 8)])
+def test_fused_step_reduction(world: int, nproc: int, clean_table: None) -> None:
+    table = [("fused", "fused", op, size, "float64") for op in ("sum", "max") for size in (1, 3, 5)]
+    check(world, nproc, table, run_ranks(world, nproc, table))

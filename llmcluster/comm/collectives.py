@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmcluster.comm.mesh import PeerMesh
+from llmcluster.comm.shm import ShmArena
 
 ReduceOp = Callable[..., np.ndarray]
 OPS: dict[str, ReduceOp] = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum}
@@ -61,8 +62,10 @@ class Topology:
 class Communicator:
     """All collectives of one rank. Every rank must call the same collectives in the same order."""
 
-    def __init__(self, mesh: PeerMesh, *, rank: int, topology: Topology) -> None:
-        self.mesh, self.rank, self.topology = mesh, rank, topology
+    def __init__(
+        self, mesh: PeerMesh, *, rank: int, topology: Topology, shm: ShmArena | None = None
+    ) -> None:
+        self.mesh, self.rank, self.topology, self.shm = mesh, rank, topology, shm
         self.world_size = len(topology.node_of)
         self.seq = 0  # collectives issued so far (NCCL's SeqNum)
 
@@ -87,6 +90,8 @@ class Communicator:
             result = self._tree_allreduce(everyone, acc, reduce, seq, 0)
         elif algorithm == "ring":
             result = self._ring_allreduce(everyone, acc, reduce, seq, 0)
+        elif algorithm == "hierarchical" and self._use_shm(acc):
+            result = self._shm_allreduce(acc, reduce, seq)
         elif algorithm == "hierarchical":
             result = self._hierarchical_allreduce(acc, reduce, seq)
         else:
@@ -225,6 +230,50 @@ class Communicator:
             self.mesh.send(right, seq, phase + n + k, result[chunk[(idx + 1 - k) % n]])
             result[chunk[(idx - k) % n]] = self.mesh.recv(left, seq, phase + n + k)
         return result.reshape(acc.shape)
+
+    def _use_shm(self, acc: np.ndarray) -> bool:
+        shm = self.shm
+        local = self.topology.node_members(self.topology.node_of[self.rank])
+        return (
+            shm is not None
+            and acc.nbytes >= RING_MIN_BYTES
+            and shm.fits(acc)
+            and shm.local_ranks == len(local)
+        )
+
+    def _shm_allreduce(self, acc: np.ndarray, reduce: ReduceOp, seq: int) -> np.ndarray:
+        """Hierarchical through shared memory: every local rank reduces one chunk of all the
+        node's slots (in local-rank order), leaders combine nodes over the sockets, and
+        everyone copies the node's result slot out. Two buffer sets alternate by ``seq``."""
+        shm = self.shm
+        assert shm is not None
+        local = self.topology.node_members(self.topology.node_of[self.rank])
+        index, size, count = local.index(self.rank), len(local), acc.size
+        parity, flat = seq % 2, acc.reshape(-1)
+        np.copyto(shm.view(parity, index, flat.dtype, count), flat)
+        self._local_barrier(local, seq, 20)
+        bounds = np.linspace(0, count, size + 1).astype(np.int64)
+        lo, hi = int(bounds[index]), int(bounds[index + 1])
+        result = shm.view(parity, size, flat.dtype, count)
+        part = result[lo:hi]
+        np.copyto(part, shm.view(parity, 0, flat.dtype, count)[lo:hi])
+        for k in range(1, size):
+            reduce(part, shm.view(parity, k, flat.dtype, count)[lo:hi], out=part)
+        self._local_barrier(local, seq, 22)
+        leaders = self.topology.leaders()
+        if len(leaders) > 1:
+            if self.rank == local[0]:
+                combined = result.copy()
+                if combined.nbytes >= RING_MIN_BYTES:
+                    combined = self._ring_allreduce(leaders, combined, reduce, seq, 30)
+                else:
+                    combined = self._tree_allreduce(leaders, combined, reduce, seq, 30)
+                np.copyto(result, combined)
+            self._local_barrier(local, seq, 24)
+        return result.copy().reshape(acc.shape)
+
+    def _local_barrier(self, members: Sequence[int], seq: int, phase: int) -> None:
+        self._tree_allreduce(members, _EMPTY.copy(), np.maximum, seq, phase)
 
     def _hierarchical_allreduce(self, acc: np.ndarray, reduce: ReduceOp, seq: int) -> np.ndarray:
         local = self.topology.node_members(self.topology.node_of[self.rank])

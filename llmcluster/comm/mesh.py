@@ -28,6 +28,7 @@ from llmcluster.wire.messages import MAX_PEER_BYTES
 ZERO_COPY_BYTES = 64 * 1024  # larger buffers are sent and received without copying
 SERVICE_S = 0.05  # control messages are served at least this often while a rank waits
 POLL_MS = 50
+CLOSE_LINGER_MS = 500
 NOBLOCK, RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)  # plain ints: enum arithmetic is slow
 
 
@@ -203,9 +204,10 @@ class PeerMesh:
         self._pending.clear()
 
     def close(self) -> None:
-        """Close every socket (LINGER 0: nothing is waited for)."""
+        """Close every socket; what was already sent gets a moment to leave (a peer still
+        waiting for this rank's last message must get it), nothing is received any more."""
         for sock in self._out.values():
-            sock.close(0)
+            sock.close(CLOSE_LINGER_MS)
         self._out.clear()
         self._inbox.close(0)
 

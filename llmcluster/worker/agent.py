@@ -8,6 +8,7 @@ its ranks and leaves by itself when the coordinator goes silent.
 
 from __future__ import annotations
 
+import mmap
 import os
 import secrets
 import shutil
@@ -19,12 +20,13 @@ from dataclasses import dataclass
 
 import zmq
 
+from llmcluster.comm.shm import create_region
 from llmcluster.config import RunConfig
 from llmcluster.control.env import torchrun_env
 from llmcluster.wire import Kind, Message
 from llmcluster.worker.link import ControlLink, CoordinatorLost
 from llmcluster.worker.procs import fork_child, reap, terminate_all
-from llmcluster.worker.rank import Rank, RankSpec
+from llmcluster.worker.rank import Rank, RankSpec, shm_capacity
 
 AGENT_SRC = -2
 
@@ -51,6 +53,7 @@ class NodeAgent:
         self.config: RunConfig | None = None
         self.publish = ""
         self.children: dict[int, int] = {}  # pid -> global rank
+        self.shm: mmap.mmap | None = None
         self.work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-node-")
         os.chmod(self.work_dir, 0o700)
 
@@ -141,6 +144,8 @@ class NodeAgent:
         if config is None:
             return
         local = config.node_ranks(self.node)
+        if self.shm is None:  # mapped before the fork: every local rank inherits it
+            self.shm = create_region(len(local), shm_capacity(config))
         for local_rank, rank in enumerate(local):
             inbox = [f"ipc://{self.work_dir}/r{rank}"]
             if self.spec.tcp_host:
@@ -158,6 +163,7 @@ class NodeAgent:
                 publish=self.publish,
                 inbox=inbox,
                 speed=float(msg.body["speed"]),
+                shm=self.shm,
             )
             env = torchrun_env(
                 rank=rank,

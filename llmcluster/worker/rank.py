@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import zmq
@@ -27,6 +28,7 @@ import zmq
 from llmcluster import sim
 from llmcluster.comm import CollectiveTimeout, Communicator, PeerMesh
 from llmcluster.comm.collectives import Topology
+from llmcluster.comm.shm import ShmArena
 from llmcluster.config import RunConfig
 from llmcluster.control.env import TORCHRUN_VARS
 from llmcluster.sim.faults import Fault, build_setup
@@ -36,6 +38,13 @@ from llmcluster.worker.display import DisplayThread
 from llmcluster.worker.link import ControlLink, CoordinatorLost
 
 RENDEZVOUS_TIMEOUT_S = 60.0
+
+
+def shm_capacity(config: RunConfig) -> int:
+    """The largest payload this run allreduces through shared memory (bench sizes or the
+    gradient bucket)."""
+    bench = config.extra.get("bench")
+    return int(bench["max_bytes"]) if bench else config.grad_bucket_bytes
 
 
 class RankExit(Exception):
@@ -62,6 +71,7 @@ class RankSpec:
     publish: str  # coordinator's record endpoint (rank 0 subscribes)
     inbox: list[str]  # addresses this rank's peer inbox binds (ipc://..., tcp://host:0)
     speed: float  # simulated seconds per wall second
+    shm: Any = None  # the node's shared region (an inherited mmap) for large collectives
 
 
 class Rank:
@@ -151,7 +161,11 @@ class Rank:
             nodes = [int(n) for n in book.body["nodes"]]
             self.mesh.set_peers([[str(a) for a in e] for e in book.body["endpoints"]], nodes)
             topology = Topology(tuple(nodes))
-            comm = Communicator(self.mesh, rank=spec.rank, topology=topology)
+            local = topology.node_members(spec.node)
+            arena = None
+            if spec.shm is not None:
+                arena = ShmArena(spec.shm, len(local), shm_capacity(spec.config))
+            comm = Communicator(self.mesh, rank=spec.rank, topology=topology, shm=arena)
             comm.barrier()
             self.link.send(Kind.READY, rank=spec.rank)
             if bench:
