@@ -16,6 +16,7 @@ UIS = ("auto", "live", "log")
 STYLE_NAMES = ("default", "megatron", "deepspeed", "hf")
 TRANSPORTS = ("ipc", "tcp")
 MAX_RANKS = 4096
+SILENCE_SCALE_RANKS = 256
 TARGET_WALL_STEP_S = 0.5  # --speed auto: a demo shows a step about every half second
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -75,6 +76,13 @@ class RunConfig:
     inject: tuple[str, ...] = ()
     chaos: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def silence_tolerance_s(self) -> float:
+        """How long a peer may stay silent before it is declared lost: the heartbeat timeout,
+        stretched beyond 256 ranks, where one 2-core machine cannot schedule every process
+        within 3 s while a thousand of them start."""
+        return self.heartbeat_timeout_s * max(1.0, self.ranks / SILENCE_SCALE_RANKS)
 
     @property
     def nnodes(self) -> int:

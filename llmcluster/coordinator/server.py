@@ -32,6 +32,7 @@ from llmcluster.worker.procs import reap, signal_name, terminate_all
 COORD_SRC = -1
 HEARTBEAT_S = 0.5
 RENDER_WAIT_S = 10.0
+CONTROL_BATCH = 256
 RENDEZVOUS_SIM_CAP_S = 60.0
 RESTART_KILL_WAIT_S = 5.0
 DRAIN_DISPLAY_S = 1.0
@@ -225,7 +226,7 @@ class Coordinator:
             self._flush_outbox()
 
     def _control(self) -> None:
-        while True:
+        for _ in range(CONTROL_BATCH):  # bounded, so heartbeats go out even under a join storm
             try:
                 identity, *frames = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -300,6 +301,8 @@ class Coordinator:
             print(f"llmcluster coordinator: refused a join from {msg.body['host']!r} "
                   "(wrong or missing token)", file=sys.stderr)  # fmt: skip
             return
+        if any(agent.identity == identity for agent in self.agents.values()):
+            return  # a retried join whose welcome is already on its way
         node = msg.body["node"]
         if node < 0:
             node = next(n for n in range(self.config.nnodes + 1) if n not in self.agents)
@@ -694,7 +697,7 @@ class Coordinator:
             return
         if self.state.phase in ("training", "stopping") and not self.local_agent_pids:
             for node, agent in list(self.agents.items()):  # remote agents: heartbeats only
-                if now - agent.last_seen > self.config.heartbeat_timeout_s:
+                if now - agent.last_seen > self.config.silence_tolerance_s:
                     del self.agents[node]
                     self.lost_nodes.add(node)
                     for rank in self.config.node_ranks(node):
@@ -705,7 +708,7 @@ class Coordinator:
                     self._fail(f"node {node} ({agent.host}) silent for {silent:.1f}s", first, -9)
                     return
         if self.state.phase in ("training", "stopping"):
-            timeout = self.config.heartbeat_timeout_s
+            timeout = self.config.silence_tolerance_s
             for rank, peer in self.ranks.items():
                 if not peer.exited and not peer.done and now - peer.last_seen > timeout:
                     self._fail(

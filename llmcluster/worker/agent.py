@@ -29,6 +29,8 @@ from llmcluster.worker.procs import fork_child, reap, terminate_all
 from llmcluster.worker.rank import Rank, RankSpec, shm_capacity
 
 AGENT_SRC = -2
+JOIN_FIRST_WAIT_S = 2.0  # a busy coordinator (hundreds of agents) may take a while to welcome
+JOIN_MAX_WAIT_S = 8.0
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class NodeAgent:
 
     def _join(self, link: ControlLink) -> int | None:
         """Join, retrying with backoff while the coordinator is not up yet (or not answering)."""
-        started, backoff, attempt = time.monotonic(), 0.5, 0
+        started, backoff, attempt = time.monotonic(), JOIN_FIRST_WAIT_S, 0
         while True:
             attempt += 1
             link.send(Kind.AGENT_JOIN, node=self.node, host=self.spec.host, pid=os.getpid(),
@@ -117,11 +119,12 @@ class NodeAgent:
             if attempt in (2, 5) or attempt % 10 == 0:
                 print(f"llmcluster node: waiting for the coordinator at {self.spec.control} "
                       f"(attempt {attempt})", file=sys.stderr)  # fmt: skip
-            backoff = min(backoff * 2, 4.0)
+            backoff = min(backoff * 2, JOIN_MAX_WAIT_S)
 
     def _handle(self, link: ControlLink, msg: Message) -> int | None:
         if msg.kind is Kind.AGENT_WELCOME:
             self.config = RunConfig.from_wire(msg.body["config"])
+            link.timeout_s = max(link.timeout_s, self.config.silence_tolerance_s)
             self.node = int(msg.body["node"])
             self.publish = reachable(str(msg.body.get("publish", "")), self.spec.control)
             link.run_id = msg.run_id

@@ -87,7 +87,7 @@ class Rank:
             identity=f"r{spec.rank}-{secrets.token_hex(6)}".encode(),  # unguessable: no hijack
             run_id=spec.run_id,
             src=spec.rank,
-            timeout_s=spec.config.heartbeat_timeout_s,
+            timeout_s=spec.config.silence_tolerance_s,
         )
         self.link.attempt = spec.attempt
         self.mesh = PeerMesh(
