@@ -126,6 +126,12 @@ class RunConfig:
             raise ConfigError(f"--max-restarts must be between 0 and 100, got {self.max_restarts}")
         if not 0 <= self.grad_bucket_bytes <= 1 << 30:
             raise ConfigError("--grad-bucket must be between 0 and 1GiB")
+        if self.output_format == "jsonl" and self.ui == "live":
+            raise ConfigError("--ui live and --format jsonl contradict each other; pick one")
+        if self.output_format == "jsonl" and self.record_path:
+            raise ConfigError("--record saves what the terminal showed; it needs --format log")
+        if self.record_path and not self.record_path.endswith((".svg", ".html", ".txt")):
+            raise ConfigError("--record must name a .svg, .html or .txt file")
         if not 0.0 <= self.chaos <= 1.0:
             raise ConfigError(
                 f"--chaos must be a failure rate per step in [0, 1], got {self.chaos:g}"

@@ -88,3 +88,18 @@ def test_unknown_style_and_model_are_usage_errors() -> None:
         done = run_cli("--ranks", "2", *args)
         assert done.returncode == 2 and text in done.stderr
         assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--format", "jsonl", "--ui", "live"], "contradict"),
+        (["--format", "jsonl", "--record", "x.svg"], "--record"),
+        (["--record", "x.png"], ".svg, .html or .txt"),
+        (["--chaos", "2"], "--chaos"),
+    ],
+)
+def test_contradictory_or_out_of_range_flags(args: list[str], needle: str) -> None:
+    done = run_cli("--ranks", "2", *args)
+    assert done.returncode == 2 and needle in done.stderr
+    assert done.stderr.count("\n") == 1

@@ -69,7 +69,7 @@ def _node(host: str, rank: int, token: str = "s3cret", *extra: str) -> subproces
 
 
 @pytest.mark.timeout(180)
-def test_three_hosts_train_with_bit_identical_loss(hosts: None) -> None:
+def test_three_hosts_train_with_bit_identical_loss(hosts: None, clean_table: None) -> None:
     coord = _coordinator("--steps", "6", "--speed", "1e6")
     node0, node1 = _node("node1", 0), _node("node2", 1)
     try:
@@ -96,7 +96,7 @@ def test_three_hosts_train_with_bit_identical_loss(hosts: None) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_wrong_token_is_refused_and_the_node_gives_up(hosts: None) -> None:
+def test_wrong_token_is_refused_and_the_node_gives_up(hosts: None, clean_table: None) -> None:
     coord = _coordinator("--steps", "2", "--speed", "1e6")
     intruder = _node("node1", 0, "wrong", "--join-timeout", "4")
     try:
@@ -110,7 +110,7 @@ def test_wrong_token_is_refused_and_the_node_gives_up(hosts: None) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_cut_link_is_detected_within_the_heartbeat_timeout(hosts: None) -> None:
+def test_cut_link_is_detected_within_the_heartbeat_timeout(hosts: None, clean_table: None) -> None:
     coord = _coordinator("--steps", "5000", "--speed", "200", "--model", "Llama-3-8B",
                          "--gpu", "H100-SXM", "--max-restarts", "0")  # fmt: skip
     node0, node1 = _node("node1", 0), _node("node2", 1)
@@ -133,3 +133,58 @@ def test_cut_link_is_detected_within_the_heartbeat_timeout(hosts: None) -> None:
     finally:
         _netns("heal", "node2", check=False)
         _reap(coord, node0, node1)
+
+
+@pytest.mark.timeout(180)
+def test_node_started_before_the_coordinator_waits_and_joins(
+    hosts: None, clean_table: None
+) -> None:
+    node0 = _node("node1", 0)
+    node1 = _node("node2", 1)
+    coord = None
+    try:
+        assert node0.stderr is not None
+        for line in node0.stderr:  # the node says it is waiting (it retries with backoff)
+            if "waiting for the coordinator" in line:
+                break
+        coord = _coordinator("--steps", "3", "--speed", "1e6")
+        out, _ = node0.communicate(timeout=150)
+        assert node0.returncode == 0
+        recs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert recs[-1]["type"] == "summary" and recs[-1]["steps"] == 3
+        assert coord.wait(timeout=30) == 0
+    finally:
+        _reap(node0, node1, *([coord] if coord else []))
+
+
+@pytest.mark.timeout(240)
+def test_cut_node_is_replaced_and_the_run_recovers(hosts: None, clean_table: None) -> None:
+    coord = _coordinator("--steps", "40", "--speed", "300", "--model", "Llama-3-8B",
+                         "--gpu", "H100-SXM", "--max-restarts", "2")  # fmt: skip
+    node0, node1 = _node("node1", 0), _node("node2", 1)
+    replacement = None
+    try:
+        assert node0.stdout is not None
+        seen = []
+        for line in node0.stdout:
+            record = json.loads(line) if line.startswith("{") else {}
+            seen.append(record)
+            if record.get("type") == "step" and record["step"] >= 3:
+                break
+        _netns("cut", "node2")
+        assert node1.wait(timeout=60) != 0  # the cut node gives up on its coordinator
+        _netns("heal", "node2")
+        replacement = _node("node2", 1)  # the node is replaced, as a scheduler would
+        out, _ = node0.communicate(timeout=180)
+        recs = seen + [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+        assert node0.returncode == 0 and coord.wait(timeout=30) == 0
+    finally:
+        _netns("heal", "node2", check=False)
+        _reap(coord, node0, node1, *([replacement] if replacement else []))
+    failure = next(r for r in recs if r["type"] == "failure")
+    restart = next(r for r in recs if r["type"] == "restart")
+    assert failure["node"] == 1 and restart["attempt"] == 1
+    summary = recs[-1]
+    assert summary["exit"] == "completed" and summary["restarts"] == 1 and summary["steps"] == 40
+    for ranks in (r for r in recs if r["type"] == "ranks"):
+        assert len({x["loss"] for x in ranks["ranks"]}) == 1
