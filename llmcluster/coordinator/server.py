@@ -30,7 +30,7 @@ from llmcluster.worker.display import ACK, ack_frame
 from llmcluster.worker.procs import reap, signal_name, terminate_all
 
 COORD_SRC = -1
-HEARTBEAT_S = 0.5
+HEARTBEAT_S = 1.0
 RENDER_WAIT_S = 10.0
 CONTROL_BATCH = 256
 RENDEZVOUS_SIM_CAP_S = 60.0

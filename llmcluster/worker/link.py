@@ -16,7 +16,8 @@ import zmq
 
 from llmcluster.wire import MAX_CONTROL_BYTES, DecodeError, Kind, Message, decode, encode
 
-HEARTBEAT_S = 0.5
+HEARTBEAT_S = 1.0  # one beat a second each way; silence is judged against the timeout
+CHECK_S = 0.25  # how often a waiting process checks for silence
 
 
 class CoordinatorLost(RuntimeError):
@@ -87,7 +88,7 @@ class ControlLink:
         while True:
             self.tick()
             remaining = deadline - time.monotonic()
-            if self.socket.poll(max(0, min(remaining, HEARTBEAT_S)) * 1000):
+            if self.socket.poll(max(0, min(remaining, CHECK_S)) * 1000):
                 messages = self.receive_ready()
                 if messages:
                     return messages
