@@ -43,11 +43,6 @@ class ModelSpec:
     release: int
     humorous: bool
 
-    @property
-    def head_dim(self) -> int:
-        """Per-head width (hidden / heads)."""
-        return self.hidden // self.heads
-
 
 @dataclass(frozen=True)
 class GpuSpec:

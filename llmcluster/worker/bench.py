@@ -20,6 +20,7 @@ import numpy as np
 
 from llmcluster.comm import Communicator
 from llmcluster.config import ConfigError, RunConfig
+from llmcluster.sim.hardware import busbw_factor
 
 
 def bench_sizes(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
@@ -29,11 +30,6 @@ def bench_sizes(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
         sizes.append(size)
         size *= factor
     return sizes
-
-
-def busbw_factor(world_size: int) -> float:
-    """nccl-tests' allreduce bus bandwidth factor 2(n-1)/n."""
-    return 2.0 * (world_size - 1) / world_size if world_size > 1 else 0.0
 
 
 def rank_bench(
