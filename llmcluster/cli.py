@@ -52,6 +52,10 @@ def _float(text: str) -> float:
     return value
 
 
+def _speed(text: str) -> float | None:
+    return None if text.strip().lower() == "auto" else _float(text)
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -94,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu", default=None, help="GPU type (see --list)")
     parser.add_argument("--dataset", default=None, help="dataset name (see --list)")
     parser.add_argument(
-        "--speed", "--speed-factor", type=_float, default=None, help="simulated s per wall s"
+        "--speed",
+        "--speed-factor",
+        type=_speed,
+        default=None,
+        help="simulated s per wall s, or auto (the default: a watchable pace)",
     )
     parser.add_argument("--exit-after-time", type=_duration, default=None, metavar="DURATION")
     parser.add_argument("--format", dest="output_format", choices=FORMATS, default="log")
@@ -252,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if command == "coordinator":  # what ranks on every node see as MASTER_ADDR/MASTER_PORT
         wildcard = args.bind in ("0.0.0.0", "*", "::")
-        master = socket.gethostname() if wildcard else args.bind
+        master = (os.environ.get("MASTER_ADDR") or socket.gethostname()) if wildcard else args.bind
         config = dataclasses.replace(config, master_addr=master, master_port=args.port)
     if command == "coordinator":
         from llmcluster.coordinator.launch import run_coordinator

@@ -133,6 +133,7 @@ def run_coordinator(
             show_locally=lambda records: show_records(config, records),
             token=token,
             join_timeout_s=join_timeout_s,
+            announce=True,
         )
         print(f"llmcluster coordinator: listening on {bind}:{port} (records on {port + 1}), "
               f"waiting for {config.nnodes} node(s) of {config.nproc_per_node} rank(s)",
@@ -158,6 +159,7 @@ def run_node(
         tcp_host=outgoing_address(master_addr, master_port),
         token=token,
         join_timeout_s=join_timeout_s,
+        announce=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

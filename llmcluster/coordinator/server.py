@@ -107,6 +107,7 @@ class Coordinator:
         start_agent: Any = None,
         token: str = "",
         join_timeout_s: float = 0.0,
+        announce: bool = False,
     ) -> None:
         self.config, self.plan, self.run_id, self.speed = config, plan, run_id, speed
         self.launch_wall = launch_wall
@@ -116,6 +117,7 @@ class Coordinator:
         self.start_agent = start_agent  # callable(node) -> pid: replace a lost local agent
         self.token = token  # required from agents when set (non-loopback binds)
         self.join_timeout_s = join_timeout_s
+        self.announce = announce  # a standalone coordinator reports joins, failures, the end
         self.join_deadline = time.monotonic() + join_timeout_s if join_timeout_s else None
         self.refused = 0
         self.lost_nodes: set[int] = set()
@@ -150,6 +152,10 @@ class Coordinator:
         self._render_deadline = 0.0
 
     # ---- sending ------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        if self.announce:
+            print(f"llmcluster coordinator: {text}", file=sys.stderr, flush=True)
+
     def _send(self, identity: bytes, kind: Kind, **body: Any) -> None:
         frames = encode(Message(kind, self.run_id, self.attempt, COORD_SRC, body))
         self.router.send_multipart([identity, *frames])
@@ -312,6 +318,8 @@ class Coordinator:
                   "(taken or out of range)", file=sys.stderr)  # fmt: skip
             return
         self.agents[node] = Peer(identity, now, host=msg.body["host"], pid=msg.body["pid"])
+        self._say(f"node {node} joined from {msg.body['host']} "
+                  f"({len(self.agents)}/{self.config.nnodes} nodes)")  # fmt: skip
         self._send(
             identity,
             Kind.AGENT_WELCOME,
@@ -365,6 +373,8 @@ class Coordinator:
             # the simulated clock runs `speed` times faster than the real rendezvous did
             # (capped: a real NCCL bootstrap takes seconds, not the hours --speed 1e6 implies)
             real = self.state.ready_wall - self.state.rendezvous_wall
+            self._say(f"all {self.config.ranks} ranks ready on {self.config.nnodes} node(s) "
+                      f"in {real:.2f}s (attempt {self.attempt}); training")  # fmt: skip
             self.state.sim_time += max(real, min(real * self.speed, RENDEZVOUS_SIM_CAP_S))
             self.publish(
                 {
@@ -528,6 +538,8 @@ class Coordinator:
         if state.exit_reason == "completed" and state.exit_code != 0:
             state.exit_reason = "failed"
         self.publish(self._summary())
+        self._say(f"run {state.exit_reason} after step {state.merged_step}, "
+                  f"exit code {state.exit_code}")  # fmt: skip
         self._render_deadline = time.monotonic() + RENDER_WAIT_S
 
     def _summary(self) -> dict[str, Any]:
@@ -569,6 +581,7 @@ class Coordinator:
         if state.phase in ("aborting", "over", "restarting", "finishing"):
             return
         info = self.ranks[rank].info if rank in self.ranks else None
+        self._say(f"failure at step {state.merged_step + 1}: {reason}")
         self.publish(
             {
                 "type": "failure",
@@ -634,6 +647,7 @@ class Coordinator:
         state.ready_wall = None
         state.rendezvous_wall = time.time()
         state.phase = "rendezvous"
+        self._say(f"restart {self.attempt}/{self.config.max_restarts} from step {resume}")
         self._to_agents(Kind.SPAWN, attempt=self.attempt, start_step=resume, speed=self.speed)
         if self.join_timeout_s:  # remote nodes get the join timeout again to come back
             self.join_deadline = time.monotonic() + self.join_timeout_s
@@ -654,6 +668,7 @@ class Coordinator:
             self._reap_agents()
             if not self._agents_alive():
                 break
+        self._say(f"run {self.state.exit_reason}, exit code {self.state.exit_code}")
         self.show_locally([*self._unshown(), self._summary()])
         self.outbox.clear()
         self.unacked.clear()

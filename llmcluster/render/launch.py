@@ -34,8 +34,8 @@ def agent_pid(run: dict[str, Any]) -> int:
     return int(run.get("agent_pid", 0))
 
 
-def launcher_lines(run: dict[str, Any]) -> list[str]:
-    """torchrun's banner, launch configs and node 0's rendezvous result."""
+def launcher_lines(run: dict[str, Any], group_rank: int = 0) -> list[str]:
+    """torchrun's banner, launch configs and one node's rendezvous result."""
     t, pid = float(run["start_time"]), agent_pid(run)
     nnodes, nproc, world = run["nnodes"], run["nproc_per_node"], run["world_size"]
     w = glog("W", t, pid, RUN_PY)
@@ -59,7 +59,9 @@ def launcher_lines(run: dict[str, Any]) -> list[str]:
         f"{i} ",
     ]
     a = glog("I", t + 0.05, pid, AGENT_PY)
-    local = list(range(min(nproc, world)))
+    first = group_rank * nproc
+    local = list(range(min(nproc, world - first)))
+    ranks = [first + r for r in local]
     lines += [
         f"{a} [default] starting workers for entrypoint: python",
         f"{a} [default] Rendezvous'ing worker group",
@@ -67,17 +69,29 @@ def launcher_lines(run: dict[str, Any]) -> list[str]:
         f"{a}   restart_count={run.get('attempt', 0)}",
         f"{a}   master_addr={run['master_addr']}",
         f"{a}   master_port={run['master_port']}",
-        f"{a}   group_rank=0",
+        f"{a}   group_rank={group_rank}",
         f"{a}   group_world_size={nnodes}",
         f"{a}   local_ranks={local}",
-        f"{a}   role_ranks={local}",
-        f"{a}   global_ranks={local}",
+        f"{a}   role_ranks={ranks}",
+        f"{a}   global_ranks={ranks}",
         f"{a}   role_world_sizes={[world] * len(local)}",
         f"{a}   global_world_sizes={[world] * len(local)}",
         f"{a} ",
         f"{a} [default] Starting worker group",
     ]
     return lines
+
+
+def finish_lines(run: dict[str, Any], t: float, waited_s: float) -> list[str]:
+    """What a node's elastic agent prints when its worker group has finished."""
+    a = glog("I", t, agent_pid(run), AGENT_PY)
+    return [
+        f"{a} [default] worker group successfully finished. Waiting 300 seconds for other "
+        "agents to finish.",
+        f"{a} Local worker group finished (WorkerState.SUCCEEDED). Waiting 300 seconds for "
+        "other agents to finish",
+        f"{a} Done waiting for other agents. Elapsed: {waited_s} seconds",
+    ]
 
 
 def nccl_prefix(run: dict[str, Any], rank: int, *, thread: int = 0) -> str:

@@ -93,21 +93,30 @@ def failure_lines(run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
     return lines
 
 
-def restart_lines(run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
-    """The elastic agent restarting the worker group from the last checkpoint."""
-    t, pid = float(rec["time"]), agent_pid(run)
-    a = glog("I", t, pid, AGENT_API)
-    w = glog("W", t, pid, AGENT_API)
+def agent_restart_lines(run: dict[str, Any], t: float, *, attempt: int, restarts_left: int,
+                        max_restarts: int) -> list[str]:  # fmt: skip
+    """torchrun's elastic agent restarting its worker group (attempt ``attempt``)."""
+    a, w = glog("I", t, agent_pid(run), AGENT_API), glog("W", t, agent_pid(run), AGENT_API)
     return [
-        f"{w} [default] Worker group FAILED. {rec['restarts_left'] + 1}/{rec['max_restarts']} "
+        f"{w} [default] Worker group FAILED. {restarts_left + 1}/{max_restarts} "
         "attempts left; will restart worker group",
         f"{a} [default] Stopping worker group",
         f"{a} [default] Rendezvous'ing worker group",
         f"{a} [default] Rendezvous complete for workers. Result:",
-        f"{a}   restart_count={rec['attempt']}",
+        f"{a}   restart_count={attempt}",
         f"{a}   master_addr={run['master_addr']}",
         f"{a}   master_port={run['master_port']}",
         f"{a} [default] Starting worker group",
+    ]
+
+
+def restart_lines(run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
+    """The elastic agent restarting the worker group from the last checkpoint."""
+    agent = agent_restart_lines(run, float(rec["time"]), attempt=rec["attempt"],
+                                restarts_left=rec["restarts_left"],
+                                max_restarts=rec["max_restarts"])  # fmt: skip
+    return [
+        *agent,
         f"llmcluster: resuming from the checkpoint at step {rec['resume_step'] - 1}; "
         f"{rec.get('replayed_steps', 0)} step(s) to replay, {duration(rec['lost_s'])} of work lost",
     ]

@@ -17,12 +17,15 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
 from llmcluster.comm.shm import create_region
 from llmcluster.config import RunConfig
 from llmcluster.control.env import torchrun_env
+from llmcluster.render.launch import finish_lines, launcher_lines
+from llmcluster.render.report import agent_restart_lines
 from llmcluster.wire import Kind, Message
 from llmcluster.worker.link import ControlLink, CoordinatorLost
 from llmcluster.worker.procs import fork_child, reap, terminate_all
@@ -44,6 +47,7 @@ class AgentSpec:
     tcp_host: str | None = None  # bind rank inboxes on this address too (multi-host)
     token: str = ""  # shared secret the coordinator requires across hosts
     join_timeout_s: float = 60.0  # give up if no coordinator answers for this long
+    announce: bool = False  # a standalone node prints its own agent lines (rank 0 prints node 0's)
 
 
 class NodeAgent:
@@ -56,6 +60,7 @@ class NodeAgent:
         self.publish = ""
         self.children: dict[int, int] = {}  # pid -> global rank
         self.shm: mmap.mmap | None = None
+        self.group_done_at: float | None = None  # when the last local rank exited
         self.work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-node-")
         os.chmod(self.work_dir, 0o700)
 
@@ -82,6 +87,8 @@ class NodeAgent:
                 for pid, exitcode in reap(list(self.children)).items():
                     rank = self.children.pop(pid)
                     link.send(Kind.AGENT_EXIT, rank=rank, pid=pid, exitcode=exitcode)
+                    if not self.children:
+                        self.group_done_at = time.monotonic()
         except CoordinatorLost as lost:
             print(f"llmcluster node {self.node}: {lost}; stopping local ranks", file=sys.stderr)
             return 1
@@ -126,6 +133,8 @@ class NodeAgent:
             self.config = RunConfig.from_wire(msg.body["config"])
             link.timeout_s = max(link.timeout_s, self.config.silence_tolerance_s)
             self.node = int(msg.body["node"])
+            self._say(f"llmcluster node: joined {self.spec.control} as node {self.node} of "
+                      f"{self.config.nnodes} ({self.spec.host})")  # fmt: skip
             self.publish = reachable(str(msg.body.get("publish", "")), self.spec.control)
             link.run_id = msg.run_id
         elif msg.kind is Kind.SPAWN and self.config is not None:
@@ -133,14 +142,60 @@ class NodeAgent:
                 link.send(Kind.AGENT_EXIT, rank=self.children[pid], pid=pid, exitcode=exitcode)
             self.children.clear()
             link.attempt = int(msg.body["attempt"])
+            self._announce_group(link.attempt, link.run_id or "")
             self._spawn(msg, link.run_id or "")
         elif msg.kind is Kind.KILL:
             for pid, exitcode in terminate_all(list(self.children)).items():
                 link.send(Kind.AGENT_EXIT, rank=self.children[pid], pid=pid, exitcode=exitcode)
             self.children.clear()
         elif msg.kind is Kind.EXIT:
+            self._announce_end(int(msg.body.get("code", 0)), link.run_id or "")
             return 0
         return None
+
+    # ---- a standalone node's own lines (node 0's are rank 0's to print) -------------------
+    def _say(self, text: str) -> None:
+        if self.spec.announce:  # stderr, as torchrun's logging: stdout stays the ranks' own
+            print(text, file=sys.stderr, flush=True)
+
+    def _agent_record(self, run_id: str, attempt: int) -> dict[str, Any]:
+        config = self.config
+        assert config is not None
+        return {
+            "start_time": time.time(),
+            "agent_pid": os.getpid(),
+            "nnodes": config.nnodes,
+            "nproc_per_node": config.nproc_per_node,
+            "world_size": config.ranks,
+            "master_addr": config.master_addr,
+            "master_port": config.master_port,
+            "run_id": run_id,
+            "max_restarts": config.max_restarts,
+            "attempt": attempt,
+        }
+
+    def _announce_group(self, attempt: int, run_id: str) -> None:
+        if not self.spec.announce or self.node == 0 or self.config is None:
+            return
+        run = self._agent_record(run_id, attempt)
+        if attempt == 0:
+            lines = launcher_lines(run, group_rank=self.node)
+        else:
+            lines = agent_restart_lines(run, run["start_time"], attempt=attempt,
+                                        restarts_left=self.config.max_restarts - attempt,
+                                        max_restarts=self.config.max_restarts)  # fmt: skip
+        self._say("\n".join(lines))
+
+    def _announce_end(self, code: int, run_id: str) -> None:
+        if not self.spec.announce or self.node == 0 or self.config is None:
+            return
+        if code != 0:
+            self._say(f"llmcluster node {self.node}: the run failed (exit code {code}); "
+                      "local worker group stopped")  # fmt: skip
+            return
+        waited = time.monotonic() - (self.group_done_at or time.monotonic())
+        run = self._agent_record(run_id, 0)
+        self._say("\n".join(finish_lines(run, run["start_time"], round(waited, 6))))
 
     def _spawn(self, msg: Message, run_id: str) -> None:
         config = self.config
