@@ -41,6 +41,7 @@ def cases(world: int, algorithms: tuple[str, ...], sizes: tuple[int, ...]) -> li
                 out.append(("allreduce", algorithm, op, size, "float64"))
         out.append(("allreduce", algorithm, "sum", 257, "int64"))
         out.append(("allreduce", algorithm, "sum", 15, "float32"))
+        out.append(("inplace", algorithm, "mean", 1000, "float64"))
     out.append(("broadcast", "tree", "root0", 33, "float64"))
     out.append(("broadcast", "tree", f"root{world - 1}", 33, "float64"))
     out.append(("gather", "flat", "root0", 5, "float64"))
@@ -78,6 +79,11 @@ def _rank_main(
             if dtype == "float32":
                 data = data.reshape(3, 5)
             results[f"c{i}"] = comm.allreduce(data, op, algorithm=algorithm)
+        elif kind == "inplace":  # out= the input: the result overwrites it
+            data = rank_input(rank, size, dtype)
+            returned = comm.allreduce(data, op, algorithm=algorithm, out=data)
+            assert returned is data
+            results[f"c{i}"] = data
         elif kind == "broadcast":
             root = int(op[4:])
             data = rank_input(root, size) if rank == root else None
@@ -146,7 +152,7 @@ def check(world: int, nproc: int, table: list[tuple], outputs: list[dict[str, np
         key = f"c{i}"
         if kind == "barrier":
             continue
-        if kind == "fused":
+        if kind in ("fused", "inplace"):
             kind = "allreduce"
         if kind == "gather":
             expected = np.stack([rank_input(r, size) for r in range(world)])
@@ -200,6 +206,7 @@ def test_shared_memory_allreduce_is_bit_identical(
         for op in ("sum", "mean", "max", "min")
     ]
     table += [("allreduce", "hierarchical", "sum", 40001, "int64")] * 3  # both buffer sets
+    table += [("inplace", "hierarchical", op, 100003, "float64") for op in ("sum", "mean")]
     check(world, nproc, table, run_ranks(world, nproc, table, shm=True))
 
 

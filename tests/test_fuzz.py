@@ -11,6 +11,7 @@ import numpy as np
 import zmq
 from conftest import Running
 
+from llmcluster.comm.frames import pack_header, run_tag
 from llmcluster.wire import Kind, Message, encode
 from llmcluster.wire.codec import HEADER
 
@@ -31,10 +32,12 @@ def garbage_frames(rng: np.random.Generator, run_id: str, count: int) -> list[li
         elif choice == 3:  # a plausible message from another run
             msg = Message(Kind.STATS, "not-this-run", 0, 1, {"rank": 1, "step": 1, "stats": {}})
             out.append(encode(msg))
-        elif choice == 4:  # a collective fragment with a bogus shape and too many frames
-            head = {"k": "coll", "run": run_id, "att": 0, "src": 0, "seq": 10**12,
-                    "phase": 0, "dtype": "float64", "shape": [-1, 2]}  # fmt: skip
-            out.append([HEADER + msgpack.packb(head), b"x" * 13, b"y", b"z"])
+        elif choice == 4:  # a peer frame of this run: lying sizes, too many frames, bad dtype
+            data = np.zeros(int(rng.integers(1, 5)))
+            head = pack_header(run_tag(run_id), 0, 0, 10**9, 0, data)
+            lie = [[head + b"x" * 13], [head, b"x" * 13, b"y"], [head[:-3]],
+                   [head.replace(b"d", b"O", 1) + data.tobytes()]][i // 5 % 4]  # fmt: skip
+            out.append(lie)
         else:  # oversized: beyond every socket's MAXMSGSIZE
             out.append([HEADER + b"\0" * (5 << 20)])
     return out

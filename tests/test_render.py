@@ -384,14 +384,20 @@ def test_summary_fits_and_shows_the_records_figures(width: int) -> None:
 
 def test_bench_table_rows_parse_and_busbw_follows_algbw() -> None:
     n, rows = 8, []
+
+    def figures(seconds: float, size: int) -> dict:
+        algbw = size / seconds / 1e9
+        return {"time_us": seconds * 1e6, "algbw_gbs": algbw,
+                "busbw_gbs": algbw * 2 * (n - 1) / n, "wrong": 0}  # fmt: skip
+
     for size in (8, 8 << 10, 8 << 20, 8 << 30):
         seconds = 30e-6 + size / 100e9
-        algbw = size / seconds / 1e9
         rows.append({"size": size, "count": size // 4, "type": "float", "redop": "sum",
-                     "time_us": seconds * 1e6, "algbw_gbs": algbw,
-                     "busbw_gbs": algbw * 2 * (n - 1) / n, "wrong": 0})  # fmt: skip
-    lines = render.bench_table_lines(rows, world_size=n, algorithm="ring")
+                     **figures(seconds, size),
+                     "in_place": figures(seconds * 0.9, size)})  # fmt: skip
+    lines = render.bench_table_lines(rows, world_size=n, algorithm="ring", iters=7, warmup=2)
     assert lines[0].startswith("# nThread 1 nGpus 1 minBytes 8 maxBytes 8589934592 step: 1024(")
+    assert "warmup iters: 2 iters: 7 " in lines[0]
     assert "#       size         count      type   redop    root     time   algbw   busbw #wrong" \
         "     time   algbw   busbw #wrong" in lines  # fmt: skip
     body = [x for x in lines if not x.startswith("#")]
@@ -400,10 +406,11 @@ def test_bench_table_rows_parse_and_busbw_follows_algbw() -> None:
         cols = line.split()
         assert cols[:5] == [str(row["size"]), str(row["count"]), "float", "sum", "-1"]
         assert float(cols[7]) == pytest.approx(float(cols[6]) * 2 * (n - 1) / n, abs=0.011)
-        assert cols[5:9] == cols[9:13]  # in-place repeats the out-of-place measurement
+        assert float(cols[9]) == pytest.approx(row["in_place"]["time_us"], rel=1e-3)
+        assert float(cols[11]) == pytest.approx(float(cols[10]) * 2 * (n - 1) / n, abs=0.011)
     assert body[-1][:12] == "  8589934592"
     assert "# Out of bounds values : 0 OK" in lines
-    mean = sum(r["busbw_gbs"] for r in rows) / 4
+    mean = sum(r["busbw_gbs"] + r["in_place"]["busbw_gbs"] for r in rows) / 8
     assert f"# Avg bus bandwidth    : {mean:g} " in lines
 
 
@@ -573,9 +580,9 @@ def test_bench_table_busbw_is_algbw_times_the_factor() -> None:
     rows = [line.split() for line in done.stdout.splitlines() if line and not line.startswith("#")]
     assert rows and rows[0][:5] == ["8", "2", "float", "sum", "-1"]
     for row in rows:
-        algbw, busbw = float(row[6]), float(row[7])
-        assert busbw == pytest.approx(algbw * 2 * 3 / 4, abs=0.011)
-        assert row[8] == "0"  # no wrong elements
+        for algbw, busbw, wrong in (row[6:9], row[10:13]):  # out-of-place, in-place
+            assert float(busbw) == pytest.approx(float(algbw) * 2 * 3 / 4, abs=0.011)
+            assert wrong == "0"  # no wrong elements
     assert "# Out of bounds values : 0 OK" in done.stdout
 
 

@@ -29,6 +29,7 @@ from llmcluster.comm.shm import ShmArena
 ReduceOp = Callable[..., np.ndarray]
 OPS: dict[str, ReduceOp] = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum}
 RING_MIN_BYTES = 64 * 1024  # hierarchical: leaders switch from tree to ring above this size
+SHM_BLOCK_BYTES = 64 * 1024  # the shared-memory reduction's cache block
 _EMPTY = np.zeros(0, dtype=np.uint8)
 
 
@@ -68,6 +69,8 @@ class Communicator:
         self.mesh, self.rank, self.topology, self.shm = mesh, rank, topology, shm
         self.world_size = len(topology.node_of)
         self.seq = 0  # collectives issued so far (NCCL's SeqNum)
+        self._local = topology.node_members(topology.node_of[rank])  # this node's ranks
+        self._leaders = topology.leaders()
 
     def _next_seq(self) -> int:
         self.seq += 1
@@ -79,26 +82,40 @@ class Communicator:
         self.allreduce(_EMPTY, "max", algorithm="tree")
 
     def allreduce(
-        self, array: np.ndarray, op: str = "sum", *, algorithm: str = "tree"
+        self,
+        array: np.ndarray,
+        op: str = "sum",
+        *,
+        algorithm: str = "tree",
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Reduce ``array`` across all ranks; every rank receives the bit-identical result."""
+        """Reduce ``array`` across all ranks; every rank receives the bit-identical result.
+
+        The result is a new array, or ``out`` when given (``out=array`` is NCCL's in-place
+        allreduce: no result buffer is allocated).
+        """
         reduce = OPS[op]
         seq = self._next_seq()
-        acc = np.array(array, copy=True)
-        everyone = list(range(self.world_size))
-        if algorithm == "tree":
-            result = self._tree_allreduce(everyone, acc, reduce, seq, 0)
-        elif algorithm == "ring":
-            result = self._ring_allreduce(everyone, acc, reduce, seq, 0)
-        elif algorithm == "hierarchical" and self._use_shm(acc):
-            result = self._shm_allreduce(acc, reduce, seq)
-        elif algorithm == "hierarchical":
-            result = self._hierarchical_allreduce(acc, reduce, seq)
+        source = np.asarray(array)
+        if algorithm == "hierarchical" and self._use_shm(source):
+            result = self._shm_allreduce(source, reduce, seq, out)
         else:
-            raise ValueError(f"unknown algorithm {algorithm!r}")
+            acc = np.array(source, copy=True)
+            everyone = list(range(self.world_size))
+            if algorithm == "tree":
+                result = self._tree_allreduce(everyone, acc, reduce, seq, 0)
+            elif algorithm == "ring":
+                result = self._ring_allreduce(everyone, acc, reduce, seq, 0)
+            elif algorithm == "hierarchical":
+                result = self._hierarchical_allreduce(acc, reduce, seq)
+            else:
+                raise ValueError(f"unknown algorithm {algorithm!r}")
+            if out is not None:
+                np.copyto(out, result.reshape(out.shape))
+                result = out
         self.mesh.flush()
         if op == "mean":
-            return np.true_divide(result, self.world_size)
+            return np.true_divide(result, self.world_size, out=out)
         return result
 
     def allreduce_fused(self, parts: Sequence[tuple[np.ndarray, str]]) -> list[np.ndarray]:
@@ -113,35 +130,36 @@ class Communicator:
         """
         seq = self._next_seq()
         flat = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a, _ in parts])
-        bounds = np.cumsum([0, *(np.asarray(a).size for a, _ in parts)])
-        spans = [
-            (op, lo, hi) for (_, op), lo, hi in zip(parts, bounds[:-1], bounds[1:], strict=True)
-        ]
-        local = self.topology.node_members(self.topology.node_of[self.rank])
-        leaders = self.topology.leaders()
+        spans, lo = [], 0
+        for array, op in parts:
+            spans.append((op, lo, lo + np.size(array)))
+            lo += np.size(array)
+        local, leaders, mesh = self._local, self._leaders, self.mesh
         leader, root = local[0], leaders[0]
 
         def fold(acc: np.ndarray, sources: Sequence[int], phase: int) -> None:
-            for src in sources:
-                incoming = self.mesh.recv(src, seq, phase)
-                for op, lo, hi in spans:
-                    OPS[op](acc[lo:hi], incoming[lo:hi], out=acc[lo:hi])
+            """Fold every source's contribution into ``acc``, in the order of ``sources``."""
+            stacked = np.stack([acc, *(mesh.recv(src, seq, phase) for src in sources)])
+            for op, lo, hi in spans:  # a reduce along axis 0 adds the rows in order
+                OPS[op].reduce(stacked[:, lo:hi], axis=0, out=acc[lo:hi])
 
         if self.rank != leader:
-            self.mesh.send(leader, seq, 0, flat)
-            result = self.mesh.recv(leader, seq, 3)
+            mesh.send(leader, seq, 0, flat)
+            result = mesh.recv(leader, seq, 3)
         else:
-            acc = flat.copy()
-            fold(acc, local[1:], 0)
+            acc = flat
+            if len(local) > 1:
+                fold(acc, local[1:], 0)
             if self.rank != root:
-                self.mesh.send(root, seq, 1, acc)
-                result = self.mesh.recv(root, seq, 2)
+                mesh.send(root, seq, 1, acc)
+                result = mesh.recv(root, seq, 2)
             else:
-                fold(acc, leaders[1:], 1)
+                if len(leaders) > 1:
+                    fold(acc, leaders[1:], 1)
                 result = acc
-                self.mesh.send_many(leaders[1:], seq, 2, result)
-            self.mesh.send_many(local[1:], seq, 3, result)
-        self.mesh.flush()
+                mesh.send_many(leaders[1:], seq, 2, result)
+            mesh.send_many(local[1:], seq, 3, result)
+        mesh.flush()
         return [
             np.true_divide(result[lo:hi], self.world_size) if op == "mean" else result[lo:hi].copy()
             for op, lo, hi in spans
@@ -233,7 +251,7 @@ class Communicator:
 
     def _use_shm(self, acc: np.ndarray) -> bool:
         shm = self.shm
-        local = self.topology.node_members(self.topology.node_of[self.rank])
+        local = self._local
         return (
             shm is not None
             and acc.nbytes >= RING_MIN_BYTES
@@ -241,26 +259,31 @@ class Communicator:
             and shm.local_ranks == len(local)
         )
 
-    def _shm_allreduce(self, acc: np.ndarray, reduce: ReduceOp, seq: int) -> np.ndarray:
+    def _shm_allreduce(
+        self, source: np.ndarray, reduce: ReduceOp, seq: int, out: np.ndarray | None
+    ) -> np.ndarray:
         """Hierarchical through shared memory: every local rank reduces one chunk of all the
         node's slots (in local-rank order), leaders combine nodes over the sockets, and
-        everyone copies the node's result slot out. Two buffer sets alternate by ``seq``."""
+        everyone copies the node's result slot out. Two buffer sets alternate by ``seq``.
+
+        Each byte is copied in once and out once; the reduction walks its chunk in blocks
+        that stay in cache, adding the node's slots into each block in a fixed order."""
         shm = self.shm
         assert shm is not None
-        local = self.topology.node_members(self.topology.node_of[self.rank])
-        index, size, count = local.index(self.rank), len(local), acc.size
-        parity, flat = seq % 2, acc.reshape(-1)
-        np.copyto(shm.view(parity, index, flat.dtype, count), flat)
+        local = self._local
+        index, size, count = local.index(self.rank), len(local), source.size
+        parity, dtype = seq % 2, source.dtype
+        np.copyto(shm.view(parity, index, dtype, count), source.reshape(-1))
         self._local_barrier(local, seq, 20)
+        slots = shm.slots(parity, dtype, count)  # (local ranks + 1, count): inputs, result
         bounds = np.linspace(0, count, size + 1).astype(np.int64)
-        lo, hi = int(bounds[index]), int(bounds[index + 1])
-        result = shm.view(parity, size, flat.dtype, count)
-        part = result[lo:hi]
-        np.copyto(part, shm.view(parity, 0, flat.dtype, count)[lo:hi])
-        for k in range(1, size):
-            reduce(part, shm.view(parity, k, flat.dtype, count)[lo:hi], out=part)
+        block = max(1, SHM_BLOCK_BYTES // dtype.itemsize)
+        for lo in range(int(bounds[index]), int(bounds[index + 1]), block):
+            hi = min(lo + block, int(bounds[index + 1]))
+            reduce.reduce(slots[:size, lo:hi], axis=0, out=slots[size, lo:hi])
         self._local_barrier(local, seq, 22)
-        leaders = self.topology.leaders()
+        result = slots[size]
+        leaders = self._leaders
         if len(leaders) > 1:
             if self.rank == local[0]:
                 combined = result.copy()
@@ -270,7 +293,10 @@ class Communicator:
                     combined = self._tree_allreduce(leaders, combined, reduce, seq, 30)
                 np.copyto(result, combined)
             self._local_barrier(local, seq, 24)
-        return result.copy().reshape(acc.shape)
+        if out is None:
+            return result.reshape(source.shape).copy()
+        np.copyto(out, result.reshape(out.shape))
+        return out
 
     def _local_barrier(self, members: Sequence[int], seq: int, phase: int) -> None:
         self._tree_allreduce(members, _EMPTY.copy(), np.maximum, seq, phase)

@@ -3,33 +3,29 @@
 Each rank binds one PULL "inbox"; it connects a PUSH socket to a peer's inbox the
 first time it sends there. Messages are tagged (src, seq, phase) so that the
 collectives can ask for exactly the message they need while others wait in a
-pending table. While a receive waits, ``service`` is called with the other
-``service`` is called at least every ``SERVICE_S`` (the rank serves its control
+pending table. While a receive waits, ``service`` is called at least every
+``SERVICE_S`` (the rank serves its control
 socket there); it may raise to abandon the collective (abort, dead coordinator).
-The hot path is lean on purpose: one header frame (bytes) plus one data frame,
-received zero-copy only when it is large.
+The hot path is lean on purpose: a binary header (``frames``) with small arrays inline,
+large ones as a second frame sent and received zero-copy.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import msgpack
 import numpy as np
 import zmq
 
-from llmcluster.wire import DecodeError, Kind
-from llmcluster.wire.codec import HEADER, decode_head
+from llmcluster.comm.frames import ZERO_COPY_BYTES, FrameError, pack_header, parse_header, run_tag
 from llmcluster.wire.messages import MAX_PEER_BYTES
 
-ZERO_COPY_BYTES = 64 * 1024  # larger buffers are sent and received without copying
 SERVICE_S = 0.05  # control messages are served at least this often while a rank waits
 POLL_MS = 50
 CLOSE_LINGER_MS = 500
-NOBLOCK, RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)  # plain ints: enum arithmetic is slow
+SNDMORE, RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)  # plain ints: enum arithmetic is slow
 
 
 class CollectiveTimeout(RuntimeError):
@@ -66,6 +62,8 @@ class PeerMesh:
         self._inbox.setsockopt(zmq.MAXMSGSIZE, MAX_PEER_BYTES + 4096)
         self._inbox.setsockopt(zmq.RCVHWM, 0)
         self._inbox.setsockopt(zmq.LINGER, 0)
+        self._inbox.setsockopt(zmq.RCVTIMEO, POLL_MS)
+        self._tag = run_tag(run_id)
         self.node = node
         self.endpoints: list[str] = []
         for address in bind:
@@ -105,26 +103,15 @@ class PeerMesh:
         follow it as a zero-copy frame whose buffer is tracked until ZeroMQ lets go.
         """
         data = np.ascontiguousarray(array)
-        head = {
-            "k": "coll",
-            "run": self.run_id,
-            "att": self.attempt,
-            "src": self.rank,
-            "seq": seq,
-            "phase": phase,
-            "dtype": data.dtype.str,
-            "shape": data.shape,
-        }
+        head = pack_header(self._tag, self.attempt, self.rank, seq, phase, data)
         if data.nbytes < ZERO_COPY_BYTES:
-            head["data"] = data.tobytes()
-            frame = HEADER + msgpack.packb(head)
+            frame = head + data.tobytes()
             for dst in dsts:
                 self._socket_to(dst).send(frame)
             return
-        frame = HEADER + msgpack.packb(head)
         for dst in dsts:
             sock = self._socket_to(dst)
-            sock.send(frame, zmq.SNDMORE)
+            sock.send(head, SNDMORE)
             self._trackers.append(sock.send(data, copy=False, track=True))
 
     def flush(self) -> None:
@@ -136,67 +123,59 @@ class PeerMesh:
     def recv(self, src: int, seq: int, phase: int) -> np.ndarray:
         """Return the array ``src`` sent for (seq, phase), servicing control while waiting."""
         key = (src, seq, phase)
-        found = self._pending.pop(key, None)
+        pending = self._pending
+        found = pending.pop(key, None)
         if found is not None:
             return found
         started = time.monotonic()
+        receive, accept = self._inbox.recv, self._accept
         while True:
-            self._drain()
-            found = self._pending.pop(key, None)
-            if found is not None:
-                return found
+            try:  # blocks for at most POLL_MS (RCVTIMEO): one call per message, no poller
+                frame = receive()
+            except zmq.Again:
+                frame = None
+            if frame is not None:
+                accept(frame)
+                found = pending.pop(key, None)
+                if found is not None:
+                    return found
             now = time.monotonic()
             if now >= self._next_service:
                 self._service()
                 self._next_service = now + SERVICE_S
             if now - started > self.timeout_s:
                 raise CollectiveTimeout(src, seq, now - started)
-            self._inbox.poll(POLL_MS)
 
-    def _drain(self) -> None:
-        inbox = self._inbox
-        while True:
-            try:
-                first = inbox.recv(NOBLOCK)
-            except zmq.Again:
+    def _accept(self, first: bytes) -> None:
+        """File one incoming message under its key, or drop and count it.
+
+        A small array is the frame itself; a large one is the single frame that follows.
+        Extra frames of a malformed message arrive here one by one and are dropped as such.
+        """
+        try:
+            head = parse_header(first, self._tag, self.attempt)
+        except FrameError:
+            self.dropped += 1
+            return
+        if head.nbytes < ZERO_COPY_BYTES:
+            if len(first) - head.offset != head.nbytes:
+                self.dropped += 1
                 return
-            try:
-                key, dtype, shape, inline = self._describe(first)
-            except (DecodeError, TypeError, ValueError, KeyError):
+            payload: Any = first
+            offset = head.offset
+        else:
+            inbox = self._inbox
+            if len(first) != head.offset or not inbox.get(RCVMORE):
                 self.dropped += 1
-                key, inline = None, None
-            rest: list[Any] = [] if inline is None else [inline]
-            while inbox.getsockopt(RCVMORE):
-                big = key is not None and dtype.itemsize * math.prod(shape) >= ZERO_COPY_BYTES
-                rest.append(inbox.recv(copy=not big))
-            if key is None:
-                continue
-            if len(rest) != 1:  # exactly one payload: inline or a second frame
+                return
+            frame = inbox.recv(copy=False)
+            if frame.more or len(frame) != head.nbytes:
                 self.dropped += 1
-                continue
-            buffer = rest[0].buffer if isinstance(rest[0], zmq.Frame) else rest[0]
-            try:
-                self._pending[key] = np.frombuffer(buffer, dtype=dtype).reshape(shape)
-            except ValueError:  # the data does not match its description
-                self.dropped += 1
-
-    def _describe(
-        self, first: bytes
-    ) -> tuple[tuple[int, int, int], np.dtype, tuple[int, ...], bytes | None]:
-        head = decode_head(first, run_id=self.run_id, max_body=ZERO_COPY_BYTES + 4096)
-        if head["k"] is not Kind.COLL or head["att"] != self.attempt:
-            raise DecodeError("not a collective message of this attempt")
-        seq, phase = head["seq"], head["phase"]
-        dtype = np.dtype(head["dtype"])
-        shape = tuple(int(x) for x in head["shape"])
-        if type(seq) is not int or type(phase) is not int or dtype.hasobject:
-            raise DecodeError("bad collective header")
-        if any(x < 0 for x in shape) or len(shape) > 8:
-            raise DecodeError("bad array shape")
-        inline = head.get("data")
-        if inline is not None and not isinstance(inline, bytes):
-            raise DecodeError("bad inline payload")
-        return (head["src"], seq, phase), dtype, shape, inline
+                return
+            payload, offset = frame.buffer, 0
+        array = np.frombuffer(payload, dtype=head.dtype, count=head.nbytes // head.dtype.itemsize,
+                              offset=offset).reshape(head.shape)  # fmt: skip
+        self._pending[(head.src, head.seq, head.phase)] = array
 
     def reset(self, attempt: int) -> None:
         """Forget pending messages of an earlier attempt."""

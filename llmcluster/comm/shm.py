@@ -47,6 +47,12 @@ class ShmArena:
         """True if ``array`` can use the shared-memory path."""
         return array.nbytes <= self.slot
 
+    def slots(self, parity: int, dtype: np.dtype, count: int) -> np.ndarray:
+        """Every slot of buffer set ``parity`` as one (local ranks + 1, count) array."""
+        offset = parity * (self.local_ranks + 1) * self.slot
+        return np.ndarray((self.local_ranks + 1, count), dtype=dtype, buffer=self.region,
+                          offset=offset, strides=(self.slot, dtype.itemsize))  # fmt: skip
+
     def view(self, parity: int, index: int, dtype: np.dtype, count: int) -> np.ndarray:
         """Slot ``index`` (``local_ranks`` is the result slot) of buffer set ``parity``."""
         offset = (parity * (self.local_ranks + 1) + index) * self.slot

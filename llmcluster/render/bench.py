@@ -1,7 +1,7 @@
 """nccl-tests' ``all_reduce_perf`` table for ``llmcluster bench`` (real-logs.md 2f).
 
-The same measurement fills the out-of-place and in-place columns: our allreduce
-always writes a fresh result array, so there is no separate in-place variant.
+Out-of-place (a fresh result array) and in-place (``out=`` the input) are timed
+separately, as nccl-tests does, and the average bus bandwidth covers both.
 Each rank is one process driving one GPU, as with ``mpirun -np N all_reduce_perf``,
 hence ``nGpus 1``.
 """
@@ -17,6 +17,13 @@ def _time(us: float) -> str:
     if us >= 100:
         return f"{us:7.1f}"
     return f"{us:7.2f}"
+
+
+def _columns(figures: dict[str, Any]) -> str:
+    return (
+        f"  {_time(figures['time_us'])}  {figures['algbw_gbs']:6.2f}  {figures['busbw_gbs']:6.2f}"
+        f"  {figures['wrong']:5g}"
+    )
 
 
 def bench_table_lines(rows: list[dict[str, Any]], *, world_size: int, algorithm: str,
@@ -39,16 +46,13 @@ def bench_table_lines(rows: list[dict[str, Any]], *, world_size: int, algorithm:
         "      (us)  (GB/s)  (GB/s)       ",
     ]
     for row in rows:
-        cols = (
-            f"  {_time(row['time_us'])}  {row['algbw_gbs']:6.2f}  {row['busbw_gbs']:6.2f}"
-            f"  {row['wrong']:5g}"
-        )
         lines.append(
             f"{row['size']:12d}  {row['count']:12d}  {row['type']:>8}  {row['redop']:>6}  {-1:6d}"
-            f"{cols}{cols}"
+            f"{_columns(row)}{_columns(row['in_place'])}"
         )
-    wrong = sum(row["wrong"] for row in rows)
-    average = sum(row["busbw_gbs"] for row in rows) / len(rows)
+    variants = [figures for row in rows for figures in (row, row["in_place"])]
+    wrong = sum(figures["wrong"] for figures in variants)
+    average = sum(figures["busbw_gbs"] for figures in variants) / len(variants)
     lines += [
         f"# Out of bounds values : {wrong} {'OK' if wrong == 0 else 'FAILED'}",
         f"# Avg bus bandwidth    : {average:g} ",

@@ -41,8 +41,7 @@ class Kind(str, Enum):
     STATS = "stats"  # rank -> coordinator, one per step
     PHASE = "phase"  # rank 0 -> coordinator: a phase (init, eval, checkpoint, export) began/ended
     RECORD = "record"  # coordinator -> observers (rank 0): one output record
-    # training plane: rank <-> rank
-    COLL = "coll"
+    # the training plane (rank <-> rank) uses binary frames: llmcluster.comm.frames
 
 
 _INT = (int,)
@@ -78,7 +77,6 @@ SCHEMAS: dict[Kind, dict[str, tuple[type, ...]]] = {
     Kind.STATS: {"rank": _INT, "step": _INT, "stats": _DICT},
     Kind.PHASE: {"rank": _INT, "step": _INT, "name": _STR, "state": _STR, "data": _DICT},
     Kind.RECORD: {"record": _DICT, "seq": _INT},
-    Kind.COLL: {"seq": _INT, "phase": _INT, "dtype": _STR, "shape": _LIST},
 }
 
 # Fields whose integer values must be non-negative (ranks, steps, pids, sizes).

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,56 +34,80 @@ def bench_sizes(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
     return sizes
 
 
+def _timed(comm: Communicator, iters: int, run: Callable[[], np.ndarray]) -> float:
+    """The slowest rank's mean seconds per call of ``run`` (all ranks start together)."""
+    comm.barrier()
+    started = time.perf_counter()
+    for _ in range(iters):
+        run()
+    mean_s = (time.perf_counter() - started) / iters
+    return float(comm.allreduce(np.array([mean_s]), "max", algorithm="tree")[0])
+
+
+def _count_wrong(comm: Communicator, result: np.ndarray, expected: np.float32) -> int:
+    """Elements that differ from the exact expected sum, over all ranks."""
+    wrong = np.array([np.count_nonzero(result != expected)], dtype=np.int64)
+    return int(comm.allreduce(wrong, "sum", algorithm="tree")[0])
+
+
+def _figures(size: int, seconds: float, wrong: int, n: int) -> dict[str, float]:
+    algbw = size / seconds / 1e9
+    return {"time_us": seconds * 1e6, "algbw_gbs": algbw, "busbw_gbs": algbw * busbw_factor(n),
+            "wrong": wrong}  # fmt: skip
+
+
 def rank_bench(
     comm: Communicator, settings: dict[str, Any], algorithm: str
 ) -> list[dict[str, Any]]:
-    """Run the sweep on this rank; rank 0 returns the rows, the others an empty list."""
+    """Run the sweep on this rank; rank 0 returns the rows, the others an empty list.
+
+    Like nccl-tests, each size is timed out-of-place (a fresh result) and in-place (the
+    result overwrites the input), and each variant is validated once outside the timing.
+    """
     rows: list[dict[str, Any]] = []
-    n, rank = comm.world_size, comm.rank
+    n, rank, iters = comm.world_size, comm.rank, settings["iters"]
     for size in bench_sizes(settings["min_bytes"], settings["max_bytes"], settings["factor"]):
         count = size // 4
         # small integers: every partial sum is exact in float32, so any error is a real bug
-        data = np.full(count, rank % 7 + 1, dtype=np.float32)
+        value = np.float32(rank % 7 + 1)
         expected = np.float32(sum(r % 7 + 1 for r in range(n)))
+        data = np.full(count, value, dtype=np.float32)
         for _ in range(settings["warmup"]):
             comm.allreduce(data, "sum", algorithm=algorithm)
-        comm.barrier()
-        started = time.perf_counter()
-        for _ in range(settings["iters"]):
-            result = comm.allreduce(data, "sum", algorithm=algorithm)
-        mean_s = (time.perf_counter() - started) / settings["iters"]
-        wrong = int(np.count_nonzero(result != expected))  # validated outside the timing
-        slowest = comm.allreduce(np.array([mean_s]), "max", algorithm="tree")
-        wrong_total = comm.allreduce(np.array([wrong], dtype=np.int64), "sum", algorithm="tree")
+        fresh = functools.partial(comm.allreduce, data, algorithm=algorithm)
+        overwrite = functools.partial(comm.allreduce, data, algorithm=algorithm, out=data)
+        out_of_place = _timed(comm, iters, fresh)
+        wrong = _count_wrong(comm, fresh(), expected)
+        in_place = _timed(comm, iters, overwrite)
+        data.fill(value)
+        wrong_in_place = _count_wrong(comm, overwrite(), expected)
         if rank == 0:
-            seconds = float(slowest[0])
-            algbw = size / seconds / 1e9
             rows.append(
                 {
                     "size": size,
                     "count": count,
                     "type": "float",
                     "redop": "sum",
-                    "time_us": seconds * 1e6,
-                    "algbw_gbs": algbw,
-                    "busbw_gbs": algbw * busbw_factor(n),
-                    "wrong": int(wrong_total[0]),
+                    **_figures(size, out_of_place, wrong, n),
+                    "in_place": _figures(size, in_place, wrong_in_place, n),
                 }
             )
     return rows
 
 
 def print_bench(
-    rows: list[dict[str, Any]], *, world_size: int, algorithm: str, as_json: bool
+    rows: list[dict[str, Any]], *, world_size: int, algorithm: str, settings: dict[str, Any]
 ) -> None:
     """Rank 0's output: the nccl-tests table (or JSON rows)."""
-    if as_json:
+    if settings["json"]:
         for row in rows:
             print(json.dumps({"world_size": world_size, "algorithm": algorithm, **row}))
     else:
         from llmcluster.render import bench_table_lines
 
-        for line in bench_table_lines(rows, world_size=world_size, algorithm=algorithm):
+        lines = bench_table_lines(rows, world_size=world_size, algorithm=algorithm,
+                                  iters=settings["iters"], warmup=settings["warmup"])  # fmt: skip
+        for line in lines:
             print(line)
     sys.stdout.flush()
 

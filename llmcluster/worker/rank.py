@@ -176,7 +176,7 @@ class Rank:
                         rows,
                         world_size=spec.config.ranks,
                         algorithm=spec.config.algorithm,
-                        as_json=bool(bench["json"]),
+                        settings=bench,
                     )
                     self.link.send(Kind.RENDERED, rank=spec.rank)
             else:
