@@ -225,6 +225,10 @@ def main() -> int:
             value = wall_per_step(n)
             results[f"wall_step_s@{n}"] = value
             print(f"wall per step at {n} ranks: {value:.3f} s")
+        under = [n for n in (256, 512, 1024) if results[f"wall_step_s@{n}"] < 1.0]
+        results["largest_n_step_under_1s"] = max(under, default=0)
+        print(f"largest N tried (256, 512, 1024) with a step under 1 s: "
+              f"{results['largest_n_step_under_1s']}")  # fmt: skip
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {args.out}")
     if quick:

@@ -26,6 +26,7 @@ from llmcluster.config import RunConfig
 from llmcluster.control.env import env_mismatches
 from llmcluster.coordinator.telemetry import RankInfo, merge_step, summary_record, valid_stats
 from llmcluster.wire import MAX_CONTROL_BYTES, DecodeError, Kind, Message, decode, encode
+from llmcluster.wire.codec import send_frames
 from llmcluster.worker.display import ACK, ack_frame
 from llmcluster.worker.procs import reap, signal_name, terminate_all
 
@@ -158,7 +159,7 @@ class Coordinator:
 
     def _send(self, identity: bytes, kind: Kind, **body: Any) -> None:
         frames = encode(Message(kind, self.run_id, self.attempt, COORD_SRC, body))
-        self.router.send_multipart([identity, *frames])
+        send_frames(self.router, [identity, *frames])
 
     def _to_ranks(self, kind: Kind, **body: Any) -> None:
         for peer in self.ranks.values():
@@ -179,7 +180,7 @@ class Coordinator:
         while self.subscribers > 0 and self.outbox:
             seq, record = self.outbox.popleft()
             body = {"record": record, "seq": seq}
-            self.xpub.send_multipart(encode(Message(Kind.RECORD, self.run_id, 0, COORD_SRC, body)))
+            send_frames(self.xpub, encode(Message(Kind.RECORD, self.run_id, 0, COORD_SRC, body)))
             self.unacked.append((seq, record))
 
     def _drain_display(self, timeout_s: float = DRAIN_DISPLAY_S) -> None:
@@ -354,8 +355,12 @@ class Coordinator:
             order = [self.ranks[r] for r in range(self.config.ranks)]
             endpoints = [p.endpoints for p in order]
             nodes = [p.info.node for p in order if p.info]
+            book = Message(Kind.BOOK, self.run_id, self.attempt, COORD_SRC,
+                           {"endpoints": endpoints, "nodes": nodes})  # fmt: skip
+            # encoded once and shared, not copied: at 1024 ranks the book is ~100 KB
+            frames = [zmq.Frame(frame) for frame in encode(book)]
             for p in order:
-                self._send(p.identity, Kind.BOOK, endpoints=endpoints, nodes=nodes)
+                send_frames(self.router, [p.identity, *frames], copy=False)
             self.publish(self._run_record())
 
     def _display_host(self, node: int, real_host: str) -> str:

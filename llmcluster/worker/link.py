@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 
 from llmcluster.wire import MAX_CONTROL_BYTES, DecodeError, Kind, Message, decode, encode
+from llmcluster.wire.codec import send_frames
 
 HEARTBEAT_S = 1.0  # one beat a second each way; silence is judged against the timeout
 CHECK_S = 0.25  # how often a waiting process checks for silence
@@ -54,7 +55,7 @@ class ControlLink:
     def send(self, kind: Kind, **body: Any) -> None:
         """Send one message to the coordinator."""
         msg = Message(kind, self.run_id or "", self.attempt, self.src, body)
-        self.socket.send_multipart(encode(msg))
+        send_frames(self.socket, encode(msg))
 
     def receive_ready(self) -> list[Message]:
         """Decode every message waiting on the socket (non-blocking)."""
