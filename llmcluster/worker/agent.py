@@ -8,10 +8,12 @@ its ranks and leaves by itself when the coordinator goes silent.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -27,7 +29,7 @@ from llmcluster.control.env import torchrun_env
 from llmcluster.render.launch import finish_lines, launcher_lines
 from llmcluster.render.report import agent_restart_lines
 from llmcluster.wire import Kind, Message
-from llmcluster.worker.link import ControlLink, CoordinatorLost
+from llmcluster.worker.link import CHECK_S, ControlLink, CoordinatorLost
 from llmcluster.worker.procs import fork_child, reap, terminate_all
 from llmcluster.worker.rank import Rank, RankSpec, shm_capacity
 
@@ -75,15 +77,23 @@ class NodeAgent:
             src=AGENT_SRC,
             timeout_s=max(self.spec.heartbeat_timeout_s, 3.0),
         )
+        # a child's exit wakes the loop at once (SIGCHLD's wake-up fd), so it can wait long
+        wake_read, wake_write = socket.socketpair()
+        wake_read.setblocking(False)
+        wake_write.setblocking(False)
+        previous_fd = signal.set_wakeup_fd(wake_write.fileno())
+        previous_handler = signal.signal(signal.SIGCHLD, lambda *_: None)
         try:
             code = self._join(link)
             if code is not None:
                 return code
             while True:
-                for msg in link.wait(0.05):
+                for msg in link.wait(CHECK_S, wake_fd=wake_read.fileno()):
                     code = self._handle(link, msg)
                     if code is not None:
                         return code
+                with contextlib.suppress(BlockingIOError):  # drained before reaping: no
+                    wake_read.recv(4096)  # exit can slip between the two
                 for pid, exitcode in reap(list(self.children)).items():
                     rank = self.children.pop(pid)
                     link.send(Kind.AGENT_EXIT, rank=rank, pid=pid, exitcode=exitcode)
@@ -93,6 +103,10 @@ class NodeAgent:
             print(f"llmcluster node {self.node}: {lost}; stopping local ranks", file=sys.stderr)
             return 1
         finally:
+            signal.set_wakeup_fd(previous_fd)
+            signal.signal(signal.SIGCHLD, previous_handler)
+            wake_read.close()
+            wake_write.close()
             terminate_all(list(self.children))
             self.children.clear()
             link.close()

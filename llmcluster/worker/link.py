@@ -48,6 +48,9 @@ class ControlLink:
         self.socket.setsockopt(zmq.RECONNECT_IVL, 20)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self.socket.setsockopt(zmq.SNDHWM, 0)
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._watched: set[int] = set()
         self.socket.connect(endpoint)
         self.last_heard = time.monotonic()
         self._next_beat = 0.0
@@ -83,17 +86,23 @@ class ControlLink:
         if now - self.last_heard > self.timeout_s:
             raise CoordinatorLost(f"no word from the coordinator for {now - self.last_heard:.1f}s")
 
-    def wait(self, timeout_s: float) -> list[Message]:
-        """Poll up to ``timeout_s`` (heartbeating) and return what arrived."""
+    def wait(self, timeout_s: float, wake_fd: int | None = None) -> list[Message]:
+        """Poll up to ``timeout_s`` (heartbeating) and return what arrived; a readable
+        ``wake_fd`` (a signal's wake-up channel) ends the wait early."""
+        poller = self._poller
+        if wake_fd is not None and wake_fd not in self._watched:
+            poller.register(wake_fd, zmq.POLLIN)
+            self._watched.add(wake_fd)
         deadline = time.monotonic() + timeout_s
         while True:
             self.tick()
             remaining = deadline - time.monotonic()
-            if self.socket.poll(max(0, min(remaining, CHECK_S)) * 1000):
+            ready = dict(poller.poll(max(0, min(remaining, CHECK_S)) * 1000))
+            if self.socket in ready:
                 messages = self.receive_ready()
                 if messages:
                     return messages
-            if remaining <= 0:
+            if remaining <= 0 or (wake_fd is not None and wake_fd in ready):
                 return []
 
     def close(self) -> None:

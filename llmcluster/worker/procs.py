@@ -68,6 +68,7 @@ def fork_child(
     code = 1
     try:
         _die_with_parent(parent)
+        signal.set_wakeup_fd(-1)  # the parent's wake-up channel is not ours
         _close_inherited_fds(keep_fds)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
