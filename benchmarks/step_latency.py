@@ -20,18 +20,25 @@ import numpy as np
 import zmq
 
 from llmcluster.comm import Communicator, PeerMesh
+from llmcluster.comm.board import NodeBoard, create_board
 from llmcluster.comm.collectives import Topology
 from llmcluster.worker.procs import fork_child, terminate_all
 
 
-def _rank(rank: int, world: int, nproc: int, folder: str, iters: int, algorithm: str) -> int:
+def _rank(
+    rank: int, world: int, nproc: int, folder: str, iters: int, algorithm: str, boards: dict
+) -> int:
     ctx = zmq.Context()
     mesh = PeerMesh(ctx, rank=rank, run_id="bench", bind=[f"ipc://{folder}/r{rank}"],
                     timeout_s=120, service=lambda: None)  # fmt: skip
     mesh.set_peers(
         [[f"ipc://{folder}/r{r}"] for r in range(world)], [r // nproc for r in range(world)]
     )
-    comm = Communicator(mesh, rank=rank, topology=Topology.uniform(world, nproc))
+    topology = Topology.uniform(world, nproc)
+    local = topology.node_members(rank // nproc)
+    region = boards.get(rank // nproc)
+    board = NodeBoard(region, len(local)) if region is not None else None
+    comm = Communicator(mesh, rank=rank, topology=topology, board=board)
     comm.barrier()
     times = []
     for _ in range(iters + 10):
@@ -53,12 +60,20 @@ def _rank(rank: int, world: int, nproc: int, folder: str, iters: int, algorithm:
     return 0
 
 
-def measure(world: int, iters: int = 200, algorithm: str = "fused", nproc: int = 8) -> dict:
-    """Median and mean microseconds per step's collectives at ``world`` ranks."""
+def measure(
+    world: int, iters: int = 200, algorithm: str = "fused", nproc: int = 8, board: bool = True
+) -> dict:
+    """Median and mean microseconds per step's collectives at ``world`` ranks (with the node
+    board, as a run has it, unless ``board`` is False)."""
+    nodes = range(-(-world // nproc))
+    boards = {n: create_board(len(range(n * nproc, min(world, (n + 1) * nproc)))) for n in nodes}
+    if not board:
+        boards = {}
     with tempfile.TemporaryDirectory(prefix="llmc-bench-") as folder:
         pids = [
             fork_child(
-                lambda r=r: _rank(r, world, nproc, folder, iters, algorithm), name=f"llmc-bench{r}"
+                lambda r=r: _rank(r, world, nproc, folder, iters, algorithm, boards),
+                name=f"llmc-bench{r}",
             )
             for r in range(world)
         ]
@@ -70,7 +85,7 @@ def measure(world: int, iters: int = 200, algorithm: str = "fused", nproc: int =
         with open(f"{folder}/times.json") as src:
             times = json.load(src)
     us = [t * 1e6 for t in times]
-    return {"ranks": world, "iters": iters, "algorithm": algorithm,
+    return {"ranks": world, "iters": iters, "algorithm": algorithm, "board": bool(boards),
             "median_us": statistics.median(us), "mean_us": statistics.fmean(us)}  # fmt: skip
 
 
@@ -78,12 +93,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 64, 256])
     parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--no-board", action="store_true", help="in-node level over sockets")
     parser.add_argument(
         "--algorithm", default="fused", help="fused (the step's), tree, ring, hierarchical"
     )
     args = parser.parse_args()
     for world in args.ranks:
-        print(json.dumps(measure(world, args.iters, args.algorithm)))
+        print(json.dumps(measure(world, args.iters, args.algorithm, board=not args.no_board)))
 
 
 if __name__ == "__main__":

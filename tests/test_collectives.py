@@ -17,6 +17,7 @@ import pytest
 import zmq
 
 from llmcluster.comm import Communicator, PeerMesh
+from llmcluster.comm.board import NodeBoard, create_board
 from llmcluster.comm.collectives import Topology
 from llmcluster.comm.shm import ShmArena, create_region
 from llmcluster.worker.procs import fork_child, terminate_all
@@ -50,7 +51,13 @@ def cases(world: int, algorithms: tuple[str, ...], sizes: tuple[int, ...]) -> li
 
 
 def _rank_main(
-    rank: int, world: int, nproc: int, folder: str, table: list[tuple], regions: dict | None
+    rank: int,
+    world: int,
+    nproc: int,
+    folder: str,
+    table: list[tuple],
+    regions: dict | None,
+    boards: dict,
 ) -> int:
     ctx = zmq.Context()
     mesh = PeerMesh(
@@ -67,7 +74,10 @@ def _rank_main(
     if regions is not None:
         local = topology.node_members(rank // nproc)
         arena = ShmArena(regions[rank // nproc], len(local), SHM_CAPACITY)
-    comm = Communicator(mesh, rank=rank, topology=topology, shm=arena)
+    board = None
+    if boards.get(rank // nproc) is not None:
+        board = NodeBoard(boards[rank // nproc], len(topology.node_members(rank // nproc)))
+    comm = Communicator(mesh, rank=rank, topology=topology, shm=arena, board=board)
     results = {}
     for i, (kind, algorithm, op, size, dtype) in enumerate(table):
         if kind == "fused":  # the training step's sum + max in one round
@@ -102,7 +112,7 @@ def _rank_main(
 
 
 def run_ranks(
-    world: int, nproc: int, table: list[tuple], *, shm: bool = False
+    world: int, nproc: int, table: list[tuple], *, shm: bool = False, board: bool = False
 ) -> list[dict[str, np.ndarray]]:
     regions = None
     if shm:  # mapped before the fork, as a node agent does
@@ -112,10 +122,14 @@ def run_ranks(
             )
             for node in range(-(-world // nproc))
         }
+    boards = {}
+    if board:  # as a node agent makes them
+        boards = {n: create_board(len(range(n * nproc, min(world, (n + 1) * nproc))))
+                  for n in range(-(-world // nproc))}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="llmc-test-") as folder:
         pids = [
             fork_child(
-                functools.partial(_rank_main, r, world, nproc, folder, table, regions),
+                functools.partial(_rank_main, r, world, nproc, folder, table, regions, boards),
                 name=f"llmc-t{r}",
             )
             for r in range(world)
@@ -210,7 +224,9 @@ def test_shared_memory_allreduce_is_bit_identical(
     check(world, nproc, table, run_ranks(world, nproc, table, shm=True))
 
 
-@pytest.mark.parametrize(("world", "nproc"), [(1, 8), (5, 2), (16, 8)])
-def test_fused_step_reduction(world: int, nproc: int, clean_table: None) -> None:
+@pytest.mark.parametrize("board", [False, True])
+@pytest.mark.parametrize(("world", "nproc"), [(1, 8), (5, 2), (16, 8), (12, 8)])
+def test_fused_step_reduction(world: int, nproc: int, board: bool, clean_table: None) -> None:
     table = [("fused", "fused", op, size, "float64") for op in ("sum", "max") for size in (1, 3, 5)]
-    check(world, nproc, table, run_ranks(world, nproc, table))
+    table += [("fused", "fused", "sum", 40, "float64")]  # more than a board slot: over sockets
+    check(world, nproc, table, run_ranks(world, nproc, table, board=board))

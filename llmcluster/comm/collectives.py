@@ -11,19 +11,23 @@ Algorithms (the ``algorithm`` argument):
   allreduce among the leaders (ring for large buffers, tree for small), then
   broadcast inside each node, as NCCL does across NVLink and InfiniBand.
 
-Reduction order never depends on message arrival order, so results are
+The training step's small reductions use ``allreduce_fused``: a two-level star whose
+in-node level runs on the node board (shared memory and futexes, ``board``) where
+available. Reduction order never depends on message arrival order, so results are
 bit-identical on every rank and reproducible from run to run.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from llmcluster.comm.mesh import PeerMesh
+from llmcluster.comm.board import BOARD_VALUES, NodeBoard, tag_of
+from llmcluster.comm.mesh import SERVICE_S, CollectiveTimeout, PeerMesh
 from llmcluster.comm.shm import ShmArena
 
 ReduceOp = Callable[..., np.ndarray]
@@ -64,13 +68,21 @@ class Communicator:
     """All collectives of one rank. Every rank must call the same collectives in the same order."""
 
     def __init__(
-        self, mesh: PeerMesh, *, rank: int, topology: Topology, shm: ShmArena | None = None
+        self,
+        mesh: PeerMesh,
+        *,
+        rank: int,
+        topology: Topology,
+        shm: ShmArena | None = None,
+        board: NodeBoard | None = None,
     ) -> None:
         self.mesh, self.rank, self.topology, self.shm = mesh, rank, topology, shm
         self.world_size = len(topology.node_of)
         self.seq = 0  # collectives issued so far (NCCL's SeqNum)
         self._local = topology.node_members(topology.node_of[rank])  # this node's ranks
         self._leaders = topology.leaders()
+        usable = board is not None and board.local_ranks == len(self._local) > 1
+        self.board = board if usable else None  # tiny reductions inside the node
 
     def _next_seq(self) -> int:
         self.seq += 1
@@ -136,34 +148,60 @@ class Communicator:
             lo += np.size(array)
         local, leaders, mesh = self._local, self._leaders, self.mesh
         leader, root = local[0], leaders[0]
+        board = self.board if flat.size <= BOARD_VALUES else None
+        tag, top = tag_of(mesh.attempt, seq), len(local)  # top: the board's result slot
 
-        def fold(acc: np.ndarray, sources: Sequence[int], phase: int) -> None:
-            """Fold every source's contribution into ``acc``, in the order of ``sources``."""
-            stacked = np.stack([acc, *(mesh.recv(src, seq, phase) for src in sources)])
-            for op, lo, hi in spans:  # a reduce along axis 0 adds the rows in order
+        def fold(acc: np.ndarray, rows: np.ndarray) -> None:
+            """Fold ``rows`` into ``acc`` in order: one reduce per op along axis 0."""
+            stacked = np.concatenate([acc[None, :], rows])
+            for op, lo, hi in spans:
                 OPS[op].reduce(stacked[:, lo:hi], axis=0, out=acc[lo:hi])
 
         if self.rank != leader:
-            mesh.send(leader, seq, 0, flat)
-            result = mesh.recv(leader, seq, 3)
+            if board is not None:
+                board.post(local.index(self.rank), tag, flat)
+                self._board_wait(board, top, tag, leader, seq)
+                result = board.read(top, flat.size)
+            else:
+                mesh.send(leader, seq, 0, flat)
+                result = mesh.recv(leader, seq, 3)
         else:
             acc = flat
-            if len(local) > 1:
-                fold(acc, local[1:], 0)
+            if board is not None:
+                for index in range(1, len(local)):
+                    self._board_wait(board, index, tag, local[index], seq)
+                fold(acc, board.rows(range(1, len(local)), flat.size))
+            elif len(local) > 1:
+                fold(acc, np.stack([mesh.recv(src, seq, 0) for src in local[1:]]))
             if self.rank != root:
                 mesh.send(root, seq, 1, acc)
                 result = mesh.recv(root, seq, 2)
             else:
                 if len(leaders) > 1:
-                    fold(acc, leaders[1:], 1)
+                    fold(acc, np.stack([mesh.recv(src, seq, 1) for src in leaders[1:]]))
                 result = acc
                 mesh.send_many(leaders[1:], seq, 2, result)
-            mesh.send_many(local[1:], seq, 3, result)
+            if board is not None:
+                board.post(top, tag, result)
+            else:
+                mesh.send_many(local[1:], seq, 3, result)
         mesh.flush()
         return [
             np.true_divide(result[lo:hi], self.world_size) if op == "mean" else result[lo:hi].copy()
             for op, lo, hi in spans
         ]
+
+    def _board_wait(self, board: NodeBoard, index: int, tag: int, src: int, seq: int) -> None:
+        """Wait on the board for ``src``'s part of collective ``seq``, serving control."""
+        started = time.monotonic()
+
+        def idle() -> None:
+            self.mesh.serve()
+            waited = time.monotonic() - started
+            if waited > self.mesh.timeout_s:
+                raise CollectiveTimeout(src, seq, waited)
+
+        board.await_tag(index, tag, idle, SERVICE_S)
 
     def broadcast(self, array: np.ndarray | None, root: int = 0) -> np.ndarray:
         """Every rank returns ``root``'s array (other ranks may pass None)."""

@@ -120,6 +120,11 @@ class PeerMesh:
             tracker.wait()
         self._trackers.clear()
 
+    def serve(self) -> None:
+        """Serve the control socket now (a collective waiting elsewhere calls this)."""
+        self._service()
+        self._next_service = time.monotonic() + SERVICE_S
+
     def recv(self, src: int, seq: int, phase: int) -> np.ndarray:
         """Return the array ``src`` sent for (seq, phase), servicing control while waiting."""
         key = (src, seq, phase)

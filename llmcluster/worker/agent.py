@@ -23,6 +23,7 @@ from typing import Any
 
 import zmq
 
+from llmcluster.comm.board import clear_board, create_board
 from llmcluster.comm.shm import create_region
 from llmcluster.config import RunConfig
 from llmcluster.control.env import torchrun_env
@@ -62,6 +63,7 @@ class NodeAgent:
         self.publish = ""
         self.children: dict[int, int] = {}  # pid -> global rank
         self.shm: mmap.mmap | None = None
+        self.board: mmap.mmap | None = None
         self.group_done_at: float | None = None  # when the last local rank exited
         self.work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-node-")
         os.chmod(self.work_dir, 0o700)
@@ -218,6 +220,10 @@ class NodeAgent:
         local = config.node_ranks(self.node)
         if self.shm is None:  # mapped before the fork: every local rank inherits it
             self.shm = create_region(len(local), shm_capacity(config))
+        if self.board is None:
+            self.board = create_board(len(local))
+        else:  # nothing of the last attempt's words may look current to the new ranks
+            clear_board(self.board)
         for local_rank, rank in enumerate(local):
             inbox = [f"ipc://{self.work_dir}/r{rank}"]
             if self.spec.tcp_host:
@@ -236,6 +242,7 @@ class NodeAgent:
                 inbox=inbox,
                 speed=float(msg.body["speed"]),
                 shm=self.shm,
+                board=self.board,
             )
             env = torchrun_env(
                 rank=rank,

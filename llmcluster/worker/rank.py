@@ -27,6 +27,7 @@ import zmq
 
 from llmcluster import sim
 from llmcluster.comm import CollectiveTimeout, Communicator, PeerMesh
+from llmcluster.comm.board import NodeBoard
 from llmcluster.comm.collectives import Topology
 from llmcluster.comm.shm import ShmArena
 from llmcluster.config import RunConfig
@@ -72,6 +73,7 @@ class RankSpec:
     inbox: list[str]  # addresses this rank's peer inbox binds (ipc://..., tcp://host:0)
     speed: float  # simulated seconds per wall second
     shm: Any = None  # the node's shared region (an inherited mmap) for large collectives
+    board: Any = None  # the node's board (an inherited mmap) for the step's tiny reductions
 
 
 class Rank:
@@ -165,7 +167,10 @@ class Rank:
             arena = None
             if spec.shm is not None:
                 arena = ShmArena(spec.shm, len(local), shm_capacity(spec.config))
-            comm = Communicator(self.mesh, rank=spec.rank, topology=topology, shm=arena)
+            board = NodeBoard(spec.board, len(local)) if spec.board is not None else None
+            comm = Communicator(
+                self.mesh, rank=spec.rank, topology=topology, shm=arena, board=board
+            )
             comm.barrier()
             self.link.send(Kind.READY, rank=spec.rank)
             if bench:

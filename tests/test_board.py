@@ -1,0 +1,75 @@
+"""The node board: futex wake-ups across processes, attempt-safe tags, timeouts."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from llmcluster.comm.board import (
+    BOARD_VALUES,
+    NodeBoard,
+    board_supported,
+    clear_board,
+    create_board,
+    tag_of,
+)
+from llmcluster.worker.procs import fork_child
+
+pytestmark = pytest.mark.skipif(not board_supported(), reason="the board needs x86-64 Linux")
+
+
+def test_tags_differ_between_attempts_and_are_never_zero() -> None:
+    assert tag_of(0, 5) != tag_of(1, 5)
+    assert tag_of(3, 1 << 24) != 0 and tag_of(0, 0) != 0
+    assert len({tag_of(a, s) for a in range(4) for s in range(1, 200)}) == 4 * 199
+
+
+def test_a_post_in_another_process_wakes_the_waiter(clean_table: None) -> None:
+    region = create_board(2)
+    assert region is not None
+    board = NodeBoard(region, 2)
+    tag = tag_of(0, 7)
+
+    def child() -> int:
+        mine = NodeBoard(region, 2)
+        mine.await_tag(0, tag, lambda: None, 0.05)  # the parent's values first
+        mine.post(1, tag, mine.read(0, 3) * 2)
+        return 0
+
+    pid = fork_child(child, name="llmc-board")
+    board.post(0, tag, np.array([1.0, 2.0, 3.0]))
+    idles = []
+    board.await_tag(1, tag, lambda: idles.append(1), 0.05)
+    assert board.read(1, 3).tolist() == [2.0, 4.0, 6.0]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_waiting_for_a_silent_slot_runs_idle_until_it_raises() -> None:
+    region = create_board(2)
+    assert region is not None
+    board = NodeBoard(region, 2)
+    calls = []
+
+    def idle() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise TimeoutError("peer gone")
+
+    with pytest.raises(TimeoutError):
+        board.await_tag(1, tag_of(0, 1), idle, 0.01)
+    assert len(calls) == 3
+
+
+def test_clearing_forgets_every_earlier_word() -> None:
+    region = create_board(3)
+    assert region is not None
+    board = NodeBoard(region, 3)
+    board.post(2, tag_of(0, 9), np.ones(BOARD_VALUES))
+    clear_board(region)
+    fresh = NodeBoard(region, 3)
+    assert fresh.read(2, BOARD_VALUES).tolist() == [0.0] * BOARD_VALUES
+    with pytest.raises(TimeoutError):
+        fresh.await_tag(2, tag_of(0, 9), lambda: (_ for _ in ()).throw(TimeoutError()), 0.01)
