@@ -1,0 +1,89 @@
+"""One rank of a baseline run: mpi4py under ``mpirun`` or torch.distributed (gloo) under
+``torchrun``; the same three figures llmcluster's benchmarks measure.
+
+    BASELINE_LAUNCH=<unix time of the launch> mpirun -np 8 python baseline_worker.py mpi
+    BASELINE_LAUNCH=... torchrun --nproc-per-node 8 baseline_worker.py gloo
+
+Rank 0 prints one JSON line: ``ready_s`` (launch -> every rank past its first barrier),
+the step's barrier + loss allreduce (sum of 3 doubles, max of 2) median and mean in
+microseconds, and the in-place 16 MB float32 allreduce busbw (nccl-tests' definition).
+BASELINE_BUSBW=0 skips the bandwidth part (it is only asked for at small N).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+STEP_ITERS = 100
+BUSBW_BYTES = 16 << 20
+BUSBW_ITERS = 8
+
+
+def main() -> None:
+    backend = sys.argv[1]
+    if backend == "mpi":
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        rank, world = comm.Get_rank(), comm.Get_size()
+        barrier = comm.Barrier
+
+        def allreduce(buf: np.ndarray, op: str) -> None:
+            comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM if op == "sum" else MPI.MAX)
+
+        def slowest(value: float) -> float:
+            return comm.allreduce(value, op=MPI.MAX)
+    else:
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        barrier = dist.barrier
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+        def allreduce(buf: np.ndarray, op: str) -> None:
+            dist.all_reduce(torch.from_numpy(buf), op=ops[op])
+
+        def slowest(value: float) -> float:
+            cell = torch.tensor([value], dtype=torch.float64)
+            dist.all_reduce(cell, op=dist.ReduceOp.MAX)
+            return float(cell[0])
+
+    barrier()
+    ready_s = slowest(time.time()) - float(os.environ["BASELINE_LAUNCH"])
+    loss, agreed = np.ones(3), np.ones(2)
+    for _ in range(5):
+        allreduce(loss, "sum")
+    times = []
+    for _ in range(STEP_ITERS):
+        started = time.perf_counter()
+        barrier()
+        allreduce(loss, "sum")
+        allreduce(agreed, "max")
+        times.append(time.perf_counter() - started)
+    result = {"backend": backend, "ranks": world, "ready_s": ready_s,
+              "step_median_us": statistics.median(times) * 1e6,
+              "step_mean_us": statistics.fmean(times) * 1e6}  # fmt: skip
+    if os.environ.get("BASELINE_BUSBW", "1") == "1":
+        buf = np.ones(BUSBW_BYTES // 4, dtype=np.float32)
+        for _ in range(2):
+            allreduce(buf, "sum")
+        barrier()
+        started = time.perf_counter()
+        for _ in range(BUSBW_ITERS):
+            allreduce(buf, "sum")
+        seconds = slowest((time.perf_counter() - started) / BUSBW_ITERS)
+        result["busbw_16mb_gbs"] = BUSBW_BYTES / seconds / 1e9 * 2 * (world - 1) / world
+    if rank == 0:
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

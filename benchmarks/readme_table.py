@@ -1,0 +1,71 @@
+"""Print the README's performance table from a saved full run of ``run_all.py``.
+
+    python benchmarks/run_all.py --out /tmp/bench.json
+    python benchmarks/readme_table.py /tmp/bench.json
+
+Baseline columns come from the same run where a baseline ran live ("this run"), else from
+the recorded figures in shared/reference/perf-anchors.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from run_all import BASELINES, LIVE_KEYS
+
+COLUMNS = {"gloo": "torchrun+gloo", "mpi": "mpirun+mpi4py"}
+
+
+def _baseline(results: dict[str, Any], backend: str, figure: str, n: int) -> str:
+    live = results.get("baselines_this_run", {}).get(backend, {}).get(str(n), {})
+    if figure in LIVE_KEYS and LIVE_KEYS[figure] in live:
+        return f"{_fmt(figure, live[LIVE_KEYS[figure]])} (this run)"
+    recorded = BASELINES.get(figure, {}).get(n, {}).get(COLUMNS[backend])
+    return "-" if recorded is None else _fmt(figure, recorded)
+
+
+def _fmt(figure: str, value: float) -> str:
+    if figure == "ready_s":
+        return f"{value:.2f} s"
+    if figure == "step_us":
+        return f"{value / 1000:.2f} ms"
+    if figure == "busbw_16mb_gbs":
+        return f"{value:.2f} GB/s"
+    return f"{value:.1f} MiB"
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    """Markdown rows: figure | llmcluster | torchrun + gloo | mpirun + mpi4py."""
+    rows = ["| figure | llmcluster | torchrun + gloo | mpirun + mpi4py |", "|---|---|---|---|"]
+
+    def row(label: str, figure: str, n: int, ours: str) -> None:
+        gloo, mpi = _baseline(results, "gloo", figure, n), _baseline(results, "mpi", figure, n)
+        rows.append(f"| {label} | {ours} | {gloo} | {mpi} |")
+
+    for n in (8, 64, 256):
+        row(f"launch -> all {n} ranks past the first barrier", "ready_s", n,
+            _fmt("ready_s", results[f"ready_s@{n}"]))  # fmt: skip
+    for n in (64, 256):
+        ours = f"{results[f'pss_mib@{n}']:.1f} MiB ({results[f'pss_total_mib@{n}']:.0f} MiB total)"
+        row(f"PSS per rank at {n} ranks", "pss_mib", n, ours)
+    for n in (8, 64, 256):
+        ours = (f"{results[f'step_us@{n}'] / 1000:.2f} ms "
+                f"(mean {results[f'step_mean_us@{n}'] / 1000:.2f})")  # fmt: skip
+        row(f"step barrier + loss allreduce, {n} ranks (median)", "step_us", n, ours)
+    for n in (2, 4, 8):
+        row(f"allreduce 16 MB busbw, {n} ranks", "busbw_16mb_gbs", n,
+            _fmt("busbw_16mb_gbs", results[f"busbw_16mb_gbs@{n}"]))  # fmt: skip
+    rows.append(f"| CPU of a default 64-rank demo (all processes) | "
+                f"{results['cpu_cores@64']:.2f} cores | - | - |")  # fmt: skip
+    walls = " / ".join(f"{results[f'wall_step_s@{n}']:.2f}" for n in (256, 512, 1024))
+    rows.append(f"| wall time per step at 256 / 512 / 1024 ranks | {walls} s | - | - |")
+    rows.append(f"| largest N with a step under 1 s (of 256, 512, 1024) | "
+                f"{results['largest_n_step_under_1s']} | - | - |")  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as source:
+        print("\n".join(table(json.load(source))))
