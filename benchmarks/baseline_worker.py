@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,6 +28,7 @@ BUSBW_ITERS = 8
 
 def main() -> None:
     backend = sys.argv[1]
+    finish: Callable[[], None] = lambda: None  # noqa: E731
     if backend == "mpi":
         from mpi4py import MPI
 
@@ -56,6 +58,10 @@ def main() -> None:
             dist.all_reduce(cell, op=dist.ReduceOp.MAX)
             return float(cell[0])
 
+        def finish() -> None:  # gloo's threads abort the process if left running at exit
+            dist.barrier()
+            dist.destroy_process_group()
+
     barrier()
     ready_s = slowest(time.time()) - float(os.environ["BASELINE_LAUNCH"])
     loss, agreed = np.ones(3), np.ones(2)
@@ -83,6 +89,7 @@ def main() -> None:
         result["busbw_16mb_gbs"] = BUSBW_BYTES / seconds / 1e9 * 2 * (world - 1) / world
     if rank == 0:
         print(json.dumps(result), flush=True)
+    finish()
 
 
 if __name__ == "__main__":
