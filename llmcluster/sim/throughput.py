@@ -115,6 +115,8 @@ def rank_step(plan: RunPlan, state: RankState, step: int, *, attempt: int = 0) -
     else:
         share = 1.0 + 0.05 * float(data_rng.standard_normal())
         grad_sq = norm * norm * share / plan.world_size
+    # calibrated against the ring (NCCL's choice for large buckets), so that another
+    # --algorithm shows its real cost in the step time and MFU
     exposed = comm_cost(plan, "ring").exposed_s
     jitter_rng = generator(plan.seed, Stream.COMPUTE, step, state.rank, attempt)
     jitter = 1.0 + COMPUTE_JITTER * float(jitter_rng.standard_normal())
