@@ -4,8 +4,8 @@ Each rank binds one PULL "inbox"; it connects a PUSH socket to a peer's inbox th
 first time it sends there. Messages are tagged (src, seq, phase) so that the
 collectives can ask for exactly the message they need while others wait in a
 pending table. While a receive waits, ``service`` is called at least every
-``SERVICE_S`` (the rank serves its control
-socket there); it may raise to abandon the collective (abort, dead coordinator).
+``SERVICE_S`` (the rank serves its control socket there); it may raise to abandon
+the collective (abort, dead coordinator).
 The hot path is lean on purpose: a binary header (``frames``) with small arrays inline,
 large ones as a second frame sent and received zero-copy.
 """
@@ -147,8 +147,7 @@ class PeerMesh:
                     return found
             now = time.monotonic()
             if now >= self._next_service:
-                self._service()
-                self._next_service = now + SERVICE_S
+                self.serve()
             if now - started > self.timeout_s:
                 raise CollectiveTimeout(src, seq, now - started)
 
