@@ -17,7 +17,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -28,7 +27,6 @@ BUSBW_ITERS = 8
 
 def main() -> None:
     backend = sys.argv[1]
-    finish: Callable[[], None] = lambda: None  # noqa: E731
     if backend == "mpi":
         from mpi4py import MPI
 
@@ -41,6 +39,8 @@ def main() -> None:
 
         def slowest(value: float) -> float:
             return comm.allreduce(value, op=MPI.MAX)
+
+        finish = barrier
     else:
         import torch
         import torch.distributed as dist

@@ -133,10 +133,10 @@ class Communicator:
     def allreduce_fused(self, parts: Sequence[tuple[np.ndarray, str]]) -> list[np.ndarray]:
         """Several small allreduces (each with its own op) in one two-level star.
 
-        Like NCCL's tuner picking a latency-optimised path for tiny messages: ranks send
-        one message to their node leader, leaders to rank 0, which sends the result back
-        down the same way: 4 hops whatever the world size, each rank handling at most
-        (ranks per node + nodes) messages. Contributions are folded in a fixed order
+        Like NCCL's tuner picking a latency-optimised path for tiny messages: ranks hand
+        their values to their node leader (on the node board when there is one, else as
+        one message), leaders send to rank 0, which sends the result back down the same
+        way: 4 hops whatever the world size. Contributions are folded in a fixed order
         (local ranks ascending, then nodes ascending) and only rank 0's result travels,
         so every rank holds the bit-identical result.
         """
