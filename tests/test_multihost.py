@@ -76,9 +76,14 @@ def test_three_hosts_train_with_bit_identical_loss(hosts: None, clean_table: Non
         out, err = node0.communicate(timeout=150)
         assert node0.returncode == 0, err
         assert coord.wait(timeout=30) == 0
-        assert node1.wait(timeout=30) == 0
+        _, node1_err = node1.communicate(timeout=30)
+        assert node1.returncode == 0
     finally:
         _reap(coord, node0, node1)
+    # node 1 prints only its own elastic agent's lines (stderr, as torchrun logs)
+    assert "group_rank=1" in node1_err and f"global_ranks={list(range(8, 16))}" in node1_err
+    assert "worker group successfully finished" in node1_err
+    assert "group_rank=1" not in err  # node 0's agent leaves the launch lines to rank 0
     recs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     run = recs[0]
     assert run["type"] == "run" and run["world_size"] == 16 and run["hosts"] == ["node1", "node2"]
