@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"llmcluster {__version__}")
     _add_cluster_flags(parser)
-    parser.add_argument("--steps", type=_int, default=None, help="training steps (default 200)")
+    parser.add_argument("--steps", type=_int, default=None, help="training steps (default 250)")
     parser.add_argument("--model", default=None, help="model name (see --list)")
     parser.add_argument("--gpu", default=None, help="GPU type (see --list)")
     parser.add_argument("--dataset", default=None, help="dataset name (see --list)")
@@ -196,12 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmcluster`` command; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = args_list[0] if args_list[:1] in (["bench"], ["coordinator"], ["node"]) else "run"
+    if args_list[:1] == ["schema"]:
+        return _schema(args_list[1:])
     try:
         if command == "bench":
-            from llmcluster.worker.bench import run_bench
-
-            bench_args = build_bench_parser().parse_args(args_list[1:])
-            return run_bench(bench_args)
+            return _bench(build_bench_parser().parse_args(args_list[1:]))
         if command == "node":
             return _node(build_node_parser().parse_args(args_list[1:]))
         parser = build_coordinator_parser() if command == "coordinator" else build_parser()
@@ -263,19 +262,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         master = (os.environ.get("MASTER_ADDR") or socket.gethostname()) if wildcard else args.bind
         config = dataclasses.replace(config, master_addr=master, master_port=args.port)
     if command == "coordinator":
-        from llmcluster.coordinator.launch import run_coordinator
+        from llmcluster.launch.remote import run_coordinator
 
         return run_coordinator(
-            config, build_setup(config).plan, bind=args.bind, port=args.port,
+            config, plan, bind=args.bind, port=args.port,
             token=args.token, join_timeout_s=args.join_timeout,
         )  # fmt: skip
-    from llmcluster.coordinator.launch import run_local
+    from llmcluster.launch.local import run_local
 
-    return run_local(config, build_setup(config).plan)
+    return run_local(config, plan)
+
+
+def _schema(rest: list[str]) -> int:
+    """``llmcluster schema``: the JSON Schema of one ``--format jsonl`` line."""
+    if rest:
+        return _fail(f"schema takes no arguments, got {' '.join(rest)!r}")
+    import json
+
+    from llmcluster.wire.records import records_json_schema
+
+    print(json.dumps(records_json_schema(), indent=2))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from llmcluster.config import BenchSettings
+    from llmcluster.launch.bench import run_bench
+
+    bench = BenchSettings(min_bytes=args.min_bytes, max_bytes=args.max_bytes, factor=args.factor,
+                          iters=args.iters, warmup=args.warmup, json=args.json)  # fmt: skip
+    config = RunConfig(ranks=args.ranks, nproc_per_node=args.nproc_per_node,
+                       algorithm=args.algorithm, seed=args.seed, bench=bench)  # fmt: skip
+    try:
+        config.validate()
+        bench.validate()
+        return run_bench(config)
+    except ConfigError as exc:
+        print(f"llmcluster bench: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _node(args: argparse.Namespace) -> int:
-    from llmcluster.coordinator.launch import run_node
+    from llmcluster.launch.remote import run_node
 
     if args.node_rank != "auto" and not args.node_rank.isdigit():
         return _fail(f"--node-rank must be a number or auto, got {args.node_rank!r}")

@@ -7,14 +7,13 @@ validation that does not need the simulation catalog.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 ALGORITHMS = ("ring", "tree", "hierarchical")
 FORMATS = ("log", "jsonl")
 UIS = ("auto", "live", "log")
 STYLE_NAMES = ("default", "megatron", "deepspeed", "hf")
-TRANSPORTS = ("ipc", "tcp")
 MAX_RANKS = 4096
 SILENCE_SCALE_RANKS = 256
 TARGET_WALL_STEP_S = 0.5  # --speed auto: a demo shows a step about every half second
@@ -47,6 +46,25 @@ def parse_duration(text: str) -> float:
 
 
 @dataclass(frozen=True)
+class BenchSettings:
+    """``llmcluster bench``: the collectives alone, swept over sizes like nccl-tests."""
+
+    min_bytes: int = 8
+    max_bytes: int = 16 << 20
+    factor: int = 2
+    iters: int = 20
+    warmup: int = 5
+    json: bool = False
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag and its accepted range."""
+        if self.factor < 2 or self.iters < 1 or self.warmup < 0:
+            raise ConfigError("--factor must be >= 2, --iters >= 1 and --warmup >= 0")
+        if not 4 <= self.min_bytes <= self.max_bytes <= 1 << 30:
+            raise ConfigError("sizes must satisfy 4 <= --min-bytes <= --max-bytes <= 1G")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs; serialisable to a msgpack map for agents on other hosts."""
 
@@ -65,7 +83,6 @@ class RunConfig:
     style: str = "default"
     ascii_only: bool = False
     no_color: bool = False
-    transport: str = "ipc"
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     heartbeat_timeout_s: float = 3.0
@@ -75,7 +92,7 @@ class RunConfig:
     record_path: str | None = None
     inject: tuple[str, ...] = ()
     chaos: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    bench: BenchSettings | None = None  # the bench workload instead of training
 
     @property
     def silence_tolerance_s(self) -> float:
@@ -88,6 +105,14 @@ class RunConfig:
     def nnodes(self) -> int:
         """Nodes needed for ``ranks`` at ``nproc_per_node`` (the last node may be partial)."""
         return -(-self.ranks // self.nproc_per_node)
+
+    def node_of(self, rank: int) -> int:
+        """The node a global rank lives on (torchrun: rank // nproc_per_node)."""
+        return rank // self.nproc_per_node
+
+    def local_rank_of(self, rank: int) -> int:
+        """A global rank's local rank on its node."""
+        return rank % self.nproc_per_node
 
     def node_ranks(self, node: int) -> range:
         """Global ranks on ``node``: torchrun's node_rank * nproc_per_node + local_rank."""
@@ -104,6 +129,8 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         values["inject"] = tuple(values.get("inject", ()))
+        if values.get("bench") is not None:
+            values["bench"] = BenchSettings(**values["bench"])
         return cls(**values)
 
     def validate(self) -> None:

@@ -20,6 +20,16 @@ from typing import Any
 import pytest
 
 PR_SET_CHILD_SUBREAPER = 36
+MARK = f"LLMCLUSTER_TEST_SESSION={os.getpid()}-{time.time_ns()}"
+os.environ[MARK.split("=")[0]] = MARK.split("=")[1]  # inherited by every process we start
+
+
+def _ours(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return MARK.encode() in f.read().split(b"\0")
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,7 +68,9 @@ def llmc_processes() -> list[tuple[int, str, str]]:
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         state = stat[stat.rindex(")") + 2]
-        if comm.startswith("llmc-"):
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        zombie_of_ours = state == "Z" and ppid == os.getpid()
+        if comm.startswith("llmc-") and (zombie_of_ours or _ours(entry)):
             found.append((int(entry), comm, state))
     return found
 

@@ -15,7 +15,7 @@ from llmcluster.comm.board import (
     create_board,
     tag_of,
 )
-from llmcluster.worker.procs import fork_child
+from llmcluster.control.procs import fork_child
 
 pytestmark = pytest.mark.skipif(not board_supported(), reason="the board needs x86-64 Linux")
 

@@ -20,7 +20,7 @@ from llmcluster.comm import Communicator, PeerMesh
 from llmcluster.comm.board import NodeBoard, create_board
 from llmcluster.comm.collectives import Topology
 from llmcluster.comm.shm import ShmArena, create_region
-from llmcluster.worker.procs import fork_child, terminate_all
+from llmcluster.control.procs import fork_child, terminate_all
 
 SIZES = (0, 1, 3, 7, 1000, 4097)
 SHM_CAPACITY = 1 << 21

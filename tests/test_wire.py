@@ -10,19 +10,24 @@ import pytest
 
 from llmcluster.wire import DecodeError, Kind, Message, decode, encode
 from llmcluster.wire.codec import HEADER
+from llmcluster.wire.messages import Join, RankOnly
 
 
-def _msg(kind: Kind = Kind.READY, **body: object) -> Message:
-    return Message(kind, "run1", 0, 3, body or {"rank": 3})
+def _msg(kind: Kind = Kind.READY, body: object = None) -> Message:
+    return Message(kind, "run1", 0, 3, body or RankOnly(rank=3))
 
 
 def test_roundtrip_keeps_every_field() -> None:
-    msg = _msg(
-        Kind.JOIN, rank=3, local_rank=3, node=0, pid=42, endpoints=["ipc:///x"], host="h", env={}
-    )
-    got = decode(encode(msg), run_id="run1")
+    body = Join(rank=3, local_rank=3, node=0, pid=42, endpoints=("ipc:///x",), host="h",
+                env={"RANK": "3"})  # fmt: skip
+    got = decode(encode(_msg(Kind.JOIN, body)), run_id="run1")
     assert (got.kind, got.run_id, got.attempt, got.src) == (Kind.JOIN, "run1", 0, 3)
-    assert got.body == msg.body
+    assert got.body == body
+
+
+def test_rank_beyond_the_world_is_rejected() -> None:
+    with pytest.raises(DecodeError, match="outside a world of 2"):
+        decode(encode(_msg()), run_id="run1", world_size=2)
 
 
 def test_foreign_run_is_rejected() -> None:
@@ -32,7 +37,7 @@ def test_foreign_run_is_rejected() -> None:
 
 def test_wrong_version_header_is_rejected() -> None:
     frames = encode(_msg())
-    frames[0] = b"LLMC\x02" + frames[0][5:]
+    frames[0] = b"LLMC\x01" + frames[0][5:]
     with pytest.raises(DecodeError, match="header"):
         decode(frames, run_id="run1")
 

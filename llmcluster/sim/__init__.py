@@ -29,6 +29,7 @@ from llmcluster.sim.throughput import (
     step_metrics,
     step_time_model_s,
 )
+from llmcluster.sim.timeline import phase_seconds
 from llmcluster.sim.training import GlobalStep, global_step
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "local_val_loss",
     "make_plan",
     "paced_s",
+    "phase_seconds",
     "rank_step",
     "rank_telemetry",
     "step_metrics",

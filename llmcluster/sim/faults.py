@@ -61,8 +61,9 @@ def parse_fault(text: str) -> Fault:
         raise ConfigError(f"--inject {kind}: missing {', '.join(missing)}")
     rank = int(values.get("rank", values.get("gpu", -1)))
     step = int(values.get("step", 1))
-    if step < 1:
-        raise ConfigError(f"--inject {kind}: step must be >= 1, got {step}")
+    first = 0 if kind in PROCESS_FAULTS else 1  # step 0: during rendezvous, before the barrier
+    if step < first:
+        raise ConfigError(f"--inject {kind}: step must be >= {first}, got {step}")
     default_value = {"straggler": 1.3, "spike": 0.8}.get(kind, 0.0)
     value = values.get("slowdown", values.get("size", default_value))
     if kind == "straggler" and not 1.0 < value <= 10.0:

@@ -118,7 +118,7 @@ def rank_telemetry(
     load = activity * (busy + COMM_ACTIVITY * (1.0 - busy))
     rng = generator(plan.seed, Stream.TELEMETRY, step, state.rank, len(phase))
     power = gpu.idle_w + load * (gpu.tdp_w - gpu.idle_w) * state.power_factor
-    power = min(gpu.tdp_w, power * (1.0 + 0.01 * float(rng.standard_normal())))
+    power = min(gpu.tdp_w, max(gpu.idle_w, power * (1.0 + 0.01 * float(rng.standard_normal()))))
     steady = state.inlet_c + thermal_resistance(plan, state, step) * power
     decay = math.exp(-step_time_s / HEATSINK_TAU_S)
     temp = steady + (state.temp_c - steady) * decay

@@ -1,21 +1,31 @@
-"""Message kinds of the three planes and the schema each body must satisfy.
+"""Message kinds of the control and telemetry planes, and one frozen body dataclass per kind.
 
-A body is a msgpack map. ``SCHEMAS[kind]`` names every required field with the
-Python types accepted for it (msgpack gives int, float, str, bytes, bool, list,
-dict, None). Unknown extra fields are allowed so that newer peers can add
-information; missing or wrongly typed fields make the message invalid.
+A message is a header (kind, run id, attempt, sender) plus its body's fields, one msgpack
+map in one frame (``codec``). ``BODIES[kind]`` is the body's dataclass; ``schema.from_wire``
+checks every field on the way in. Unknown extra fields are ignored so that newer peers can
+add information. The training plane (rank <-> rank collectives) uses the binary frames of
+``llmcluster.comm.frames`` instead.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
-PROTOCOL_VERSION = 1
+from llmcluster.wire.records import PhaseName
+from llmcluster.wire.schema import num, rank_field
+
+PROTOCOL_VERSION = 2
 MAGIC = b"LLMC"
-MAX_CONTROL_BYTES = (
-    4 * 1024 * 1024
-)  # largest control/telemetry message (address book at 1024+ ranks)
-MAX_PEER_BYTES = 1 << 30  # largest peer (collective) frame: 1 GiB gradient bucket
+MAX_CONTROL_BYTES = 4 * 1024 * 1024  # largest control/telemetry message (address book, 1024+)
+MAX_PEER_BYTES = 1 << 30  # largest peer (collective) frame: a 1 GiB gradient bucket
+
+COORDINATOR_SRC = -1  # the sender of coordinator messages
+AGENT_SRC = -2  # node agents
+OBSERVER_SRC = -3  # read-only telemetry clients (the display rank says its rank instead)
+MAX_SECONDS = 1e7
+STEP_REDUCTION_VALUES = 5  # a step's fused allreduce: loss x tokens, tokens, grad^2, time, stop
 
 
 class Kind(str, Enum):
@@ -35,49 +45,223 @@ class Kind(str, Enum):
     EXIT = "exit"  # coordinator -> everyone: leave now
     FAILURE = "failure"  # rank -> coordinator: root cause before it exits
     DONE = "done"  # rank -> coordinator: finished its last step
-    RENDERED = "rendered"  # rank 0 -> coordinator: the summary is on screen
     HEARTBEAT = "heartbeat"
-    # telemetry plane
-    STATS = "stats"  # rank -> coordinator, one per step
-    PHASE = "phase"  # rank 0 -> coordinator: a phase (init, eval, checkpoint, export) began/ended
-    RECORD = "record"  # coordinator -> observers (rank 0): one output record
-    # the training plane (rank <-> rank) uses binary frames: llmcluster.comm.frames
+    # telemetry plane: ranks -> coordinator
+    STATS = "stats"  # one per step and per sample during a phase
+    PHASE = "phase"  # rank 0: a phase (init, eval, checkpoint, export) began or ended
+    # telemetry plane: coordinator <-> display and observers (llmcluster.telemetry)
+    SUBSCRIBE = "subscribe"  # a display or observer joins the record hub
+    RECORD = "record"  # hub -> subscriber: one output record
+    ACK = "ack"  # display -> hub: records up to seq are on screen
+    UNSUBSCRIBE = "unsubscribe"
 
 
-_INT = (int,)
-_NUM = (int, float)
-_STR = (str,)
-_LIST = (list, tuple)
-_DICT = (dict,)
-_BOOL = (bool,)
+@dataclass(frozen=True, kw_only=True)
+class AgentJoin:
+    """A node agent asks to join (node -1: assign one)."""
 
-SCHEMAS: dict[Kind, dict[str, tuple[type, ...]]] = {
-    Kind.AGENT_JOIN: {"node": _INT, "host": _STR, "pid": _INT, "token": _STR},
-    Kind.AGENT_WELCOME: {"node": _INT, "config": _DICT},
-    Kind.AGENT_EXIT: {"rank": _INT, "pid": _INT, "exitcode": _INT},
-    Kind.SPAWN: {"attempt": _INT, "start_step": _INT, "speed": _NUM},
-    Kind.KILL: {"reason": _STR},
-    Kind.JOIN: {
-        "rank": _INT,
-        "local_rank": _INT,
-        "node": _INT,
-        "pid": _INT,
-        "endpoints": _LIST,
-        "host": _STR,
-        "env": _DICT,
-    },
-    Kind.BOOK: {"endpoints": _LIST, "nodes": _LIST},
-    Kind.READY: {"rank": _INT},
-    Kind.STOP: {"reason": _STR},
-    Kind.EXIT: {"code": _INT},
-    Kind.FAILURE: {"rank": _INT, "reason": _STR, "exitcode": _INT},
-    Kind.DONE: {"rank": _INT, "step": _INT},
-    Kind.RENDERED: {"rank": _INT},
-    Kind.HEARTBEAT: {"t": _NUM},
-    Kind.STATS: {"rank": _INT, "step": _INT, "stats": _DICT},
-    Kind.PHASE: {"rank": _INT, "step": _INT, "name": _STR, "state": _STR, "data": _DICT},
-    Kind.RECORD: {"record": _DICT, "seq": _INT},
+    node: int = num(-1, 4095)
+    host: str
+    pid: int = num(0)
+    token: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentWelcome:
+    """The coordinator admits an agent as ``node`` of the run configured by ``config``."""
+
+    node: int = num(0, 4095)
+    config: dict[str, Any]
+    publish: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentExit:
+    """A local rank process ended (torch's convention: minus the signal for a killed one)."""
+
+    rank: int = rank_field()
+    pid: int = num(0)
+    exitcode: int = num(-128, 255)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spawn:
+    """Start the local ranks for ``attempt`` from ``start_step``."""
+
+    attempt: int = num(0)
+    start_step: int = num(1)
+    speed: float = num(1e-6, 1e9)
+    sim_time: float = num(0)  # the simulated clock at the attempt's start
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reason:
+    """KILL and STOP: why."""
+
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Join:
+    """A rank joins: where it is and where its peer inbox listens."""
+
+    rank: int = rank_field()
+    local_rank: int = num(0, 4095)
+    node: int = num(0, 4095)
+    pid: int = num(0)
+    endpoints: tuple[str, ...]
+    host: str
+    env: dict[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Book:
+    """The address book: every rank's endpoints and node, in rank order."""
+
+    endpoints: tuple[tuple[str, ...], ...]
+    nodes: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankOnly:
+    """READY: the sender passed the first barrier."""
+
+    rank: int = rank_field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Exit:
+    """Leave now, with this exit code."""
+
+    code: int = num(0, 255)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failure:
+    """A rank's own root cause, sent before it exits."""
+
+    rank: int = rank_field()
+    reason: str
+    exitcode: int = num(-128, 255)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Done:
+    """The rank finished its last step."""
+
+    rank: int = rank_field()
+    step: int = num(0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat:
+    """I am alive (wall time of the sender)."""
+
+    t: float = num(0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankStats:
+    """One rank's figures for a step, or a telemetry sample during a phase."""
+
+    loss: float = num(0, 1000, nan_ok=True)
+    local_loss: float = num(0, 1000, nan_ok=True)
+    tokens: int = num(0)
+    grad_norm: float = num(0, nan_ok=True)
+    compute_s: float = num(0, MAX_SECONDS)
+    step_time_s: float = num(0, MAX_SECONDS)
+    comm_s: float = num(0, MAX_SECONDS)
+    exposed_comm_s: float = num(0, MAX_SECONDS)
+    arrive: float = num(0)
+    wait_ms: float = num(0, 1e9)
+    util: float = num(0, 100)
+    temp_c: float = num(-50, 200)
+    power_w: float = num(0, 10_000)
+    mem_used_gb: float = num(0, 1e5)
+    mem_total_gb: float = num(0, 1e5)
+    sm_clock_mhz: int = num(0, 100_000)
+    throttled: bool
+    seq: int = num(0)
+    dropped: int = num(0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stats:
+    """STATS: ``stats`` for ``step`` (``phase`` and ``sample`` set for a sample between steps)."""
+
+    rank: int = rank_field()
+    step: int = num(0)
+    stats: RankStats
+    phase: PhaseName | None = None
+    sample: int = num(0, 1000, default=0)
+    phase_elapsed_s: float = num(0, MAX_SECONDS, default=0.0)  # simulated, into the phase
+
+
+class PhaseState(str, Enum):
+    """Whether a PHASE message opens or closes its phase."""
+
+    BEGIN = "begin"
+    END = "end"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Phase:
+    """Rank 0 reports that a phase began or ended (the figures are the simulation's)."""
+
+    rank: int = rank_field()
+    step: int = num(0)
+    name: PhaseName
+    state: PhaseState
+    val_loss: float | None = num(0, 100, default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subscribe:
+    """A display (``rank`` 0 of the current attempt) or a read-only observer joins the hub."""
+
+    role: str  # "display" | "observer"
+    rank: int = num(-1, default=-1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordBody:
+    """One output record (its wire map) and its sequence number on the hub."""
+
+    record: dict[str, Any]
+    seq: int = num(0)
+    snapshot: bool = False  # part of the catch-up a new (or lagging) observer gets first
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ack:
+    """The display has shown every record up to ``seq``."""
+
+    seq: int = num(0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Empty:
+    """A message whose kind says everything."""
+
+
+BODIES: dict[Kind, type] = {
+    Kind.AGENT_JOIN: AgentJoin,
+    Kind.AGENT_WELCOME: AgentWelcome,
+    Kind.AGENT_EXIT: AgentExit,
+    Kind.SPAWN: Spawn,
+    Kind.KILL: Reason,
+    Kind.JOIN: Join,
+    Kind.BOOK: Book,
+    Kind.READY: RankOnly,
+    Kind.STOP: Reason,
+    Kind.EXIT: Exit,
+    Kind.FAILURE: Failure,
+    Kind.DONE: Done,
+    Kind.HEARTBEAT: Heartbeat,
+    Kind.STATS: Stats,
+    Kind.PHASE: Phase,
+    Kind.SUBSCRIBE: Subscribe,
+    Kind.RECORD: RecordBody,
+    Kind.ACK: Ack,
+    Kind.UNSUBSCRIBE: Empty,
 }
-
-# Fields whose integer values must be non-negative (ranks, steps, pids, sizes).
-NON_NEGATIVE = frozenset({"rank", "local_rank", "pid", "step", "seq", "phase"})

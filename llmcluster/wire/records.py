@@ -417,10 +417,21 @@ class SummaryRecord(Record):
 
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.TYPE: cls
-    for cls in (RunRecord, ReadyRecord, StepRecord, RanksRecord, PhaseRecord, EvalRecord,
-                CheckpointRecord, ExportRecord, FailureRecord, RestartRecord, LogRecord,
-                SummaryRecord)
-}  # fmt: skip
+    for cls in (
+        RunRecord,
+        ReadyRecord,
+        StepRecord,
+        RanksRecord,
+        PhaseRecord,
+        EvalRecord,
+        CheckpointRecord,
+        ExportRecord,
+        FailureRecord,
+        RestartRecord,
+        LogRecord,
+        SummaryRecord,
+    )
+}
 
 
 def record_to_wire(record: Record) -> dict[str, Any]:

@@ -42,8 +42,13 @@ class Context:
     world_size: int | None = None
 
 
-def num(lo: float | None = None, hi: float | None = None, *, nan_ok: bool = False,
-        default: Any = dataclasses.MISSING) -> Any:  # fmt: skip
+def num(
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    nan_ok: bool = False,
+    default: Any = dataclasses.MISSING,
+) -> Any:
     """A numeric field within [lo, hi]; floats must be finite unless ``nan_ok``."""
     meta = {"lo": lo, "hi": hi, "nan_ok": nan_ok}
     return dataclasses.field(default=default, metadata=meta)
@@ -156,8 +161,13 @@ def _fields(cls: type) -> tuple[tuple[str, Checker, bool], ...]:
         optional = f.default is not dataclasses.MISSING or (
             f.default_factory is not dataclasses.MISSING
         )
-        out.append((f.name, _checker(hints[f.name], dict(f.metadata), f"{cls.__name__}.{f.name}"),
-                    optional))  # fmt: skip
+        out.append(
+            (
+                f.name,
+                _checker(hints[f.name], dict(f.metadata), f"{cls.__name__}.{f.name}"),
+                optional,
+            )
+        )
     return tuple(out)
 
 

@@ -27,14 +27,14 @@ from llmcluster.comm.board import clear_board, create_board
 from llmcluster.comm.shm import create_region
 from llmcluster.config import RunConfig
 from llmcluster.control.env import torchrun_env
+from llmcluster.control.link import CHECK_S, ControlLink, CoordinatorLost
+from llmcluster.control.procs import fork_child, reap, terminate_all
 from llmcluster.render.launch import finish_lines, launcher_lines
 from llmcluster.render.report import agent_restart_lines
-from llmcluster.wire import Kind, Message
-from llmcluster.worker.link import CHECK_S, ControlLink, CoordinatorLost
-from llmcluster.worker.procs import fork_child, reap, terminate_all
+from llmcluster.wire import AGENT_SRC, Kind, Message
+from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Spawn
 from llmcluster.worker.rank import Rank, RankSpec, shm_capacity
 
-AGENT_SRC = -2
 JOIN_FIRST_WAIT_S = 2.0  # a busy coordinator (hundreds of agents) may take a while to welcome
 JOIN_MAX_WAIT_S = 8.0
 
@@ -56,8 +56,9 @@ class AgentSpec:
 class NodeAgent:
     """Owns one context, one control link and the node's rank processes."""
 
-    def __init__(self, spec: AgentSpec) -> None:
+    def __init__(self, spec: AgentSpec, signals: list[int] | None = None) -> None:
         self.spec = spec
+        self.signals = signals if signals is not None else []  # a standalone node's SIGTERM
         self.node = spec.node
         self.config: RunConfig | None = None
         self.publish = ""
@@ -65,7 +66,7 @@ class NodeAgent:
         self.shm: mmap.mmap | None = None
         self.board: mmap.mmap | None = None
         self.group_done_at: float | None = None  # when the last local rank exited
-        self.work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-node-")
+        self.work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-node-")  # swept
         os.chmod(self.work_dir, 0o700)
 
     def run(self) -> int:
@@ -97,10 +98,9 @@ class NodeAgent:
                 with contextlib.suppress(BlockingIOError):  # drained before reaping: no
                     wake_read.recv(4096)  # exit can slip between the two
                 for pid, exitcode in reap(list(self.children)).items():
-                    rank = self.children.pop(pid)
-                    link.send(Kind.AGENT_EXIT, rank=rank, pid=pid, exitcode=exitcode)
-                    if not self.children:
-                        self.group_done_at = time.monotonic()
+                    self._report_exit(link, pid, exitcode)
+                if self.signals:
+                    return 128 + self.signals[0]
         except CoordinatorLost as lost:
             print(f"llmcluster node {self.node}: {lost}; stopping local ranks", file=sys.stderr)
             return 1
@@ -120,8 +120,12 @@ class NodeAgent:
         started, backoff, attempt = time.monotonic(), JOIN_FIRST_WAIT_S, 0
         while True:
             attempt += 1
-            link.send(Kind.AGENT_JOIN, node=self.node, host=self.spec.host, pid=os.getpid(),
-                      token=self.spec.token)  # fmt: skip
+            link.send(
+                Kind.AGENT_JOIN,
+                AgentJoin(
+                    node=self.node, host=self.spec.host, pid=os.getpid(), token=self.spec.token
+                ),
+            )
             link.last_heard = time.monotonic()
             deadline = time.monotonic() + backoff
             try:
@@ -132,6 +136,8 @@ class NodeAgent:
                             return code
                     if self.config is not None:
                         return None
+                    if self.signals:
+                        return 128 + self.signals[0]
             except CoordinatorLost:
                 pass
             waited = time.monotonic() - started
@@ -144,28 +150,39 @@ class NodeAgent:
                       f"(attempt {attempt})", file=sys.stderr)  # fmt: skip
             backoff = min(backoff * 2, JOIN_MAX_WAIT_S)
 
+    def _report_exit(self, link: ControlLink, pid: int, exitcode: int) -> None:
+        rank = self.children.pop(pid)
+        link.send(Kind.AGENT_EXIT, AgentExit(rank=rank, pid=pid, exitcode=exitcode))
+        if not self.children:
+            self.group_done_at = time.monotonic()
+
+    def _stop_group(self, link: ControlLink) -> None:
+        for pid, exitcode in terminate_all(list(self.children)).items():
+            self._report_exit(link, pid, exitcode)
+
     def _handle(self, link: ControlLink, msg: Message) -> int | None:
-        if msg.kind is Kind.AGENT_WELCOME:
-            self.config = RunConfig.from_wire(msg.body["config"])
+        body = msg.body
+        if isinstance(body, AgentWelcome) and self.config is None:
+            try:
+                self.config = RunConfig.from_wire(body.config)
+            except (TypeError, ValueError):
+                link.dropped += 1
+                return None
             link.timeout_s = max(link.timeout_s, self.config.silence_tolerance_s)
-            self.node = int(msg.body["node"])
+            self.node = body.node
             self._say(f"llmcluster node: joined {self.spec.control} as node {self.node} of "
                       f"{self.config.nnodes} ({self.spec.host})")  # fmt: skip
-            self.publish = reachable(str(msg.body.get("publish", "")), self.spec.control)
+            self.publish = reachable(body.publish, self.spec.control)
             link.run_id = msg.run_id
-        elif msg.kind is Kind.SPAWN and self.config is not None:
-            for pid, exitcode in terminate_all(list(self.children)).items():
-                link.send(Kind.AGENT_EXIT, rank=self.children[pid], pid=pid, exitcode=exitcode)
-            self.children.clear()
-            link.attempt = int(msg.body["attempt"])
+        elif isinstance(body, Spawn) and self.config is not None:
+            self._stop_group(link)
+            link.attempt = body.attempt
             self._announce_group(link.attempt, link.run_id or "")
-            self._spawn(msg, link.run_id or "")
+            self._spawn(body, link.run_id or "")
         elif msg.kind is Kind.KILL:
-            for pid, exitcode in terminate_all(list(self.children)).items():
-                link.send(Kind.AGENT_EXIT, rank=self.children[pid], pid=pid, exitcode=exitcode)
-            self.children.clear()
-        elif msg.kind is Kind.EXIT:
-            self._announce_end(int(msg.body.get("code", 0)), link.run_id or "")
+            self._stop_group(link)
+        elif isinstance(body, Exit):
+            self._announce_end(body.code, link.run_id or "")
             return 0
         return None
 
@@ -213,7 +230,7 @@ class NodeAgent:
         run = self._agent_record(run_id, 0)
         self._say("\n".join(finish_lines(run, run["start_time"], round(waited, 6))))
 
-    def _spawn(self, msg: Message, run_id: str) -> None:
+    def _spawn(self, spawn: Spawn, run_id: str) -> None:
         config = self.config
         if config is None:
             return
@@ -235,12 +252,13 @@ class NodeAgent:
                 local_rank=local_rank,
                 node=self.node,
                 host=self.spec.host,
-                attempt=int(msg.body["attempt"]),
-                start_step=int(msg.body["start_step"]),
+                attempt=spawn.attempt,
+                start_step=spawn.start_step,
+                sim_time=spawn.sim_time,
                 control=self.spec.control,
                 publish=self.publish,
                 inbox=inbox,
-                speed=float(msg.body["speed"]),
+                speed=spawn.speed,
                 shm=self.shm,
                 board=self.board,
             )

@@ -9,8 +9,6 @@ size / time, busbw = algbw x 2(n-1)/n as nccl-tests defines it.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import functools
 import json
 import sys
@@ -21,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from llmcluster.comm import Communicator
-from llmcluster.config import ConfigError, RunConfig
+from llmcluster.config import BenchSettings
 from llmcluster.sim.hardware import busbw_factor
 
 
@@ -56,23 +54,21 @@ def _figures(size: int, seconds: float, wrong: int, n: int) -> dict[str, float]:
             "wrong": wrong}  # fmt: skip
 
 
-def rank_bench(
-    comm: Communicator, settings: dict[str, Any], algorithm: str
-) -> list[dict[str, Any]]:
+def rank_bench(comm: Communicator, settings: BenchSettings, algorithm: str) -> list[dict[str, Any]]:
     """Run the sweep on this rank; rank 0 returns the rows, the others an empty list.
 
     Like nccl-tests, each size is timed out-of-place (a fresh result) and in-place (the
     result overwrites the input), and each variant is validated once outside the timing.
     """
     rows: list[dict[str, Any]] = []
-    n, rank, iters = comm.world_size, comm.rank, settings["iters"]
-    for size in bench_sizes(settings["min_bytes"], settings["max_bytes"], settings["factor"]):
+    n, rank, iters = comm.world_size, comm.rank, settings.iters
+    for size in bench_sizes(settings.min_bytes, settings.max_bytes, settings.factor):
         count = size // 4
         # small integers: every partial sum is exact in float32, so any error is a real bug
         value = np.float32(rank % 7 + 1)
         expected = np.float32(sum(r % 7 + 1 for r in range(n)))
         data = np.full(count, value, dtype=np.float32)
-        for _ in range(settings["warmup"]):
+        for _ in range(settings.warmup):
             comm.allreduce(data, "sum", algorithm=algorithm)
         fresh = functools.partial(comm.allreduce, data, algorithm=algorithm)
         overwrite = functools.partial(comm.allreduce, data, algorithm=algorithm, out=data)
@@ -96,55 +92,17 @@ def rank_bench(
 
 
 def print_bench(
-    rows: list[dict[str, Any]], *, world_size: int, algorithm: str, settings: dict[str, Any]
+    rows: list[dict[str, Any]], *, world_size: int, algorithm: str, settings: BenchSettings
 ) -> None:
     """Rank 0's output: the nccl-tests table (or JSON rows)."""
-    if settings["json"]:
+    if settings.json:
         for row in rows:
             print(json.dumps({"world_size": world_size, "algorithm": algorithm, **row}))
     else:
         from llmcluster.render import bench_table_lines
 
         lines = bench_table_lines(rows, world_size=world_size, algorithm=algorithm,
-                                  iters=settings["iters"], warmup=settings["warmup"])  # fmt: skip
+                                  iters=settings.iters, warmup=settings.warmup)  # fmt: skip
         for line in lines:
             print(line)
     sys.stdout.flush()
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    """CLI side of ``llmcluster bench``."""
-    from llmcluster.control.limits import check_capacity
-    from llmcluster.coordinator.launch import run_local
-    from llmcluster.sim.faults import build_setup
-
-    settings = {
-        "min_bytes": args.min_bytes,
-        "max_bytes": args.max_bytes,
-        "factor": args.factor,
-        "iters": args.iters,
-        "warmup": args.warmup,
-        "json": args.json,
-    }
-    config = RunConfig(
-        ranks=args.ranks,
-        nproc_per_node=args.nproc_per_node,
-        algorithm=args.algorithm,
-        seed=args.seed,
-        extra={"bench": settings},
-    )
-    try:
-        config.validate()
-        if args.factor < 2 or args.iters < 1 or args.warmup < 0:
-            raise ConfigError("--factor must be >= 2, --iters >= 1 and --warmup >= 0")
-        if not 4 <= args.min_bytes <= args.max_bytes <= 1 << 30:
-            raise ConfigError("sizes must satisfy 4 <= --min-bytes <= --max-bytes <= 1G")
-        check_capacity(config.ranks, config.nnodes)
-    except ConfigError as exc:
-        print(f"llmcluster bench: error: {exc}", file=sys.stderr)
-        return 2
-    plan = build_setup(config).plan
-    named = dataclasses.replace(
-        config, model=plan.model.name, gpu=plan.gpu.name, dataset=plan.dataset.name
-    )
-    return run_local(named, plan)

@@ -1,90 +1,55 @@
-"""Rank 0's display thread: receives the coordinator's records and hands them to a sink.
+"""Rank 0's display thread: the telemetry plane's reliable subscriber, handing records to a sink.
 
-It subscribes with an XSUB socket so it can acknowledge, upstream on the same
-connection, each record it has shown. The coordinator keeps every record until
-it is acknowledged and replays the rest to the next rank 0 after a restart (or
-shows them itself when the run is aborted), so no record is lost with a rank 0
-that is killed mid-run.
+It claims the hub's display channel for its attempt, shows every record in order and
+acknowledges each one; the hub replays whatever it never acknowledged to the next rank 0
+after a restart (or the coordinator shows it itself when the run is aborted), so no
+record is lost with a rank 0 that is killed mid-run.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import zmq
 
-from llmcluster.wire import DecodeError, Kind, decode
+from llmcluster.config import RunConfig
+from llmcluster.render.sinks import make_display
+from llmcluster.telemetry.client import RecordClient
+from llmcluster.wire.records import SummaryRecord, record_to_wire
 
-ACK = b"A"  # + 8-byte little-endian record sequence number
-SUBSCRIBE_ALL = b"\x01"
-
-
-def ack_frame(seq: int) -> bytes:
-    """The upstream frame acknowledging records up to ``seq``."""
-    return ACK + seq.to_bytes(8, "little")
-
-
-def receive_records(
-    ctx: zmq.Context,
-    endpoint: str,
-    run_id: str,
-    display: Any,
-    *,
-    subscribed: threading.Event,
-    stopping: threading.Event,
-) -> None:
-    """Show records until the summary (or until asked to stop), acknowledging each one."""
-    sub = ctx.socket(zmq.XSUB)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.LINGER, 500)
-    sub.setsockopt(zmq.MAXMSGSIZE, 16 * 1024 * 1024)
-    sub.connect(endpoint)
-    sub.send(SUBSCRIBE_ALL)
-    subscribed.set()
-    try:
-        while not stopping.is_set():
-            if not sub.poll(100):
-                continue
-            try:
-                msg = decode(sub.recv_multipart(), run_id=run_id, max_buffers=0)
-            except DecodeError:
-                continue
-            if msg.kind is not Kind.RECORD:
-                continue
-            record = msg.body["record"]
-            display.show(record)
-            sub.send(ack_frame(int(msg.body["seq"])))
-            if record.get("type") == "summary":
-                return
-    finally:
-        sub.close()
+POLL_S = 0.1
 
 
 class DisplayThread(threading.Thread):
-    """Rank 0's renderer: subscribes to the coordinator's records and shows them."""
+    """Rank 0's renderer: shows the records of the run until the summary."""
 
-    def __init__(self, ctx: zmq.Context, config: Any, publish: str, run_id: str) -> None:
+    def __init__(
+        self, ctx: zmq.Context, config: RunConfig, publish: str, run_id: str, attempt: int
+    ) -> None:
         super().__init__(name="display", daemon=True)
-        from llmcluster.render.sinks import make_display  # rich is only needed on rank 0
-
-        self.ctx, self.publish, self.run_id = ctx, publish, run_id
-        self.subscribed = threading.Event()
+        self.ctx, self.publish, self.run_id, self.attempt = ctx, publish, run_id, attempt
         self._stopping = threading.Event()
         self._display = make_display(config)
 
     def run(self) -> None:
+        client = RecordClient(
+            self.ctx, self.publish, role="display", run_id=self.run_id, attempt=self.attempt, rank=0
+        )
+        closed = False
         try:
-            receive_records(
-                self.ctx,
-                self.publish,
-                self.run_id,
-                self._display,
-                subscribed=self.subscribed,
-                stopping=self._stopping,
-            )
+            while not self._stopping.is_set():
+                for seq, record in client.receive(POLL_S):
+                    self._display.show(record_to_wire(record))
+                    if isinstance(record, SummaryRecord):  # shown (and saved) before the ack:
+                        closed = True  # the run ends once the display has acknowledged it
+                        self._display.close()
+                        client.ack(seq)
+                        return
+                    client.ack(seq)
         finally:
-            self._display.close()
+            client.close()
+            if not closed:
+                self._display.close()
 
     def stop(self) -> None:
         """Ask the thread to finish and wait for the terminal to be restored."""

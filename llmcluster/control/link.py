@@ -14,8 +14,16 @@ from typing import Any
 
 import zmq
 
-from llmcluster.wire import MAX_CONTROL_BYTES, DecodeError, Kind, Message, decode, encode
-from llmcluster.wire.codec import send_frames
+from llmcluster.wire import (
+    MAX_CONTROL_BYTES,
+    DecodeError,
+    Kind,
+    Message,
+    decode,
+    encode,
+    send_frames,
+)
+from llmcluster.wire.messages import Heartbeat
 
 HEARTBEAT_S = 1.0  # one beat a second each way; silence is judged against the timeout
 CHECK_S = 0.25  # how often a waiting process checks for silence
@@ -55,8 +63,8 @@ class ControlLink:
         self.last_heard = time.monotonic()
         self._next_beat = 0.0
 
-    def send(self, kind: Kind, **body: Any) -> None:
-        """Send one message to the coordinator."""
+    def send(self, kind: Kind, body: Any) -> None:
+        """Send one message (``body`` is the kind's dataclass) to the coordinator."""
         msg = Message(kind, self.run_id or "", self.attempt, self.src, body)
         send_frames(self.socket, encode(msg))
 
@@ -69,7 +77,7 @@ class ControlLink:
             except zmq.Again:
                 return out
             try:
-                msg = decode(frames, run_id=self.run_id, max_buffers=0)
+                msg = decode(frames, run_id=self.run_id)
             except DecodeError:
                 self.dropped += 1
                 continue
@@ -81,7 +89,7 @@ class ControlLink:
         """Send a heartbeat when due; raise CoordinatorLost after ``timeout_s`` of silence."""
         now = time.monotonic()
         if now >= self._next_beat and self.run_id is not None:
-            self.send(Kind.HEARTBEAT, t=time.time())
+            self.send(Kind.HEARTBEAT, Heartbeat(t=time.time()))
             self._next_beat = now + HEARTBEAT_S
         if now - self.last_heard > self.timeout_s:
             raise CoordinatorLost(f"no word from the coordinator for {now - self.last_heard:.1f}s")

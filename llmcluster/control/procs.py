@@ -39,8 +39,8 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _close_inherited_fds(keep: Iterable[int]) -> None:
-    keep_set = {0, 1, 2, *keep}
+def _close_inherited_fds() -> None:
+    keep_set = {0, 1, 2}
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
@@ -56,7 +56,6 @@ def fork_child(
     *,
     name: str,
     env: dict[str, str] | None = None,
-    keep_fds: Iterable[int] = (),
 ) -> int:
     """Fork a child that runs ``target()`` and exits with its return code; return its pid."""
     parent = os.getpid()
@@ -69,7 +68,7 @@ def fork_child(
     try:
         _die_with_parent(parent)
         signal.set_wakeup_fd(-1)  # the parent's wake-up channel is not ours
-        _close_inherited_fds(keep_fds)
+        _close_inherited_fds()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -1,0 +1,75 @@
+"""What every launch mode shares: signal handling, the demo speed, stale-directory sweeping."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+
+from llmcluster import sim
+from llmcluster.config import TARGET_WALL_STEP_S, RunConfig
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+RUN_DIR_PREFIX = "llmcluster-"
+
+
+def process_start_wall() -> float:
+    """Unix time at which this process started (from /proc), or now if unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+def choose_speed(config: RunConfig, plan: sim.RunPlan) -> float:
+    """--speed, or auto: simulated seconds per wall second so a step takes ~0.5 s of wall time."""
+    if config.speed is not None:
+        return config.speed
+    return max(1.0, sim.step_time_model_s(plan) / TARGET_WALL_STEP_S)
+
+
+def sweep_stale_dirs() -> None:
+    """Remove socket directories of earlier runs whose owner is gone (e.g. kill -9)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{RUN_DIR_PREFIX}*-*")):
+        match = re.match(rf"{RUN_DIR_PREFIX}(\d+)-", os.path.basename(path))
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def private_dir(kind: str) -> str:
+    """A new 0700 directory for this process's sockets (``llmcluster-<pid>-<kind>...``)."""
+    path = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-{kind}")
+    os.chmod(path, 0o700)
+    return path
+
+
+@contextlib.contextmanager
+def stop_signals_to(received: list[int]) -> Iterator[None]:
+    """While inside, SIGINT, SIGTERM and SIGHUP only append to ``received``: the coordinator
+    decides what they mean (stop at the next step boundary, with exit code 128 + signal)."""
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+        for sig in STOP_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

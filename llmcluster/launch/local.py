@@ -1,0 +1,86 @@
+"""``llmcluster --ranks N``: the whole cluster on this machine.
+
+Creates the run's private socket directory (0700, removed at exit), forks one node agent
+per node before any ZeroMQ context exists, then serves the coordinator in this process.
+Signals only set a flag; the coordinator decides what they mean.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+
+from llmcluster import sim
+from llmcluster.config import RunConfig
+from llmcluster.control.procs import fork_child
+from llmcluster.coordinator.machine import Coordinator
+from llmcluster.coordinator.server import CoordinatorServer
+from llmcluster.coordinator.state import Settings
+from llmcluster.launch import runfile
+from llmcluster.launch.common import (
+    choose_speed,
+    private_dir,
+    process_start_wall,
+    stop_signals_to,
+    sweep_stale_dirs,
+)
+from llmcluster.launch.nodes import LocalNodes
+from llmcluster.launch.runfile import RunFile
+from llmcluster.render.sinks import show_records
+from llmcluster.wire.records import record_to_wire
+from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name
+
+LOCAL_RENDEZVOUS_TIMEOUT_S = 60.0
+
+
+def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
+    """Run the whole cluster on this machine; returns the exit code."""
+    launch_wall = process_start_wall()
+    run_id = secrets.token_hex(6)
+    received: list[int] = []
+    sweep_stale_dirs()
+    work_dir = private_dir("run-")
+    control, publish = f"ipc://{work_dir}/control", f"ipc://{work_dir}/records"
+    host = local_host_name()
+
+    def start_agent(node: int) -> int:
+        spec = AgentSpec(
+            node=node, control=control, host=host, heartbeat_timeout_s=config.heartbeat_timeout_s
+        )
+        return fork_child(lambda: NodeAgent(spec).run(), name=f"llmc-agent{node}")
+
+    try:
+        with stop_signals_to(received):
+            nodes = LocalNodes(start_agent, config.nnodes)
+            settings = Settings(
+                run_id=run_id,
+                speed=choose_speed(config, plan),
+                launch_wall=launch_wall,
+                join_timeout_s=LOCAL_RENDEZVOUS_TIMEOUT_S,  # a rendezvous that never completes
+                simulated_hosts=config.nnodes > 1,
+                publish_endpoint=publish,
+                agent_pid=os.getpid(),
+            )
+            machine = Coordinator(config, plan, settings, time.monotonic())
+            server = CoordinatorServer(
+                machine,
+                control=control,
+                publish=publish,
+                supervisor=nodes,
+                show_locally=lambda recs: show_records(config, [record_to_wire(r) for r in recs]),
+            )
+            server.signals = received
+            run = RunFile(
+                run_id=run_id,
+                pid=os.getpid(),
+                records=publish,
+                control=control,
+                world_size=config.ranks,
+                started=launch_wall,
+            )
+            with runfile.published(run):
+                return server.run()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,0 +1,43 @@
+"""Local node agents: forked and reaped by the launching process (the coordinator's host)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from llmcluster.control.procs import reap, terminate_all
+from llmcluster.coordinator.state import AgentLost
+
+EXIT_GRACE_S = 2.0
+
+
+class LocalNodes:
+    """Node agents this process forked: a dead one is seen at once (waitpid), not by silence."""
+
+    def __init__(self, start_agent: Callable[[int], int], nnodes: int) -> None:
+        self._start = start_agent
+        self.pids: dict[int, int] = {start_agent(node): node for node in range(nnodes)}
+
+    def lost(self, now: float) -> list[AgentLost]:
+        """Agents that exited since the last call."""
+        gone = []
+        for pid, code in reap(list(self.pids)).items():
+            node = self.pids.pop(pid)
+            gone.append(
+                AgentLost(node, f"node agent {node} (pid {pid}) exited with {code}", code, now)
+            )
+        return gone
+
+    def replace(self, node: int) -> None:
+        """Fork a new agent for ``node`` (it joins and gets SPAWN like the first one)."""
+        self.pids[self._start(node)] = node
+
+    def close(self) -> None:
+        """Give the agents a moment to leave after EXIT, then terminate what is left."""
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while self.pids and time.monotonic() < deadline:
+            for pid in reap(list(self.pids)):
+                self.pids.pop(pid)
+            time.sleep(0.01)
+        terminate_all(list(self.pids), grace_s=0.5)
+        self.pids.clear()

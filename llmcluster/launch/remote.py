@@ -1,0 +1,85 @@
+"""``llmcluster coordinator`` and ``llmcluster node``: the cluster across hosts over TCP.
+
+The coordinator serves remote node agents (control on ``--port``, records on the next
+port); a node runs one agent that joins it. Both go through the same coordinator and agent
+code as a local run; only node supervision differs (remote nodes are watched by their
+heartbeats alone).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+
+from llmcluster import sim
+from llmcluster.config import RunConfig
+from llmcluster.coordinator.machine import Coordinator
+from llmcluster.coordinator.server import CoordinatorServer, RemoteNodes
+from llmcluster.coordinator.state import Settings
+from llmcluster.launch.common import choose_speed, stop_signals_to, sweep_stale_dirs
+from llmcluster.render.sinks import show_records
+from llmcluster.wire.records import record_to_wire
+from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name, outgoing_address
+
+
+def run_coordinator(
+    config: RunConfig, plan: sim.RunPlan, *, bind: str, port: int, token: str, join_timeout_s: float
+) -> int:
+    """Serve remote node agents over TCP until the run ends."""
+    received: list[int] = []
+    publish = f"tcp://{bind}:{port + 1}"
+    settings = Settings(
+        run_id=secrets.token_hex(6),
+        speed=choose_speed(config, plan),
+        launch_wall=time.time(),
+        token=token,
+        join_timeout_s=join_timeout_s,
+        publish_endpoint=publish,
+        standalone=True,
+        agent_pid=os.getpid(),
+    )
+    with stop_signals_to(received):
+        machine = Coordinator(config, plan, settings, time.monotonic())
+        server = CoordinatorServer(
+            machine,
+            control=f"tcp://{bind}:{port}",
+            publish=publish,
+            supervisor=RemoteNodes(),
+            show_locally=lambda recs: show_records(config, [record_to_wire(r) for r in recs]),
+        )
+        print(
+            f"llmcluster coordinator: listening on {bind}:{port} (records on {port + 1}), "
+            f"waiting for {config.nnodes} node(s) of {config.nproc_per_node} rank(s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        server.signals = received
+        return server.run()
+
+
+def run_node(
+    *,
+    master_addr: str,
+    master_port: int,
+    node_rank: int,
+    token: str,
+    join_timeout_s: float,
+    heartbeat_timeout_s: float,
+) -> int:
+    """One node agent joining a remote coordinator."""
+    sweep_stale_dirs()
+    spec = AgentSpec(
+        node=node_rank,
+        control=f"tcp://{master_addr}:{master_port}",
+        host=local_host_name(),
+        heartbeat_timeout_s=heartbeat_timeout_s,
+        tcp_host=outgoing_address(master_addr, master_port),
+        token=token,
+        join_timeout_s=join_timeout_s,
+        announce=True,
+    )
+    received: list[int] = []
+    with stop_signals_to(received):
+        return NodeAgent(spec, received).run()

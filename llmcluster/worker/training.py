@@ -1,0 +1,222 @@
+"""The training workload of one rank: steps, phases between them, injected process faults.
+
+Each step the rank computes its local loss from the simulation, sleeps the scaled compute
+time, and reduces (loss x tokens, tokens, grad-norm^2 by sum; step time and the stop flag
+by max) in one fused collective, so that every rank holds the bit-identical global loss;
+with ``--grad-bucket`` it also allreduces a real gradient buffer with the chosen
+algorithm. It reports its per-step stats, and samples its GPU during the phases between
+steps (validation, checkpoints, export), where the GPUs idle and cool.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from llmcluster import sim
+from llmcluster.comm import Communicator
+from llmcluster.control.link import ControlLink
+from llmcluster.sim.faults import Fault, build_setup
+from llmcluster.wire import Kind
+from llmcluster.wire.messages import Phase, PhaseState, RankStats, Stats
+from llmcluster.wire.records import PhaseName
+
+SAMPLE_SIM_S = 15.0  # a phase reports a telemetry sample every ~15 simulated seconds
+MAX_SAMPLES = 8
+
+
+class RankHost(Protocol):
+    """What the workload needs of its rank process."""
+
+    spec: Any
+    link: ControlLink
+    mesh: Any
+    stop_requested: bool
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class Training:
+    """One rank's training loop for one attempt."""
+
+    def __init__(self, host: RankHost) -> None:
+        self.host, self.spec = host, host.spec
+        setup = build_setup(self.spec.config)
+        self.plan, self.faults = setup.plan, setup.process_faults
+        self.state = sim.init_rank_state(self.plan, self.spec.rank)
+        size = self.spec.config.grad_bucket_bytes // 4
+        self.bucket = np.full(size, self.spec.rank % 7 + 1, dtype=np.float32) if size else None
+        self.last: RankStats | None = None
+
+    def _wall_s(self, name: str, sim_s: float) -> float:
+        """Wall seconds a phase of ``sim_s`` simulated seconds takes (--speed auto paces slow
+        phases to be watchable; the simulated figure is never changed)."""
+        pacing = self.spec.speed if self.spec.config.speed is None else 0.0
+        return sim.paced_s(sim_s, name, pacing) / self.spec.speed
+
+    def run(self, comm: Communicator) -> int:
+        """Train from the attempt's start step to the end (or a stop); returns the last step."""
+        spec, plan = self.spec, self.plan
+        self.comm = comm
+        if spec.start_step == 1:
+            self._phase(PhaseName.INIT, 0)
+        else:  # restarted: load the last checkpoint first
+            self._phase(PhaseName.RESTORE, spec.start_step - 1)
+        cost = sim.comm_cost(plan, spec.config.algorithm)
+        step = spec.start_step - 1
+        for step in range(spec.start_step, plan.total_steps + 1):
+            self.carry_out_faults(step)
+            stop = self._step(step, cost)
+            if stop:
+                break
+            self._between_steps(step)
+        else:
+            if step == plan.total_steps:
+                self._phase(PhaseName.EXPORT, step)
+        return step
+
+    def _step(self, step: int, cost: sim.CommCost) -> bool:
+        spec, host, plan = self.spec, self.host, self.plan
+        work = sim.rank_step(plan, self.state, step, attempt=spec.attempt)
+        host.sleep(work.compute_s / spec.speed)
+        arrive = time.time()
+        # one latency-optimised round for the step's small reductions (as NCCL's tuner picks
+        # for tiny messages); --algorithm is the modelled gradient allreduce
+        totals, agreed = self.comm.allreduce_fused(
+            [
+                (
+                    np.array(
+                        [work.local_loss * work.local_tokens, work.local_tokens, work.grad_sq]
+                    ),
+                    "sum",
+                ),
+                (np.array([work.compute_s, 1.0 if host.stop_requested else 0.0]), "max"),
+            ]
+        )
+        if self.bucket is not None:  # a real gradient bucket over the chosen algorithm
+            self.comm.allreduce(self.bucket, "sum", algorithm=spec.config.algorithm)
+        done = time.time()
+        # the exposed part of the modelled allreduce completes the simulated step
+        host.sleep(cost.exposed_s / spec.speed - (done - arrive))
+        step_time_s = float(agreed[0]) + cost.exposed_s
+        self.state, sample = sim.rank_telemetry(
+            plan, self.state, step, compute_s=work.compute_s, step_time_s=step_time_s
+        )
+        self.last = RankStats(
+            loss=float(totals[0] / totals[1]),
+            local_loss=work.local_loss,
+            tokens=int(totals[1]),
+            grad_norm=math.sqrt(float(totals[2])),
+            compute_s=work.compute_s,
+            step_time_s=step_time_s,
+            comm_s=cost.total_s,
+            exposed_comm_s=cost.exposed_s,
+            arrive=arrive,
+            wait_ms=(done - arrive) * 1000.0,
+            util=sample.util_pct,
+            temp_c=sample.temp_c,
+            power_w=sample.power_w,
+            mem_used_gb=sample.mem_used_gb,
+            mem_total_gb=sample.mem_total_gb,
+            sm_clock_mhz=sample.sm_clock_mhz,
+            throttled=sample.throttled,
+            seq=self.comm.seq,
+            dropped=host.mesh.dropped + host.link.dropped,
+        )
+        host.link.send(Kind.STATS, Stats(rank=spec.rank, step=step, stats=self.last))
+        return bool(agreed[1] > 0)
+
+    def carry_out_faults(self, step: int) -> None:
+        """Injected process faults, for real: the i-th fires in restart attempt i."""
+        attempt = self.spec.attempt
+        if attempt >= len(self.faults):
+            return
+        fault: Fault = self.faults[attempt]
+        if fault.rank != self.spec.rank or step < fault.step:
+            return
+        if fault.kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        while True:  # hang: alive, silent, deaf to the coordinator (like a stuck CUDA kernel)
+            time.sleep(3600)
+
+    def _between_steps(self, step: int) -> None:
+        """Validation and checkpointing after ``step``."""
+        if sim.is_eval_step(self.plan, step):
+            local = sim.local_val_loss(self.plan, step, self.spec.rank)
+            self._phase(PhaseName.EVAL, step, value=local)
+        if sim.is_checkpoint_step(self.plan, step):
+            self._phase(PhaseName.CHECKPOINT, step)
+
+    def _phase(self, name: PhaseName, step: int, *, value: float | None = None) -> None:
+        """Run a phase on every rank: its scaled duration in slices, a GPU sample after each,
+        then meet in an allreduce (the mean of ``value``: the validation loss)."""
+        spec, host, link = self.spec, self.host, self.host.link
+        sim_s = sim.phase_seconds(self.plan, name.value, step)
+        if spec.rank == 0:
+            link.send(Kind.PHASE, Phase(rank=0, step=step, name=name, state=PhaseState.BEGIN))
+        slices = max(1, min(MAX_SAMPLES, math.ceil(sim_s / SAMPLE_SIM_S)))
+        wall = self._wall_s(name.value, sim_s)
+        for index in range(slices):
+            host.sleep(wall / slices)
+            self._sample(name, step, index, sim_s / slices, (index + 1) * sim_s / slices)
+        mean = self.comm.allreduce(
+            np.array([0.0 if value is None else value]), "mean", algorithm=spec.config.algorithm
+        )
+        if spec.rank == 0:
+            val_loss = float(mean[0]) if value is not None else None
+            link.send(
+                Kind.PHASE,
+                Phase(rank=0, step=step, name=name, state=PhaseState.END, val_loss=val_loss),
+            )
+
+    def _sample(
+        self, name: PhaseName, step: int, index: int, span_s: float, elapsed_s: float
+    ) -> None:
+        """This GPU during ``span_s`` simulated seconds of a phase (idle, cooling)."""
+        busy = span_s if name is PhaseName.EVAL else 0.0  # eval runs forward passes
+        activity = (
+            name.value
+            if name in (PhaseName.EVAL, PhaseName.CHECKPOINT, PhaseName.EXPORT)
+            else "idle"
+        )
+        self.state, gpu = sim.rank_telemetry(
+            self.plan, self.state, step, compute_s=busy, step_time_s=span_s, phase=activity
+        )
+        last = self.last
+        stats = RankStats(
+            loss=last.loss if last else math.nan,
+            local_loss=last.local_loss if last else math.nan,
+            tokens=0,
+            grad_norm=last.grad_norm if last else math.nan,
+            compute_s=busy,
+            step_time_s=span_s,
+            comm_s=0.0,
+            exposed_comm_s=0.0,
+            arrive=time.time(),
+            wait_ms=0.0,
+            util=gpu.util_pct,
+            temp_c=gpu.temp_c,
+            power_w=gpu.power_w,
+            mem_used_gb=gpu.mem_used_gb,
+            mem_total_gb=gpu.mem_total_gb,
+            sm_clock_mhz=gpu.sm_clock_mhz,
+            throttled=gpu.throttled,
+            seq=self.comm.seq,
+            dropped=self.host.mesh.dropped + self.host.link.dropped,
+        )
+        self.host.link.send(
+            Kind.STATS,
+            Stats(
+                rank=self.spec.rank,
+                step=step,
+                stats=stats,
+                phase=name,
+                sample=index,
+                phase_elapsed_s=elapsed_s,
+            ),
+        )

@@ -1,0 +1,358 @@
+"""The coordinator's state machine, driven by events alone: no socket, clock or process."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+
+from llmcluster.config import RunConfig
+from llmcluster.coordinator.machine import Coordinator
+from llmcluster.coordinator.state import (
+    AgentLost,
+    DisplayStatus,
+    Interrupted,
+    Malformed,
+    NewAttempt,
+    Phase,
+    Publish,
+    Received,
+    ReplaceAgent,
+    Send,
+    Settings,
+    ShowUnshown,
+    Tick,
+)
+from llmcluster.sim.faults import build_setup
+from llmcluster.wire import AGENT_SRC, Kind, Message
+from llmcluster.wire.messages import (
+    AgentExit,
+    AgentJoin,
+    Done,
+    Failure,
+    Heartbeat,
+    Join,
+    PhaseState,
+    RankOnly,
+    RankStats,
+    Stats,
+)
+from llmcluster.wire.messages import (
+    Phase as PhaseReport,
+)
+from llmcluster.wire.records import PhaseName
+
+RUN = "run1"
+
+
+@functools.cache
+def _plan(config: RunConfig) -> object:
+    return build_setup(config).plan
+
+
+class Harness:
+    """A machine for 2 nodes x 2 ranks and the events a real run would bring, in order."""
+
+    def __init__(self, **overrides: object) -> None:
+        values = {"ranks": 4, "nproc_per_node": 2, "steps": 6, "seed": 1, "max_restarts": 2}
+        values.update(overrides)
+        self.config = RunConfig(**values)  # type: ignore[arg-type]
+        plan = _plan(self.config)
+        settings = Settings(
+            run_id=RUN,
+            speed=100.0,
+            launch_wall=1_000.0,
+            join_timeout_s=60.0,
+            publish_endpoint="ipc://hub",
+        )
+        self.now, self.wall = 0.0, 1_000.0
+        self.machine = Coordinator(self.config, plan, settings, self.now)
+        self.actions: list[object] = []
+
+    def feed(self, event: object) -> list[object]:
+        out = self.machine.handle(event)  # type: ignore[arg-type]
+        self.actions += out
+        return out
+
+    def message(self, identity: bytes, kind: Kind, body: object, src: int) -> list[object]:
+        msg = Message(kind, RUN, self.machine.attempt, src, body)
+        return self.feed(Received(identity, msg, self.now, self.wall))
+
+    def tick(self, seconds: float = 0.05) -> list[object]:
+        self.now += seconds
+        self.wall += seconds
+        return self.feed(Tick(self.now, self.wall))
+
+    def join_agents(self) -> None:
+        for node in range(self.config.nnodes):
+            body = AgentJoin(node=node, host=f"host{node}", pid=100 + node, token="")
+            self.message(f"agent{node}".encode(), Kind.AGENT_JOIN, body, AGENT_SRC)
+
+    def join_ranks(self) -> None:
+        for rank in range(self.config.ranks):
+            body = Join(
+                rank=rank,
+                local_rank=rank % 2,
+                node=rank // 2,
+                pid=200 + rank,
+                endpoints=(f"ipc://r{rank}",),
+                host=f"host{rank // 2}",
+                env={
+                    "RANK": str(rank),
+                    "LOCAL_RANK": str(rank % 2),
+                    "GROUP_RANK": str(rank // 2),
+                    "WORLD_SIZE": "4",
+                },
+            )
+            self.message(self.rank_id(rank), Kind.JOIN, body, rank)
+
+    def rank_id(self, rank: int) -> bytes:
+        return f"r{rank}-a{self.machine.attempt}".encode()
+
+    def ready(self) -> None:
+        for rank in range(self.config.ranks):
+            self.message(self.rank_id(rank), Kind.READY, RankOnly(rank=rank), rank)
+
+    def start(self) -> None:
+        self.join_agents()
+        self.join_ranks()
+        self.ready()
+
+    def step(self, step: int, loss: float = 5.0) -> None:
+        for rank in range(self.config.ranks):
+            stats = RankStats(
+                loss=loss,
+                local_loss=loss,
+                tokens=1000,
+                grad_norm=1.0,
+                compute_s=2.0,
+                step_time_s=2.5,
+                comm_s=0.5,
+                exposed_comm_s=0.5,
+                arrive=1000.0 + rank,
+                wait_ms=1.0,
+                util=95.0,
+                temp_c=60.0,
+                power_w=600.0,
+                mem_used_gb=50.0,
+                mem_total_gb=80.0,
+                sm_clock_mhz=1900,
+                throttled=False,
+                seq=step,
+                dropped=0,
+            )
+            body = Stats(rank=rank, step=step, stats=stats)
+            self.message(self.rank_id(rank), Kind.STATS, body, rank)
+
+    def published(self) -> list[object]:
+        return [a.record for a in self.actions if isinstance(a, Publish)]  # type: ignore[union-attr]
+
+    def sent(self, kind: Kind) -> list[Send]:
+        return [a for a in self.actions if isinstance(a, Send) and a.kind is kind]
+
+    def types(self) -> list[str]:
+        return [r.TYPE for r in self.published()]  # type: ignore[attr-defined]
+
+    def exit_all(self) -> None:
+        for rank in range(self.config.ranks):
+            node = rank // 2
+            self.message(
+                f"agent{node}".encode(),
+                Kind.AGENT_EXIT,
+                AgentExit(rank=rank, pid=200 + rank, exitcode=-15),
+                AGENT_SRC,
+            )
+
+
+def test_rendezvous_sends_the_book_once_every_rank_joined() -> None:
+    h = Harness()
+    h.join_agents()
+    assert len(h.sent(Kind.AGENT_WELCOME)) == 2 and len(h.sent(Kind.SPAWN)) == 2
+    h.join_ranks()
+    books = h.sent(Kind.BOOK)
+    assert len(books) == 1 and len(books[0].identities) == 4
+    assert books[0].body.nodes == (0, 0, 1, 1)
+    assert h.types() == ["run"]
+    h.ready()
+    assert h.machine.phase is Phase.TRAINING and h.types() == ["run", "ready"]
+
+
+def test_a_second_join_for_a_taken_rank_is_dropped() -> None:
+    h = Harness()
+    h.start()
+    forged = Join(
+        rank=1, local_rank=1, node=0, pid=9, endpoints=("tcp://evil:1",), host="x", env={}
+    )
+    before = h.machine.dropped
+    h.message(b"intruder", Kind.JOIN, forged, 1)
+    assert h.machine.dropped == before + 1
+    assert h.machine.ranks[1].endpoints == ("ipc://r1",)
+
+
+def test_steps_merge_in_rank_order_and_phases_follow_their_step() -> None:
+    h = Harness()
+    h.start()
+    h.message(
+        h.rank_id(0),
+        Kind.PHASE,
+        PhaseReport(rank=0, step=1, name=PhaseName.EVAL, state=PhaseState.BEGIN),
+        0,
+    )
+    assert "phase" not in h.types()  # held back: step 1 is not merged yet
+    h.step(1)
+    assert h.types()[-3:] == ["step", "ranks", "phase"]
+    h.message(
+        h.rank_id(0),
+        Kind.PHASE,
+        PhaseReport(rank=0, step=1, name=PhaseName.EVAL, state=PhaseState.END, val_loss=5.1),
+        0,
+    )
+    evaluation = h.published()[-1]
+    assert evaluation.TYPE == "eval" and evaluation.val_ppl == pytest.approx(math.exp(5.1))
+    ranks = next(r for r in h.published() if r.TYPE == "ranks")
+    assert [s.rank for s in ranks.ranks] == [0, 1, 2, 3]
+
+
+def test_messages_of_an_earlier_attempt_or_unknown_senders_are_dropped() -> None:
+    h = Harness()
+    h.start()
+    stale = Message(Kind.READY, RUN, 5, 0, RankOnly(rank=0))
+    h.feed(Received(h.rank_id(0), stale, h.now, h.wall))
+    h.message(b"stranger", Kind.READY, RankOnly(rank=2), 2)
+    h.feed(Malformed())
+    assert h.machine.dropped == 3
+
+
+@pytest.mark.parametrize("phase", ["rendezvous", "first_barrier", "training", "phase"])
+def test_a_failure_in_every_phase_restarts_from_the_checkpoint(phase: str) -> None:
+    h = Harness()
+    h.join_agents()
+    if phase != "rendezvous":
+        h.join_ranks()
+    if phase in ("training", "phase"):
+        h.ready()
+        h.step(1)
+    if phase == "phase":
+        h.message(
+            h.rank_id(0),
+            Kind.PHASE,
+            PhaseReport(rank=0, step=1, name=PhaseName.EVAL, state=PhaseState.BEGIN),
+            0,
+        )
+    h.message(b"agent0", Kind.AGENT_EXIT, AgentExit(rank=1, pid=201, exitcode=-9), AGENT_SRC)
+    assert h.machine.phase is Phase.RESTARTING
+    failure = h.published()[-1]
+    assert failure.TYPE == "failure" and failure.signal == "SIGKILL" and failure.numel == 5
+    h.feed(DisplayStatus(True, h.machine.published))  # the display showed the failure
+    h.tick()
+    assert len(h.sent(Kind.KILL)) == 1
+    h.exit_all()
+    h.tick()
+    assert h.machine.phase is Phase.RENDEZVOUS and h.machine.attempt == 1
+    restart = h.published()[-1]
+    assert restart.TYPE == "restart" and restart.resume_step == 1
+    assert 0 <= restart.lost_s < 1e4  # never an epoch time
+    assert any(isinstance(a, NewAttempt) and a.attempt == 1 for a in h.actions)
+    spawns = [s for s in h.sent(Kind.SPAWN) if s.body.attempt == 1]
+    assert len(spawns) == 1 and len(spawns[0].identities) == 2
+    h.start()  # the new attempt completes its rendezvous
+    assert h.machine.phase is Phase.TRAINING
+
+
+def test_the_kill_waits_for_the_display_but_not_forever() -> None:
+    h = Harness()
+    h.start()
+    h.feed(DisplayStatus(True, h.machine.published))
+    h.message(h.rank_id(3), Kind.FAILURE, Failure(rank=3, reason="watchdog", exitcode=1), 3)
+    h.tick()
+    assert h.sent(Kind.KILL) == []  # the failure is not on screen yet
+    h.tick(1.5)
+    assert len(h.sent(Kind.KILL)) == 1
+
+
+def test_the_restart_limit_aborts_and_shows_what_the_display_never_did() -> None:
+    h = Harness(max_restarts=0)
+    h.start()
+    h.step(1)
+    h.message(b"agent1", Kind.AGENT_EXIT, AgentExit(rank=2, pid=202, exitcode=-9), AGENT_SRC)
+    assert h.machine.phase is Phase.ABORTING and h.machine.exit_code == 1
+    h.tick(2.0)
+    h.exit_all()
+    h.tick()
+    assert h.machine.over and h.types()[-2:] == ["failure", "summary"]
+    assert any(isinstance(a, ShowUnshown) for a in h.actions)
+    assert h.published()[-1].exit == "failed"
+
+
+def test_a_lost_node_is_replaced_on_restart() -> None:
+    h = Harness()
+    h.start()
+    h.feed(AgentLost(1, "node agent 1 (pid 101) exited with -9", -9, h.now))
+    assert h.published()[-1].node == 1
+    h.tick(2.0)
+    h.exit_all()
+    h.tick()
+    assert [a.node for a in h.actions if isinstance(a, ReplaceAgent)] == [1]
+    assert 1 not in h.machine.agents
+
+
+def test_a_silent_rank_fails_the_step() -> None:
+    h = Harness()
+    h.start()
+    h.step(1)
+    h.tick(1.0)
+    for rank in (0, 1, 2):  # everyone but rank 3 keeps talking
+        h.message(h.rank_id(rank), Kind.HEARTBEAT, Heartbeat(t=1.0), rank)
+    for agent in (0, 1):
+        h.message(f"agent{agent}".encode(), Kind.HEARTBEAT, Heartbeat(t=1.0), AGENT_SRC)
+    h.tick(2.5)
+    failure = h.published()[-1]
+    assert failure.TYPE == "failure" and failure.rank == 3 and "stopped answering" in failure.reason
+
+
+def test_interrupt_stops_at_the_next_boundary_and_waits_for_the_display() -> None:
+    h = Harness()
+    h.start()
+    h.feed(Interrupted("SIGINT", 130, h.now))
+    assert h.machine.phase is Phase.STOPPING and len(h.sent(Kind.STOP)) == 1
+    h.step(1)
+    for rank in range(4):
+        h.message(h.rank_id(rank), Kind.DONE, Done(rank=rank, step=1), rank)
+    assert h.machine.phase is Phase.FINISHING and h.types()[-1] == "summary"
+    h.feed(DisplayStatus(True, 0))
+    h.tick()
+    assert not h.machine.over  # the summary is not on screen yet
+    h.feed(DisplayStatus(True, h.machine.published))
+    h.tick()
+    assert h.machine.over and h.machine.exit_code == 130
+    assert len(h.sent(Kind.EXIT)) == 2  # ranks and agents
+
+
+def test_interrupt_during_rendezvous_aborts() -> None:
+    h = Harness()
+    h.join_agents()
+    h.feed(Interrupted("SIGTERM", 143, h.now))
+    assert h.machine.phase is Phase.ABORTING
+    h.tick(1.5)
+    h.tick(3.5)
+    assert h.machine.over and h.machine.exit_code == 143
+
+
+def test_rendezvous_timeout_names_the_missing_node() -> None:
+    h = Harness()
+    h.message(b"agent0", Kind.AGENT_JOIN, AgentJoin(node=0, host="h0", pid=1, token=""), AGENT_SRC)
+    h.tick(61.0)
+    says = [a.text for a in h.actions if getattr(a, "warn", False)]
+    assert any("missing node(s) 1" in text for text in says)
+    assert h.machine.phase is Phase.ABORTING and h.machine.exit_code == 1
+
+
+def test_a_wrong_or_non_ascii_token_is_refused_without_a_crash() -> None:
+    h = Harness()
+    h.machine.settings = Settings(run_id=RUN, speed=1.0, launch_wall=0.0, token="sécret")
+    for token in ("wrong", "sécrer", ""):
+        h.message(b"a", Kind.AGENT_JOIN, AgentJoin(node=0, host="h", pid=1, token=token), AGENT_SRC)
+    assert h.machine.refused == 3 and h.machine.agents == {}
+    h.message(b"a", Kind.AGENT_JOIN, AgentJoin(node=0, host="h", pid=1, token="sécret"), AGENT_SRC)
+    assert 0 in h.machine.agents
