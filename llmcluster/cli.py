@@ -11,6 +11,7 @@ import dataclasses
 import os
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -63,6 +64,24 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _start_time(text: str) -> float:
+    """``--start-time``: an ISO 8601 time (local time unless it says), or ``-2h``-style."""
+    import datetime
+
+    value = text.strip()
+    if value.startswith("-"):
+        try:
+            return time.time() - parse_duration(value[1:])
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    try:
+        return datetime.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO time like 2026-11-30T09:00 or a relative one like -2h, got {text!r}"
+        ) from None
+
+
 def _size(text: str) -> int:
     units = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30}
     lowered = text.strip().lower()
@@ -105,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated s per wall s, or auto (the default: a watchable pace)",
     )
     parser.add_argument("--exit-after-time", type=_duration, default=None, metavar="DURATION")
+    parser.add_argument(
+        "--start-time",
+        type=_start_time,
+        default=None,
+        metavar="TIME",
+        help="where the simulated timeline begins: an ISO time or -2h "
+        "(default: far enough back that no timestamp is in the future)",
+    )
+    parser.add_argument(
+        "--start-at-launch",
+        action="store_true",
+        help="begin the timeline now (later records are stamped in the future)",
+    )
     parser.add_argument("--format", dest="output_format", choices=FORMATS, default="log")
     parser.add_argument("--ui", choices=UIS, default="auto")
     parser.add_argument("--style", choices=STYLE_NAMES, default="default")
@@ -188,13 +220,24 @@ def _nnodes(text: str) -> int:
     return count
 
 
+def _join_dash_values(args: list[str]) -> list[str]:
+    """``--start-time -2h`` as ``--start-time=-2h``: argparse takes a leading dash for a flag."""
+    out: list[str] = []
+    for arg in args:
+        if out and out[-1] == "--start-time" and arg.startswith("-"):
+            out[-1] = f"--start-time={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def _loopback(address: str) -> bool:
     return address in ("localhost", "::1") or address.startswith("127.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmcluster`` command; returns the exit code."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    args_list = _join_dash_values(list(sys.argv[1:] if argv is None else argv))
     command = args_list[0] if args_list[:1] in (["bench"], ["coordinator"], ["node"]) else "run"
     if args_list[:1] == ["schema"]:
         return _schema(args_list[1:])
@@ -232,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             dataset=args.dataset,
             speed=args.speed,
             exit_after_s=args.exit_after_time,
+            start_time=args.start_time,
+            start_at_launch=args.start_at_launch,
             algorithm=args.algorithm,
             output_format=args.output_format,
             ui=args.ui,

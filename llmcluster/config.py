@@ -93,6 +93,8 @@ class RunConfig:
     inject: tuple[str, ...] = ()
     chaos: float = 0.0
     bench: BenchSettings | None = None  # the bench workload instead of training
+    start_time: float | None = None  # --start-time: where the simulated timeline begins
+    start_at_launch: bool = False  # the timeline begins now (records run into the future)
 
     @property
     def silence_tolerance_s(self) -> float:
@@ -153,6 +155,8 @@ class RunConfig:
             raise ConfigError(f"--max-restarts must be between 0 and 100, got {self.max_restarts}")
         if not 0 <= self.grad_bucket_bytes <= 1 << 30:
             raise ConfigError("--grad-bucket must be between 0 and 1GiB")
+        if self.start_time is not None and self.start_at_launch:
+            raise ConfigError("--start-time and --start-at-launch contradict each other; pick one")
         if self.output_format == "jsonl" and self.ui == "live":
             raise ConfigError("--ui live and --format jsonl contradict each other; pick one")
         if self.output_format == "jsonl" and self.record_path:

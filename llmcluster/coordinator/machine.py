@@ -71,7 +71,7 @@ class Coordinator(Rendezvous):
         super().__init__(config, plan, settings, now)
         self.phase = Phase.RENDEZVOUS
         self.exit_code, self.exit_reason = 0, "completed"
-        self.reports = Reports(plan, config.ranks, config.algorithm, settings.launch_wall)
+        self.reports = Reports(plan, config.ranks, config.algorithm, settings.start_time)
         self.progress = self.reports.progress
         self.deadline = now + config.exit_after_s if config.exit_after_s is not None else None
         self.display_present, self.display_acked, self.published = False, 0, 0

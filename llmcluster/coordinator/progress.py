@@ -28,8 +28,6 @@ from llmcluster.wire.records import (
     SummaryRecord,
 )
 
-RESTART_OVERHEAD_S = 90.0  # detect, tear down, re-rendezvous, NCCL init (simulated)
-
 
 @dataclass
 class Progress:
@@ -138,8 +136,8 @@ class Progress:
         self, *, attempt: int, max_restarts: int, merged_step: int, reason: str
     ) -> RestartRecord:
         """The group restarts from the last checkpoint: the work since then is lost."""
-        lost = max(0.0, self.sim_time - self.checkpoint_time) + RESTART_OVERHEAD_S
-        self.sim_time += RESTART_OVERHEAD_S
+        lost = max(0.0, self.sim_time - self.checkpoint_time) + sim.RESTART_OVERHEAD_S
+        self.sim_time += sim.RESTART_OVERHEAD_S
         self.lost_s += lost
         self.restarts += 1
         resume = self.resume_step

@@ -157,7 +157,7 @@ class Rendezvous:
             self.plan,
             run_id=self.settings.run_id,
             speed=self.settings.speed,
-            start_time=self.settings.launch_wall,
+            start_time=self.settings.start_time,
             attempt=self.attempt,
             hosts=hosts,
             real_hosts=real,

@@ -159,7 +159,8 @@ class Settings:
 
     run_id: str
     speed: float
-    launch_wall: float
+    launch_wall: float  # when the command started (wall clock)
+    start_time: float  # where the simulated timeline begins (backfilled into the past)
     token: str = ""
     join_timeout_s: float = 0.0
     simulated_hosts: bool = False  # every node on this machine: show the plan's host names

@@ -39,6 +39,17 @@ def choose_speed(config: RunConfig, plan: sim.RunPlan) -> float:
     return max(1.0, sim.step_time_model_s(plan) / TARGET_WALL_STEP_S)
 
 
+def timeline_start(config: RunConfig, plan: sim.RunPlan, launch_wall: float) -> float:
+    """Where the simulated clock starts: ``--start-time``, the launch itself with
+    ``--start-at-launch``, or by default far enough in the past that no record of the run,
+    restarts and lost work included, is ever stamped later than the wall clock."""
+    if config.start_time is not None:
+        return config.start_time
+    if config.start_at_launch:
+        return launch_wall
+    return launch_wall - sim.run_span_s(plan, max_restarts=config.max_restarts)
+
+
 def sweep_stale_dirs() -> None:
     """Remove socket directories of earlier runs whose owner is gone (e.g. kill -9)."""
     for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{RUN_DIR_PREFIX}*-*")):

@@ -25,6 +25,7 @@ from llmcluster.launch.common import (
     process_start_wall,
     stop_signals_to,
     sweep_stale_dirs,
+    timeline_start,
 )
 from llmcluster.launch.nodes import LocalNodes
 from llmcluster.launch.runfile import RunFile
@@ -58,6 +59,7 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
                 run_id=run_id,
                 speed=choose_speed(config, plan),
                 launch_wall=launch_wall,
+                start_time=timeline_start(config, plan, launch_wall),
                 join_timeout_s=LOCAL_RENDEZVOUS_TIMEOUT_S,  # a rendezvous that never completes
                 simulated_hosts=config.nnodes > 1,
                 publish_endpoint=publish,

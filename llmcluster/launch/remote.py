@@ -18,7 +18,12 @@ from llmcluster.config import RunConfig
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.server import CoordinatorServer, RemoteNodes
 from llmcluster.coordinator.state import Settings
-from llmcluster.launch.common import choose_speed, stop_signals_to, sweep_stale_dirs
+from llmcluster.launch.common import (
+    choose_speed,
+    stop_signals_to,
+    sweep_stale_dirs,
+    timeline_start,
+)
 from llmcluster.render.sinks import show_records
 from llmcluster.wire.records import record_to_wire
 from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name, outgoing_address
@@ -30,10 +35,12 @@ def run_coordinator(
     """Serve remote node agents over TCP until the run ends."""
     received: list[int] = []
     publish = f"tcp://{bind}:{port + 1}"
+    launch_wall = time.time()
     settings = Settings(
         run_id=secrets.token_hex(6),
         speed=choose_speed(config, plan),
-        launch_wall=time.time(),
+        launch_wall=launch_wall,
+        start_time=timeline_start(config, plan, launch_wall),
         token=token,
         join_timeout_s=join_timeout_s,
         publish_endpoint=publish,

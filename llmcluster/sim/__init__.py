@@ -29,10 +29,11 @@ from llmcluster.sim.throughput import (
     step_metrics,
     step_time_model_s,
 )
-from llmcluster.sim.timeline import phase_seconds
+from llmcluster.sim.timeline import RESTART_OVERHEAD_S, phase_seconds, run_span_s
 from llmcluster.sim.training import GlobalStep, global_step
 
 __all__ = [
+    "RESTART_OVERHEAD_S",
     "Catalog",
     "CatalogError",
     "CommCost",
@@ -61,6 +62,7 @@ __all__ = [
     "phase_seconds",
     "rank_step",
     "rank_telemetry",
+    "run_span_s",
     "step_metrics",
     "step_time_model_s",
 ]

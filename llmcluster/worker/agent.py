@@ -66,6 +66,7 @@ class NodeAgent:
         self.shm: mmap.mmap | None = None
         self.board: mmap.mmap | None = None
         self.group_done_at: float | None = None  # when the last local rank exited
+        self.sim_time = 0.0  # the simulated clock at the current attempt's start
         self.work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-node-")  # swept
         os.chmod(self.work_dir, 0o700)
 
@@ -176,6 +177,7 @@ class NodeAgent:
             link.run_id = msg.run_id
         elif isinstance(body, Spawn) and self.config is not None:
             self._stop_group(link)
+            self.sim_time = body.sim_time
             link.attempt = body.attempt
             self._announce_group(link.attempt, link.run_id or "")
             self._spawn(body, link.run_id or "")
@@ -195,7 +197,7 @@ class NodeAgent:
         config = self.config
         assert config is not None
         return {
-            "start_time": time.time(),
+            "start_time": self.sim_time,
             "agent_pid": os.getpid(),
             "nnodes": config.nnodes,
             "nproc_per_node": config.nproc_per_node,
