@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
-import re
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 
@@ -16,7 +12,6 @@ from llmcluster import sim
 from llmcluster.config import TARGET_WALL_STEP_S, RunConfig
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-RUN_DIR_PREFIX = "llmcluster-"
 
 
 def process_start_wall() -> float:
@@ -48,27 +43,6 @@ def timeline_start(config: RunConfig, plan: sim.RunPlan, launch_wall: float) -> 
     if config.start_at_launch:
         return launch_wall
     return launch_wall - sim.run_span_s(plan, max_restarts=config.max_restarts)
-
-
-def sweep_stale_dirs() -> None:
-    """Remove socket directories of earlier runs whose owner is gone (e.g. kill -9)."""
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{RUN_DIR_PREFIX}*-*")):
-        match = re.match(rf"{RUN_DIR_PREFIX}(\d+)-", os.path.basename(path))
-        if match is None:
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:
-            continue
-
-
-def private_dir(kind: str) -> str:
-    """A new 0700 directory for this process's sockets (``llmcluster-<pid>-<kind>...``)."""
-    path = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-{kind}")
-    os.chmod(path, 0o700)
-    return path
 
 
 @contextlib.contextmanager

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import time
 
 from llmcluster import sim
 from llmcluster.config import RunConfig
 from llmcluster.control.procs import fork_child
+from llmcluster.control.rundir import RunDir, sweep_stale_dirs
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.server import CoordinatorServer
 from llmcluster.coordinator.state import Settings
 from llmcluster.launch import runfile
 from llmcluster.launch.common import (
     choose_speed,
-    private_dir,
     process_start_wall,
     stop_signals_to,
-    sweep_stale_dirs,
     timeline_start,
 )
 from llmcluster.launch.nodes import LocalNodes
@@ -42,8 +40,8 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
     run_id = secrets.token_hex(6)
     received: list[int] = []
     sweep_stale_dirs()
-    work_dir = private_dir("run-")
-    control, publish = f"ipc://{work_dir}/control", f"ipc://{work_dir}/records"
+    run_dir = RunDir("run-")
+    control, publish = f"ipc://{run_dir.path}/control", f"ipc://{run_dir.path}/records"
     host = local_host_name()
 
     def start_agent(node: int) -> int:
@@ -85,4 +83,4 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
             with runfile.published(run):
                 return server.run()
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        run_dir.remove()

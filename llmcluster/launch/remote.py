@@ -15,13 +15,13 @@ import time
 
 from llmcluster import sim
 from llmcluster.config import RunConfig
+from llmcluster.control.rundir import sweep_stale_dirs
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.server import CoordinatorServer, RemoteNodes
 from llmcluster.coordinator.state import Settings
 from llmcluster.launch.common import (
     choose_speed,
     stop_signals_to,
-    sweep_stale_dirs,
     timeline_start,
 )
 from llmcluster.render.sinks import show_records

@@ -12,11 +12,9 @@ import contextlib
 import mmap
 import os
 import secrets
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +27,7 @@ from llmcluster.config import RunConfig
 from llmcluster.control.env import torchrun_env
 from llmcluster.control.link import CHECK_S, ControlLink, CoordinatorLost
 from llmcluster.control.procs import fork_child, reap, terminate_all
+from llmcluster.control.rundir import RunDir
 from llmcluster.render.launch import finish_lines, launcher_lines
 from llmcluster.render.report import agent_restart_lines
 from llmcluster.wire import AGENT_SRC, Kind, Message
@@ -67,8 +66,7 @@ class NodeAgent:
         self.board: mmap.mmap | None = None
         self.group_done_at: float | None = None  # when the last local rank exited
         self.sim_time = 0.0  # the simulated clock at the current attempt's start
-        self.work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-node-")  # swept
-        os.chmod(self.work_dir, 0o700)
+        self.run_dir = RunDir("node-")  # the local ranks' inboxes
 
     def run(self) -> int:
         """Serve until EXIT; returns the agent's exit code."""
@@ -114,7 +112,7 @@ class NodeAgent:
             self.children.clear()
             link.close()
             ctx.term()
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+            self.run_dir.remove()
 
     def _join(self, link: ControlLink) -> int | None:
         """Join, retrying with backoff while the coordinator is not up yet (or not answering)."""
@@ -244,7 +242,7 @@ class NodeAgent:
         else:  # nothing of the last attempt's words may look current to the new ranks
             clear_board(self.board)
         for local_rank, rank in enumerate(local):
-            inbox = [f"ipc://{self.work_dir}/r{rank}"]
+            inbox = [f"ipc://{self.run_dir.path}/r{rank}"]
             if self.spec.tcp_host:
                 inbox.append(f"tcp://{self.spec.tcp_host}:0")
             spec = RankSpec(

@@ -1,0 +1,67 @@
+"""Stale socket directories are swept by their lock, never by guessing from a pid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from llmcluster.control.rundir import LOCK_NAME, RunDir, sweep_stale_dirs
+
+HOLDER = (
+    "import sys, time\n"
+    "from llmcluster.control.rundir import RunDir\n"
+    "d = RunDir('test-')\n"
+    "print(d.path, flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def _holder(*prefix: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def test_a_live_owner_keeps_its_directory_and_a_dead_one_loses_it() -> None:
+    proc, path = _holder()
+    try:
+        assert os.stat(path).st_mode & 0o777 == 0o700
+        sweep_stale_dirs()
+        assert os.path.isdir(path)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    sweep_stale_dirs()
+    assert not os.path.exists(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare")  # fmt: skip
+def test_an_owner_in_another_pid_namespace_is_not_mistaken_for_a_dead_one() -> None:
+    proc, path = _holder("unshare", "--pid", "--fork", "--mount-proc")
+    try:
+        sweep_stale_dirs()  # its pid (1 or 2 in its namespace) says nothing here
+        assert os.path.isdir(path)
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.wait(10)
+    sweep_stale_dirs()
+    assert not os.path.exists(path)
+
+
+def test_a_reused_pid_does_not_protect_an_unlocked_directory() -> None:
+    path = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-old-")  # our pid: alive
+    open(os.path.join(path, LOCK_NAME), "w").close()  # a lock nobody holds
+    sweep_stale_dirs()
+    assert not os.path.exists(path)
+    mine = RunDir("mine-")
+    sweep_stale_dirs()
+    assert os.path.isdir(mine.path)
+    mine.remove()
+    assert not os.path.exists(mine.path)
