@@ -34,10 +34,8 @@ COORD_SRC = -1
 HEARTBEAT_S = 1.0
 RENDER_WAIT_S = 10.0
 CONTROL_BATCH = 256
-RENDEZVOUS_SIM_CAP_S = 60.0
 RESTART_KILL_WAIT_S = 5.0
 DRAIN_DISPLAY_S = 1.0
-RESTART_OVERHEAD_S = 90.0  # detect, tear down, re-rendezvous, NCCL init (simulated)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -112,7 +110,6 @@ class Coordinator:
     ) -> None:
         self.config, self.plan, self.run_id, self.speed = config, plan, run_id, speed
         self.launch_wall = launch_wall
-        self.pacing = speed if config.speed is None else 0.0  # as the ranks pace their phases
         self.local_agent_pids = list(local_agent_pids)
         self.show_locally = show_locally  # callable(list[record]) for records nobody received
         self.start_agent = start_agent  # callable(node) -> pid: replace a lost local agent
@@ -380,7 +377,7 @@ class Coordinator:
             real = self.state.ready_wall - self.state.rendezvous_wall
             self._say(f"all {self.config.ranks} ranks ready on {self.config.nnodes} node(s) "
                       f"in {real:.2f}s (attempt {self.attempt}); training")  # fmt: skip
-            self.state.sim_time += max(real, min(real * self.speed, RENDEZVOUS_SIM_CAP_S))
+            self.state.sim_time += sim.rendezvous_time_s(self.plan)
             self.publish(
                 {
                     "type": "ready",
@@ -398,8 +395,6 @@ class Coordinator:
         real = [self.agents[n].host if n in self.agents else "" for n in range(config.nnodes)]
         hosts = [self._display_host(n, h) for n, h in enumerate(real)]
         described = sim.describe_plan(plan)
-        described["plan"]["init_s"] = sim.init_time_s(plan, self.pacing)
-        described["plan"]["eval_s"] = sim.eval_time_s(plan, self.pacing)
         return {
             "type": "run",
             "run_id": self.run_id,
@@ -498,13 +493,13 @@ class Coordinator:
                 "eval_s": elapsed, "accuracy": None,
             }  # fmt: skip
         elif name == "checkpoint":
-            info = sim.checkpoint_info(self.plan, step, self.pacing)
+            info = sim.checkpoint_info(self.plan, step)
             elapsed = info.save_s
             state.checkpoints += 1
             state.last_checkpoint_step = step
             record = {"type": "checkpoint", **asdict(info)}
         elif name == "export":
-            export = sim.export_info(self.plan, self.pacing)
+            export = sim.export_info(self.plan)
             elapsed = export.export_s
             record = {
                 "type": "export", "path": export.path, "format": "safetensors",
@@ -625,8 +620,9 @@ class Coordinator:
         resume = state.last_checkpoint_step + 1
         state.resume_step = resume
         lost = max(0.0, state.sim_time - state.checkpoint_time)
-        state.sim_time += RESTART_OVERHEAD_S
-        state.lost_s += lost + RESTART_OVERHEAD_S
+        overhead = sim.restart_overhead_s(plan)
+        state.sim_time += overhead
+        state.lost_s += lost + overhead
         state.restarts += 1
         self.publish(
             {
@@ -637,7 +633,7 @@ class Coordinator:
                 "restarts_left": self.config.max_restarts - self.attempt,
                 "resume_step": resume,
                 "replayed_steps": state.merged_step - state.last_checkpoint_step,
-                "lost_s": lost + RESTART_OVERHEAD_S,
+                "lost_s": lost + overhead,
                 "reason": state.failure_reason,
             }
         )

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from typing import Any
 
 from llmcluster.sim.phases import eval_time_s
-from llmcluster.sim.plan import RunPlan
+from llmcluster.sim.runplan import RunPlan
 from llmcluster.sim.throughput import step_time_model_s
 
 

@@ -106,8 +106,8 @@ class Rank:
         self.faults: tuple[Fault, ...] = ()
         size = spec.config.grad_bucket_bytes // 4
         self.bucket = np.full(size, spec.rank % 7 + 1, dtype=np.float32) if size else None
-        # --speed auto paces phases like a real run; an explicit --speed gets the physics alone
-        self.pacing = spec.speed if spec.config.speed is None else 0.0
+        # --speed auto gives the phases around the steps a watchable wall duration
+        self.auto_speed = spec.config.speed is None
 
     # ---- control --------------------------------------------------------------------------
     def _handle(self, messages: list[Message]) -> None:
@@ -208,17 +208,14 @@ class Rank:
         spec, config = self.spec, self.spec.config
         state = sim.init_rank_state(plan, spec.rank)
         if spec.start_step == 1:
-            self._phase(comm, "init", 0, sim.init_time_s(plan, self.pacing), {})
+            self._phase(comm, "init", 0, sim.init_time_s(plan), {})
         else:  # restarted: load the last checkpoint first
             resumed = spec.start_step - 1
-            restore_s = sim.paced_s(
-                sim.checkpoint_info(plan, resumed).save_s, "restore", self.pacing
-            )
-            self._phase(comm, "restore", resumed, restore_s, {})
+            self._phase(comm, "restore", resumed, sim.restore_time_s(plan, resumed), {})
         cost = sim.comm_cost(plan, config.algorithm)
         step = spec.start_step - 1
         for step in range(spec.start_step, plan.total_steps + 1):
-            self._carry_out_faults(step)
+            self._carry_out_faults(plan, step)
             work = sim.rank_step(plan, state, step, attempt=spec.attempt)
             self._sleep(work.compute_s / spec.speed)
             arrive = time.time()
@@ -272,12 +269,12 @@ class Rank:
             state = self._between_steps(plan, comm, state, step)
         else:
             if step == plan.total_steps:
-                info = sim.export_info(plan, self.pacing)
+                info = sim.export_info(plan)
                 self._phase(comm, "export", step, info.export_s, {})
         return step
 
-    def _carry_out_faults(self, step: int) -> None:
-        """Injected process faults, for real: the i-th fires in restart attempt i."""
+    def _carry_out_faults(self, plan: sim.RunPlan, step: int) -> None:
+        """Process faults, for real: the i-th fires in restart attempt i."""
         spec = self.spec
         if spec.attempt >= len(self.faults):
             return
@@ -286,6 +283,12 @@ class Rank:
             return
         if fault.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        oom = sim.fatal_event(plan, spec.rank, fault.step) if fault.kind == "oom" else None
+        if oom is not None:  # torch's traceback, then the uncaught exception's exit code
+            for line in sim.oom_traceback(plan, oom):
+                print(f"[rank{spec.rank}]: {line}", file=sys.stderr)
+            sys.stderr.flush()
+            raise RankExit(1)
         while True:  # hang: alive, silent, deaf to the coordinator (like a stuck CUDA kernel)
             time.sleep(3600)
 
@@ -294,7 +297,7 @@ class Rank:
     ) -> sim.RankState:
         """Validation and checkpointing after ``step``; the GPUs cool while they run."""
         if sim.is_eval_step(plan, step):
-            eval_s = sim.eval_time_s(plan, self.pacing)
+            eval_s = sim.eval_time_s(plan)
             local = sim.local_val_loss(plan, step, self.spec.rank)
             val = self._phase(comm, "eval", step, eval_s, {}, value=local)
             if self.spec.rank == 0:
@@ -303,7 +306,7 @@ class Rank:
                 plan, state, step, compute_s=eval_s, step_time_s=eval_s, phase="eval"
             )
         if sim.is_checkpoint_step(plan, step):
-            save_s = sim.checkpoint_info(plan, step, self.pacing).save_s
+            save_s = sim.checkpoint_info(plan, step).save_s
             self._phase(comm, "checkpoint", step, save_s, {})
             state, _ = sim.rank_telemetry(
                 plan, state, step, compute_s=0.0, step_time_s=save_s, phase="checkpoint"
@@ -320,7 +323,7 @@ class Rank:
         *,
         value: float | None = None,
     ) -> float:
-        """Run a phase on every rank: sleep its scaled duration, then meet in an allreduce.
+        """Run a phase on every rank: sleep its paced wall duration, then meet in an allreduce.
 
         Returns the mean of ``value`` over ranks (the validation loss), or 0.
         """
@@ -330,7 +333,7 @@ class Rank:
                 Kind.PHASE, rank=0, step=step, name=name, state="begin",
                 data={"expected_s": sim_s, **data},
             )  # fmt: skip
-        self._sleep(sim_s / spec.speed)
+        self._sleep(sim.wall_seconds(name, sim_s, spec.speed, auto=self.auto_speed))
         mean = comm.allreduce(
             np.array([0.0 if value is None else value]), "mean", algorithm=spec.config.algorithm
         )
