@@ -389,3 +389,39 @@ def test_export_layout_is_save_pretrained_s(model: str, shards: int) -> None:
         assert min(sizes[:-1]) > 3e9 and sizes[-1] < max(sizes)  # filled, small last shard
     assert sum(b for _, b in weights) > export.weights_bytes == 2 * p.model.params
     assert sum(b for _, b in export.files) == export.bytes_total
+
+
+# ---- end to end: the same run at two speeds -------------------------------------------------
+WALL_FIELDS = {"agent_pid", "pids", "run_id", "speed", "start_time", "ready_s", "wall_ms",
+               "arrive_ms", "wait_ms", "wall_seconds"}  # fmt: skip
+
+
+def _simulated(recs: list[dict]) -> list[dict]:
+    """The records without their wall-clock fields, times relative to the run's start."""
+
+    def strip(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in WALL_FIELDS}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    start = recs[0]["start_time"]
+    out = []
+    for rec in recs:
+        rec = dict(rec)
+        if "time" in rec:
+            rec["time"] = round(rec["time"] - start, 6)
+        out.append(strip(rec))
+    return out
+
+
+def test_one_seed_is_one_timeline_at_any_speed(clean_table: None) -> None:
+    args = ("--ranks", "2", "--steps", "3", "--seed", "11", "--format", "jsonl",
+            "--model", "GPT-2", "--gpu", "H100-SXM")  # fmt: skip
+    fast = run_cli(*args, "--speed", "1000", timeout=100)
+    auto = run_cli(*args, timeout=200)  # --speed auto paces the phases for watching
+    assert fast.returncode == 0 and auto.returncode == 0, fast.stderr + auto.stderr
+    fast_recs, auto_recs = records(fast.stdout), records(auto.stdout)
+    assert fast_recs[0]["speed"] != auto_recs[0]["speed"]
+    assert _simulated(fast_recs) == _simulated(auto_recs)
