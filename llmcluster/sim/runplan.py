@@ -26,8 +26,9 @@ class Event:
     step: int  # a spike's loss peak; the step an OOM kills its rank in
     rank: int = -1
     duration: float = 1.0  # steps (spike recovery, straggler/thermal span)
-    magnitude: float = 0.0  # nats for a spike, slowdown for a straggler, C over slowdown
-    # for a thermal event (how hot full power would drive the GPU with its cooling degraded)
+    # spike: nats at the peak; straggler: slowdown factor; thermal: how far (C) past slowdown
+    # full power would drive the GPU with its cooling degraded
+    magnitude: float = 0.0
 
     def active(self, step: int) -> bool:
         """True while the event affects ``step``."""
