@@ -56,8 +56,13 @@ def test_simulated_durations_come_from_the_models_alone(seed: int) -> None:
     d = _durations(p)
     forward = p.flops_per_step / (p.world_size * p.peak_flops * p.mfu_target) / 3.0
     assert d["eval"] == pytest.approx(p.eval_iters * forward, rel=1e-12)
-    written = 14 * p.model.params / (phases.STORAGE_GBS_PER_NODE * p.nnodes * 1e9)
+    evals = [sim.eval_time_s(p, s) for s in (100, 200, 250)]
+    assert len(set(evals)) == 3 and all(abs(e / d["eval"] - 1) < 0.1 for e in evals)
+    ckpt = sim.checkpoint_info(p, p.checkpoint_interval)
+    written = 14 * p.model.params / (ckpt.bandwidth_gbs * 1e9)
     assert d["checkpoint"] == pytest.approx(phases.CHECKPOINT_FIXED_S + written, rel=1e-12)
+    nominal = phases.STORAGE_GBS_PER_NODE * p.nnodes
+    assert 0.75 * nominal < ckpt.bandwidth_gbs <= 1.25 * nominal
     assert d["restore"] == d["checkpoint"]  # read back at the bandwidth it was written with
     assert d["restart"] > d["init"] == p.init_s
     assert d["export"] > sim.export_info(p).weights_bytes / 1.2e9

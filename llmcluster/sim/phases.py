@@ -3,10 +3,12 @@
 Every duration is simulated seconds from the same physics as the steps, the
 same for a seed at any ``--speed`` (pacing.py decides only how much wall time
 a phase takes): validation runs ``eval_iters`` forward passes of a global
-batch (a third of a training step's FLOPs each); checkpoints write 14 bytes per
+batch (a third of a training step's FLOPs each, within ~1.5 % from one
+evaluation to the next); checkpoints write 14 bytes per
 parameter (bf16 weights + fp32 master weights, m and v) sharded over all ranks
 at a per-node storage bandwidth derived from BLOOM (2.3 TB in 40 s from 48
-nodes), and a restart reads the same back; a restart first stops the failed
+nodes, slower by a few per cent when other jobs share the storage), and a
+restart reads the same back; a restart first stops the failed
 group and starts the processes again (torchrun: SIGTERM, wait, new rendezvous
 round, interpreter and CUDA/NCCL start, model build).
 """
@@ -27,7 +29,10 @@ CHECKPOINT_FIXED_S = 1.5  # barrier, metadata, fsync
 STOP_GROUP_S = 4.0  # torchrun: SIGTERM to the surviving workers and waiting for them
 RENDEZVOUS_BASE_S = 1.5  # c10d rendezvous round with every agent present
 RENDEZVOUS_PER_DOUBLING_S = 0.4
+EVAL_SPREAD = 0.015  # relative step-to-step spread of a validation pass (data loading, kernels)
+STORAGE_SPREAD = 0.06  # of a checkpoint's write time (other jobs on the shared storage)
 VAL_GAP_NATS = (0.02, 0.06)  # val tracks train a little above (GPT-2 on OWT ~0.01, BLOOM 0.12)
+EVAL_TIME_KEY, STORAGE_KEY = 10**9 + 1, 10**9 + 2  # EVAL stream keys no step can take
 
 
 def init_time_s(plan: RunPlan) -> float:
@@ -56,9 +61,15 @@ def is_checkpoint_step(plan: RunPlan, step: int) -> bool:
     return step % plan.checkpoint_interval == 0 or step == plan.total_steps
 
 
-def eval_time_s(plan: RunPlan) -> float:
-    """Simulated seconds of one validation pass: ``eval_iters`` forward passes."""
-    return plan.eval_iters * step_time_model_s(plan) / 3.0
+def _jitter(plan: RunPlan, kind: int, step: int, spread: float) -> float:
+    return 1.0 + spread * float(generator(plan.seed, Stream.EVAL, kind, step).standard_normal())
+
+
+def eval_time_s(plan: RunPlan, step: int | None = None) -> float:
+    """Simulated seconds of one validation pass: ``eval_iters`` forward passes, varying a
+    little from one evaluation to the next (``step``; None: the nominal figure)."""
+    nominal = plan.eval_iters * step_time_model_s(plan) / 3.0
+    return nominal if step is None else nominal * _jitter(plan, EVAL_TIME_KEY, step, EVAL_SPREAD)
 
 
 def local_val_loss(plan: RunPlan, step: int, rank: int) -> float:
@@ -88,14 +99,15 @@ def checkpoint_info(plan: RunPlan, step: int) -> CheckpointInfo:
     """Size, layout and duration of the checkpoint saved after ``step``."""
     total = int(CHECKPOINT_BYTES_PER_PARAM * plan.model.params)
     bandwidth = STORAGE_GBS_PER_NODE * plan.nnodes
+    contention = max(0.8, _jitter(plan, STORAGE_KEY, step, STORAGE_SPREAD))  # shared storage
     return CheckpointInfo(
         step=step,
         path=f"{plan.checkpoint_dir}/iter_{step:07d}",
         shards=plan.world_size,
         bytes_total=total,
         bytes_per_rank=total // plan.world_size,
-        save_s=CHECKPOINT_FIXED_S + total / (bandwidth * 1e9),
-        bandwidth_gbs=bandwidth,
+        save_s=CHECKPOINT_FIXED_S + total / (bandwidth * 1e9) * contention,
+        bandwidth_gbs=bandwidth / contention,
     )
 
 

@@ -297,7 +297,7 @@ class Rank:
     ) -> sim.RankState:
         """Validation and checkpointing after ``step``; the GPUs cool while they run."""
         if sim.is_eval_step(plan, step):
-            eval_s = sim.eval_time_s(plan)
+            eval_s = sim.eval_time_s(plan, step)
             local = sim.local_val_loss(plan, step, self.spec.rank)
             val = self._phase(comm, "eval", step, eval_s, {}, value=local)
             if self.spec.rank == 0:
