@@ -70,7 +70,8 @@ def test_every_number_agrees(run_records: list[dict]) -> None:
         assert ev["val_ppl"] == pytest.approx(math.exp(ev["val_loss"]))
     export = next(r for r in run_records if r["type"] == "export")
     assert sum(f["bytes"] for f in export["files"]) == export["bytes_total"]
-    assert export["bytes_total"] == 2 * run["model"]["params"]
+    weights = 2 * run["model"]["params"]  # bf16, plus safetensors headers and the JSON files
+    assert weights < export["bytes_total"] < 1.001 * weights + 100_000
 
 
 def test_same_seed_same_losses() -> None:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmcluster import sim
-from llmcluster.sim import hardware, training
+from llmcluster.sim import data, hardware, training
 from llmcluster.sim.plan import Event
 
 CATALOG = sim.load_catalog()
@@ -180,12 +180,14 @@ def test_lr_schedule_shape(seed: int, world: int, steps: int) -> None:
 
 @PROPERTY
 @given(seed=SEEDS, world=st.sampled_from([1, 8, 64]))
-def test_loss_starts_near_ln_vocab_falls_and_stays_above_one(seed: int, world: int) -> None:
+def test_loss_starts_near_ln_vocab_falls_and_stays_above_the_floor(seed: int, world: int) -> None:
     plan = plan_for(seed, world, steps=300)
     losses = np.array([s.loss for s in run_steps(plan, 300)])
     assert abs(losses[0] - math.log(plan.model.vocab)) < 0.5
     assert losses[-30:].mean() < losses[:30].mean() - 1.0
-    assert losses.min() >= 1.0
+    assert losses.min() >= training.LOSS_FLOOR
+    if data.epoch_at(plan, 300) <= 1.0:  # nothing memorised: never below the data's entropy
+        assert losses.min() >= data.kind_law(plan).floor
     residual = losses[100:] - np.array([training.expected_loss(plan, s) for s in range(101, 301)])
     assert residual.std() > 0  # noisy, not a template
 
@@ -193,9 +195,9 @@ def test_loss_starts_near_ln_vocab_falls_and_stays_above_one(seed: int, world: i
 def test_spikes_recover_and_lift_the_grad_norm() -> None:
     plan = dataclasses.replace(plan_for(5, 8, steps=300),
                                events=(Event("spike", 150, -1, 15.0, 0.8),))  # fmt: skip
-    before, at, later = (training.expected_loss(plan, s) for s in (149, 150, 200))
+    before, at, later = (training.expected_loss(plan, s) for s in (140, 150, 200))
     assert at > before + 0.7 and later < before + 0.05
-    assert training.grad_norm_at(plan, 150) > 3 * training.grad_norm_at(plan, 149)
+    assert training.grad_norm_at(plan, 150) > 50 * training.grad_norm_at(plan, 140)
 
 
 def test_validation_loss_tracks_training_loss_with_a_small_gap() -> None:
@@ -231,11 +233,12 @@ def test_ring_bandwidth_term_matches_nccl_tests_busbw() -> None:
 
 def test_thermal_fault_throttles_and_makes_a_straggler() -> None:
     base = plan_for(11, 8, model="Llama-3-8B", gpu="H100-SXM", steps=300)
-    plan = dataclasses.replace(base, events=(Event("thermal", 2, 3, 400.0, 1.45),))
+    plan = dataclasses.replace(base, events=(Event("thermal", 2, 3, 400.0, 25.0),))
     steps = run_steps(plan, 80)
     hot = [s.samples[3] for s in steps]
     others = [max(x.temp_c for i, x in enumerate(s.samples) if i != 3) for s in steps]
-    assert max(h.temp_c for h in hot) >= plan.gpu.slowdown_c > max(others)
+    assert plan.gpu.slowdown_c - 1.5 <= max(h.temp_c for h in hot) <= plan.gpu.slowdown_c
+    assert max(others) < plan.gpu.max_operating_c
     assert any(h.throttled for h in hot)
     state = sim.init_rank_state(plan, 3)
     throttled = dataclasses.replace(state, clock_mhz=plan.gpu.max_clock_mhz * 0.72)
@@ -258,5 +261,8 @@ def test_checkpoint_and_export_sizes_follow_the_parameter_count() -> None:
     assert ckpt.bytes_per_rank * 64 <= ckpt.bytes_total
     assert ckpt.save_s > ckpt.bytes_total / (ckpt.bandwidth_gbs * 1e9)
     export = sim.export_info(plan)
-    assert sum(b for _, b in export.files) == export.bytes_total == 2 * plan.model.params
-    assert len(export.files) == math.ceil(export.bytes_total / 5e9)
+    assert sum(b for _, b in export.files) == export.bytes_total > export.weights_bytes
+    assert export.weights_bytes == 2 * plan.model.params
+    shards = [b for name, b in export.files if name.endswith(".safetensors")]
+    assert len(shards) == 4  # as meta-llama/Meta-Llama-3-8B on the Hub
+    assert all(b <= 5e9 for b in shards) and shards[-1] < min(shards[:-1])

@@ -180,6 +180,7 @@ class Coordinator(Rendezvous):
         if not self.reports.rank_ready(rank) or self.phase is not Phase.RENDEZVOUS:
             return
         self.phase = Phase.TRAINING
+        self.progress.rendezvous()
         real = wall - self.rendezvous_wall
         self.say(
             f"all {self.config.ranks} ranks ready on {self.config.nnodes} node(s) in "

@@ -81,6 +81,11 @@ class Progress:
         self.last_step = merged.step
         return merged
 
+    def rendezvous(self) -> None:
+        """Every rank passed the first barrier: the rendezvous round took its modelled time."""
+        self.sim_time += sim.rendezvous_time_s(self.plan)
+        self.sim_seconds += sim.rendezvous_time_s(self.plan)
+
     def phase_begins(self, name: PhaseName, step: int) -> PhaseRecord:
         """A phase starts now; ``expected_s`` is its modelled duration."""
         return PhaseRecord(
@@ -136,8 +141,9 @@ class Progress:
         self, *, attempt: int, max_restarts: int, merged_step: int, reason: str
     ) -> RestartRecord:
         """The group restarts from the last checkpoint: the work since then is lost."""
-        lost = max(0.0, self.sim_time - self.checkpoint_time) + sim.RESTART_OVERHEAD_S
-        self.sim_time += sim.RESTART_OVERHEAD_S
+        overhead = sim.restart_overhead_s(self.plan) + sim.rendezvous_time_s(self.plan)
+        lost = max(0.0, self.sim_time - self.checkpoint_time) + overhead
+        self.sim_time += overhead
         self.lost_s += lost
         self.restarts += 1
         resume = self.resume_step

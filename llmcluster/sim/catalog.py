@@ -13,6 +13,10 @@ from functools import cache
 from importlib import resources
 from typing import Any, TypeVar
 
+DATASET_KINDS = ("web", "multilingual", "wiki", "academic", "books", "math", "synthetic",
+                 "stories", "code", "forum", "chat")  # fmt: skip
+MODEL_DOMAINS = ("general", "code")
+
 
 class CatalogError(ValueError):
     """A catalog file is malformed (names the file and the entry)."""
@@ -24,6 +28,7 @@ class ModelSpec:
 
     name: str
     family: str
+    domain: str  # general | code: what it is pretrained on
     hf_id: str
     params: int
     active_params: int
@@ -84,6 +89,7 @@ class DatasetSpec:
     tokens: int
     documents: int
     languages: str
+    kind: str  # web, code, stories ...: sets the loss floor (sim/data.py)
     license: str
     humorous: bool
     description: str
@@ -149,6 +155,11 @@ def _build(cls: type[Spec], entry: Any, source: str) -> Spec:
         elif spec_field.type == "tuple[str, ...]":
             value = tuple(str(v) for v in value)
         values[key] = value
+    allowed = {"kind": DATASET_KINDS, "domain": MODEL_DOMAINS}
+    for key, choices in allowed.items():
+        if key in values and values[key] not in choices:
+            raise CatalogError(f"{source}: {entry['name']!r} field {key} must be one of "
+                               f"{', '.join(choices)}")  # fmt: skip
     return cls(**values)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from llmcluster.sim.data import epoch_at, samples_per_epoch
 from llmcluster.sim.phases import eval_time_s
-from llmcluster.sim.plan import RunPlan
+from llmcluster.sim.runplan import RunPlan
 from llmcluster.sim.throughput import step_time_model_s
 
 
@@ -48,6 +49,8 @@ def describe_plan(plan: RunPlan) -> dict[str, Any]:
             "checkpoint_dir": plan.checkpoint_dir,
             "export_dir": plan.export_dir,
             "total_tokens": plan.tokens_per_step * plan.total_steps,
+            "samples_per_epoch": samples_per_epoch(plan),
+            "epochs": epoch_at(plan, plan.total_steps),
             "flops_per_token": plan.flops_per_token,
             "mfu_target": plan.mfu_target,
             "init_s": plan.init_s,

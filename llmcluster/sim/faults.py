@@ -1,9 +1,11 @@
 """Injected faults for demos: ``--inject kill:rank=17,step=40`` and ``--chaos RATE``.
 
-Process faults (``kill``, ``hang``) are carried out for real by the rank
-process: SIGKILL to itself, or going silent while alive. Hardware and training
-faults (``straggler``, ``throttle``, ``nan``, ``spike``) become simulation
-events, so their effects flow through the same physics as natural ones.
+Process faults (``kill``, ``hang``, ``oom``) are carried out for real by the
+rank process: SIGKILL to itself, going silent while alive, or torch's OOM
+traceback and exit code 1 (natural OOM events of the plan join them).
+Hardware and training faults (``straggler``, ``throttle``, ``nan``, ``spike``)
+become simulation events, so their effects flow through the same physics as
+natural ones.
 """
 
 from __future__ import annotations
@@ -12,18 +14,20 @@ from dataclasses import dataclass, replace
 
 from llmcluster.config import ConfigError, RunConfig
 from llmcluster.sim.catalog import load_catalog
-from llmcluster.sim.plan import Event, RunPlan, make_plan
+from llmcluster.sim.plan import make_plan
 from llmcluster.sim.rng import Stream, generator
+from llmcluster.sim.runplan import Event, RunPlan
 
 KEYS = {
     "kill": {"rank": True, "step": True},
     "hang": {"rank": True, "step": True},
+    "oom": {"rank": True, "step": True},
     "straggler": {"rank": True, "slowdown": False, "step": False, "steps": False},
     "throttle": {"gpu": True, "step": False, "steps": False},
     "nan": {"step": True},
     "spike": {"step": True, "size": False},
 }
-PROCESS_FAULTS = ("kill", "hang")
+THROTTLE_EXCESS_C = 25.0  # an injected throttle: full power would run 25 C past slowdown
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def parse_fault(text: str) -> Fault:
         raise ConfigError(f"--inject {kind}: missing {', '.join(missing)}")
     rank = int(values.get("rank", values.get("gpu", -1)))
     step = int(values.get("step", 1))
-    first = 0 if kind in PROCESS_FAULTS else 1  # step 0: during rendezvous, before the barrier
+    first = 0 if kind in ("kill", "hang") else 1  # step 0: in rendezvous, before the barrier
     if step < first:
         raise ConfigError(f"--inject {kind}: step must be >= {first}, got {step}")
     default_value = {"straggler": 1.3, "spike": 0.8}.get(kind, 0.0)
@@ -96,9 +100,12 @@ def chaos_faults(plan: RunPlan, rate: float) -> tuple[Fault, ...]:
     )
 
 
-def process_faults(faults: tuple[Fault, ...]) -> tuple[Fault, ...]:
-    """Kills and hangs in the order they fire: the i-th fires in restart attempt i."""
-    return tuple(sorted((f for f in faults if f.kind in PROCESS_FAULTS), key=lambda f: f.step))
+def process_faults(plan: RunPlan, faults: tuple[Fault, ...]) -> tuple[Fault, ...]:
+    """Kills, hangs and OOMs (injected or the plan's) in the order they fire: the i-th fires
+    in restart attempt i (a replayed step does not fail again)."""
+    chosen = [f for f in faults if f.kind in ("kill", "hang")]
+    chosen += [Fault("oom", e.rank, e.step) for e in plan.events if e.kind == "oom"]
+    return tuple(sorted(chosen, key=lambda f: f.step))
 
 
 def fault_events(plan: RunPlan, faults: tuple[Fault, ...]) -> tuple[Event, ...]:
@@ -109,11 +116,13 @@ def fault_events(plan: RunPlan, faults: tuple[Fault, ...]) -> tuple[Event, ...]:
         if fault.kind == "straggler":
             events.append(Event("straggler", fault.step, fault.rank, span, fault.value))
         elif fault.kind == "throttle":
-            events.append(Event("thermal", fault.step, fault.rank, span, 1.45))
+            events.append(Event("thermal", fault.step, fault.rank, span, THROTTLE_EXCESS_C))
         elif fault.kind == "nan":
             events.append(Event("nan_skip", fault.step))
         elif fault.kind == "spike":
-            events.append(Event("spike", fault.step, -1, 20.0, fault.value))
+            events.append(Event("spike", fault.step, -1, 30.0, fault.value))
+        elif fault.kind == "oom":
+            events.append(Event("oom", fault.step, fault.rank))
     return tuple(events)
 
 
@@ -139,4 +148,5 @@ def build_setup(config: RunConfig) -> RunSetup:
     )
     faults = parse_faults(tuple(config.inject), config.ranks) + chaos_faults(plan, config.chaos)
     events = tuple(sorted(plan.events + fault_events(plan, faults), key=lambda e: (e.step, e.kind)))
-    return RunSetup(replace(plan, events=events), process_faults(faults))
+    plan = replace(plan, events=events)
+    return RunSetup(plan, process_faults(plan, faults))

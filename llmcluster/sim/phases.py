@@ -1,12 +1,16 @@
-"""The phases around the training steps: start-up, validation, checkpoints, export.
+"""The phases around the training steps: start-up, validation, checkpoints, restarts.
 
-Durations are simulated seconds from the same physics as the steps:
-validation runs ``eval_iters`` forward passes of a global batch (a third of a
-training step's FLOPs each); checkpoints write 14 bytes per parameter (bf16
-weights + fp32 master weights, m and v) sharded over all ranks at a per-node
-storage bandwidth derived from BLOOM (2.3 TB in 40 s from 48 nodes); the export
-gathers the bf16 weights and writes SafeTensors shards of at most 5 GB, as
-``transformers``' ``save_pretrained`` does.
+Every duration is simulated seconds from the same physics as the steps, the
+same for a seed at any ``--speed`` (pacing.py decides only how much wall time
+a phase takes): validation runs ``eval_iters`` forward passes of a global
+batch (a third of a training step's FLOPs each, within ~1.5 % from one
+evaluation to the next); checkpoints write 14 bytes per
+parameter (bf16 weights + fp32 master weights, m and v) sharded over all ranks
+at a per-node storage bandwidth derived from BLOOM (2.3 TB in 40 s from 48
+nodes, slower by a few per cent when other jobs share the storage), and a
+restart reads the same back; a restart first stops the failed
+group and starts the processes again (torchrun: SIGTERM, wait, new rendezvous
+round, interpreter and CUDA/NCCL start, model build).
 """
 
 from __future__ import annotations
@@ -15,35 +19,36 @@ import math
 from dataclasses import dataclass
 
 from llmcluster.sim import training
-from llmcluster.sim.plan import (
-    CHECKPOINT_BYTES_PER_PARAM,
-    EXPORT_SHARD_BYTES,
-    STORAGE_GBS_PER_NODE,
-    RunPlan,
-)
 from llmcluster.sim.rng import Stream, generator
+from llmcluster.sim.runplan import RunPlan
 from llmcluster.sim.throughput import step_time_model_s
 
+CHECKPOINT_BYTES_PER_PARAM = 14  # bf16 weights + fp32 master, m, v
+STORAGE_GBS_PER_NODE = 1.2  # BLOOM: 2.3 TB in 40 s from 48 nodes [D]
 CHECKPOINT_FIXED_S = 1.5  # barrier, metadata, fsync
-EXPORT_FIXED_S = 4.0  # gather to rank 0, dtype conversion, index file
-VAL_GAP_NATS = (0.02, 0.06)
-# With --speed auto, phases last at least this long on the wall clock so a demo has the
-# rhythm of a real run (init 5-10 s, validation 5-10 s, checkpoint 3-5 s, export 5-10 s);
-# the simulated duration is stretched to match, so the clock stays consistent.
-PHASE_FLOOR_WALL_S = {"init": 6.0, "eval": 5.5, "checkpoint": 3.5, "export": 6.0, "restore": 3.0}
+STOP_GROUP_S = 4.0  # torchrun: SIGTERM to the surviving workers and waiting for them
+RENDEZVOUS_BASE_S = 1.5  # c10d rendezvous round with every agent present
+RENDEZVOUS_PER_DOUBLING_S = 0.4
+EVAL_SPREAD = 0.015  # relative step-to-step spread of a validation pass (data loading, kernels)
+STORAGE_SPREAD = 0.06  # of a checkpoint's write time (other jobs on the shared storage)
+VAL_GAP_NATS = (0.02, 0.06)  # val tracks train a little above (GPT-2 on OWT ~0.01, BLOOM 0.12)
+EVAL_TIME_KEY, STORAGE_KEY = 10**9 + 1, 10**9 + 2  # EVAL stream keys no step can take
 
 
-def paced_s(seconds: float, phase: str, pacing_speed: float) -> float:
-    """``seconds`` of simulated time, at least the phase's wall floor at ``pacing_speed``
-    (0 disables pacing: an explicit --speed gets the physics alone)."""
-    return max(seconds, PHASE_FLOOR_WALL_S.get(phase, 0.0) * pacing_speed)
-
-
-def init_time_s(plan: RunPlan, pacing_speed: float = 0.0) -> float:
+def init_time_s(plan: RunPlan) -> float:
     """Simulated seconds from rendezvous to the first step (model build, data index, warm-up)."""
-    return paced_s(
-        plan.init_s, "init", pacing_speed
-    )  # val tracks train a little above (GPT-2 on OWT ~0.01, BLOOM 0.12)
+    return plan.init_s
+
+
+def rendezvous_time_s(plan: RunPlan) -> float:
+    """Simulated seconds of one rendezvous round of all ``nnodes`` agents."""
+    return RENDEZVOUS_BASE_S + RENDEZVOUS_PER_DOUBLING_S * math.log2(plan.nnodes + 1)
+
+
+def restart_overhead_s(plan: RunPlan) -> float:
+    """Simulated seconds a restart costs before its rendezvous and checkpoint load: stopping
+    the failed group, then starting its processes and rebuilding the model again."""
+    return STOP_GROUP_S + plan.init_s
 
 
 def is_eval_step(plan: RunPlan, step: int) -> bool:
@@ -56,9 +61,15 @@ def is_checkpoint_step(plan: RunPlan, step: int) -> bool:
     return step % plan.checkpoint_interval == 0 or step == plan.total_steps
 
 
-def eval_time_s(plan: RunPlan, pacing_speed: float = 0.0) -> float:
-    """Simulated seconds of one validation pass."""
-    return paced_s(plan.eval_iters * step_time_model_s(plan) / 3.0, "eval", pacing_speed)
+def _jitter(plan: RunPlan, kind: int, step: int, spread: float) -> float:
+    return 1.0 + spread * float(generator(plan.seed, Stream.EVAL, kind, step).standard_normal())
+
+
+def eval_time_s(plan: RunPlan, step: int | None = None) -> float:
+    """Simulated seconds of one validation pass: ``eval_iters`` forward passes, varying a
+    little from one evaluation to the next (``step``; None: the nominal figure)."""
+    nominal = plan.eval_iters * step_time_model_s(plan) / 3.0
+    return nominal if step is None else nominal * _jitter(plan, EVAL_TIME_KEY, step, EVAL_SPREAD)
 
 
 def local_val_loss(plan: RunPlan, step: int, rank: int) -> float:
@@ -67,7 +78,7 @@ def local_val_loss(plan: RunPlan, step: int, rank: int) -> float:
     gap = generator(plan.seed, Stream.EVAL, 0).uniform(*VAL_GAP_NATS)
     rng = generator(plan.seed, Stream.EVAL, step, dp_rank)
     sigma = training.local_loss_sigma(plan) / math.sqrt(plan.eval_iters)
-    mean = training.expected_loss(plan, step) + float(gap)
+    mean = training.expected_val_loss(plan, step) + float(gap)
     return max(training.LOSS_FLOOR, mean + sigma * float(rng.standard_normal()))
 
 
@@ -84,50 +95,23 @@ class CheckpointInfo:
     bandwidth_gbs: float
 
 
-def checkpoint_info(plan: RunPlan, step: int, pacing_speed: float = 0.0) -> CheckpointInfo:
+def checkpoint_info(plan: RunPlan, step: int) -> CheckpointInfo:
     """Size, layout and duration of the checkpoint saved after ``step``."""
     total = int(CHECKPOINT_BYTES_PER_PARAM * plan.model.params)
-    physics = CHECKPOINT_FIXED_S + total / (STORAGE_GBS_PER_NODE * plan.nnodes * 1e9)
-    save_s = paced_s(physics, "checkpoint", pacing_speed)
-    bandwidth = total / (save_s - CHECKPOINT_FIXED_S) / 1e9  # what the storage delivered
+    bandwidth = STORAGE_GBS_PER_NODE * plan.nnodes
+    contention = max(0.8, _jitter(plan, STORAGE_KEY, step, STORAGE_SPREAD))  # shared storage
     return CheckpointInfo(
         step=step,
         path=f"{plan.checkpoint_dir}/iter_{step:07d}",
         shards=plan.world_size,
         bytes_total=total,
         bytes_per_rank=total // plan.world_size,
-        save_s=save_s,
-        bandwidth_gbs=bandwidth,
+        save_s=CHECKPOINT_FIXED_S + total / (bandwidth * 1e9) * contention,
+        bandwidth_gbs=bandwidth / contention,
     )
 
 
-@dataclass(frozen=True)
-class ExportInfo:
-    """The final SafeTensors export."""
-
-    path: str
-    files: tuple[tuple[str, int], ...]
-    bytes_total: int
-    export_s: float
-
-
-def export_info(plan: RunPlan, pacing_speed: float = 0.0) -> ExportInfo:
-    """Shards and duration of the bf16 SafeTensors export of the final weights."""
-    total = int(2 * plan.model.params)
-    count = max(1, math.ceil(total / EXPORT_SHARD_BYTES))
-    if count == 1:
-        files = (("model.safetensors", total),)
-    else:
-        size, rest = divmod(total, count)
-        files = tuple(
-            (f"model-{i + 1:05d}-of-{count:05d}.safetensors", size + (rest if i == 0 else 0))
-            for i in range(count)
-        )
-    return ExportInfo(
-        path=plan.export_dir,
-        files=files,
-        bytes_total=total,
-        export_s=paced_s(
-            EXPORT_FIXED_S + total / (STORAGE_GBS_PER_NODE * 1e9), "export", pacing_speed
-        ),
-    )
+def restore_time_s(plan: RunPlan, step: int) -> float:
+    """Simulated seconds to load the checkpoint of ``step`` after a restart (read back at the
+    bandwidth it was written with)."""
+    return checkpoint_info(plan, step).save_s

@@ -3,7 +3,7 @@
 step time = max over ranks of compute + exposed communication, where compute =
 FLOPs per step / (GPUs x peak x MFU) minus the communication the backward pass
 hides, stretched per rank by its silicon (MAMF spreads 5 % within a node),
-its clock (temperature), stragglers and retries. tokens/s, samples/s,
+its clock (temperature) and stragglers. tokens/s, samples/s,
 TFLOPs/GPU and MFU are then all derived from that same step time, so
 tokens/s x step time = tokens per step exactly.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from llmcluster.sim import hardware, training
 from llmcluster.sim.gpu import RankState
-from llmcluster.sim.plan import RunPlan
 from llmcluster.sim.rng import Stream, generator
+from llmcluster.sim.runplan import RunPlan
 
 MFU_DRIFT = 0.015  # slow, relative
 MFU_NOISE = 0.004  # per step, relative
@@ -89,8 +89,7 @@ def slowdown(plan: RunPlan, state: RankState, step: int) -> float:
     """How much slower than nominal this rank computes at ``step`` (>= ~0.97)."""
     factor = state.speed_factor * state.clock_factor(plan.gpu)
     for event in plan.events:
-        slows = event.kind in ("straggler", "oom_retry")
-        if slows and event.rank == state.rank and event.active(step):
+        if event.kind == "straggler" and event.rank == state.rank and event.active(step):
             factor *= event.magnitude
     return factor
 
@@ -109,7 +108,8 @@ def rank_step(plan: RunPlan, state: RankState, step: int, *, attempt: int = 0) -
         data_rng.standard_normal()
     )
     step_rng = generator(plan.seed, Stream.STEP, step, 1)
-    norm = training.grad_norm_at(plan, step) * math.exp(0.08 * float(step_rng.standard_normal()))
+    sigma = training.grad_norm_noise(plan, step)
+    norm = training.grad_norm_at(plan, step) * math.exp(sigma * float(step_rng.standard_normal()))
     if glob.nan_skip:
         grad_sq = math.nan
     else:

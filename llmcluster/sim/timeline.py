@@ -4,11 +4,18 @@ far back a timeline must start so that no record is ever stamped in the future."
 
 from __future__ import annotations
 
-from llmcluster.sim.phases import checkpoint_info, eval_time_s, export_info, init_time_s
-from llmcluster.sim.plan import RunPlan
+from llmcluster.sim.export import export_info
+from llmcluster.sim.phases import (
+    checkpoint_info,
+    eval_time_s,
+    init_time_s,
+    rendezvous_time_s,
+    restart_overhead_s,
+    restore_time_s,
+)
+from llmcluster.sim.runplan import RunPlan
 from llmcluster.sim.throughput import step_time_model_s
 
-RESTART_OVERHEAD_S = 90.0  # detect, tear down, re-rendezvous, NCCL init (simulated)
 STEP_TIME_MARGIN = 1.6  # stragglers, throttling and exposed communication stretch a step
 
 PHASE_NAMES = ("init", "restore", "eval", "checkpoint", "export")
@@ -19,9 +26,11 @@ def phase_seconds(plan: RunPlan, name: str, step: int) -> float:
     if name == "init":
         return init_time_s(plan)
     if name == "eval":
-        return eval_time_s(plan)
-    if name in ("checkpoint", "restore"):
+        return eval_time_s(plan, step)
+    if name == "checkpoint":
         return checkpoint_info(plan, step).save_s
+    if name == "restore":
+        return restore_time_s(plan, step)
     if name == "export":
         return export_info(plan).export_s
     raise ValueError(f"unknown phase {name!r}")
@@ -33,13 +42,16 @@ def run_span_s(plan: RunPlan, *, max_restarts: int) -> float:
     step_s = STEP_TIME_MARGIN * step_time_model_s(plan)
     evals = plan.total_steps // plan.eval_interval + 1
     checkpoints = plan.total_steps // plan.checkpoint_interval + 1
-    save_s = phase_seconds(plan, "checkpoint", plan.total_steps)
+    save_s = 1.2 * phase_seconds(plan, "checkpoint", plan.total_steps)  # seeded jitter
     clean = (
-        phase_seconds(plan, "init", 0)
+        rendezvous_time_s(plan)
+        + phase_seconds(plan, "init", 0)
         + plan.total_steps * step_s
-        + evals * phase_seconds(plan, "eval", plan.total_steps)
+        + evals * 1.2 * eval_time_s(plan)
         + checkpoints * save_s
         + phase_seconds(plan, "export", plan.total_steps)
     )
-    lost_per_restart = RESTART_OVERHEAD_S + save_s + plan.checkpoint_interval * step_s
+    lost_per_restart = (
+        restart_overhead_s(plan) + rendezvous_time_s(plan) + plan.checkpoint_interval * step_s
+    )
     return clean + max_restarts * (lost_per_restart + save_s)

@@ -29,7 +29,7 @@ from llmcluster.wire import Kind, Message
 from llmcluster.wire.messages import Book, Done, Exit, Failure, Join, RankOnly
 from llmcluster.worker.bench import print_bench, rank_bench
 from llmcluster.worker.display import DisplayThread
-from llmcluster.worker.training import Training
+from llmcluster.worker.training import RankDied, Training
 
 RENDEZVOUS_TIMEOUT_S = 60.0
 
@@ -159,6 +159,9 @@ class Rank:
             return 0
         except RankExit as leave:
             return leave.code
+        except RankDied as death:
+            self.report_failure(death.reason, death.exitcode)
+            return death.exitcode
         except CollectiveTimeout as timeout:
             self.report_failure(f"watchdog: {timeout}", 1)
             return 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any, Protocol
 
@@ -28,6 +29,14 @@ from llmcluster.wire.records import PhaseName
 
 SAMPLE_SIM_S = 15.0  # a phase reports a telemetry sample every ~15 simulated seconds
 MAX_SAMPLES = 8
+
+
+class RankDied(Exception):
+    """This rank's process dies of an error a real one would (torch's OOM): report and exit."""
+
+    def __init__(self, reason: str, exitcode: int) -> None:
+        super().__init__(reason)
+        self.reason, self.exitcode = reason, exitcode
 
 
 class RankHost(Protocol):
@@ -52,12 +61,6 @@ class Training:
         size = self.spec.config.grad_bucket_bytes // 4
         self.bucket = np.full(size, self.spec.rank % 7 + 1, dtype=np.float32) if size else None
         self.last: RankStats | None = None
-
-    def _wall_s(self, name: str, sim_s: float) -> float:
-        """Wall seconds a phase of ``sim_s`` simulated seconds takes (--speed auto paces slow
-        phases to be watchable; the simulated figure is never changed)."""
-        pacing = self.spec.speed if self.spec.config.speed is None else 0.0
-        return sim.paced_s(sim_s, name, pacing) / self.spec.speed
 
     def run(self, comm: Communicator) -> int:
         """Train from the attempt's start step to the end (or a stop); returns the last step."""
@@ -141,6 +144,14 @@ class Training:
             return
         if fault.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        oom = (
+            sim.fatal_event(self.plan, self.spec.rank, fault.step) if fault.kind == "oom" else None
+        )
+        if oom is not None:  # torch's traceback, then the uncaught exception's exit code
+            for line in sim.oom_traceback(self.plan, oom):
+                print(f"[rank{self.spec.rank}]: {line}", file=sys.stderr)
+            sys.stderr.flush()
+            raise RankDied(sim.oom_message(self.plan, oom), 1)
         while True:  # hang: alive, silent, deaf to the coordinator (like a stuck CUDA kernel)
             time.sleep(3600)
 
@@ -160,7 +171,7 @@ class Training:
         if spec.rank == 0:
             link.send(Kind.PHASE, Phase(rank=0, step=step, name=name, state=PhaseState.BEGIN))
         slices = max(1, min(MAX_SAMPLES, math.ceil(sim_s / SAMPLE_SIM_S)))
-        wall = self._wall_s(name.value, sim_s)
+        wall = sim.wall_seconds(name.value, sim_s, spec.speed, auto=spec.config.speed is None)
         for index in range(slices):
             host.sleep(wall / slices)
             self._sample(name, step, index, sim_s / slices, (index + 1) * sim_s / slices)
