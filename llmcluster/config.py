@@ -13,7 +13,6 @@ from typing import Any
 ALGORITHMS = ("ring", "tree", "hierarchical")
 FORMATS = ("log", "jsonl")
 UIS = ("auto", "live", "log")
-STYLE_NAMES = ("default", "megatron", "deepspeed", "hf")
 TRANSPORTS = ("ipc", "tcp")
 MAX_RANKS = 4096
 SILENCE_SCALE_RANKS = 256

@@ -27,6 +27,7 @@ from llmcluster.control.env import env_mismatches
 from llmcluster.coordinator.telemetry import RankInfo, merge_step, summary_record, valid_stats
 from llmcluster.wire import MAX_CONTROL_BYTES, DecodeError, Kind, Message, decode, encode
 from llmcluster.wire.codec import send_frames
+from llmcluster.wire.records import record_from_wire
 from llmcluster.worker.display import ACK, ack_frame
 from llmcluster.worker.procs import reap, signal_name, terminate_all
 
@@ -674,7 +675,7 @@ class Coordinator:
             if not self._agents_alive():
                 break
         self._say(f"run {self.state.exit_reason}, exit code {self.state.exit_code}")
-        self.show_locally([*self._unshown(), self._summary()])
+        self.show_locally([record_from_wire(r) for r in (*self._unshown(), self._summary())])
         self.outbox.clear()
         self.unacked.clear()
         self._to_agents(Kind.EXIT, code=self.state.exit_code)

@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 
 from llmcluster.wire import DecodeError, Kind, decode
+from llmcluster.wire.records import SummaryRecord, record_from_wire
 
 ACK = b"A"  # + 8-byte little-endian record sequence number
 SUBSCRIBE_ALL = b"\x01"
@@ -52,10 +53,13 @@ def receive_records(
                 continue
             if msg.kind is not Kind.RECORD:
                 continue
-            record = msg.body["record"]
+            try:
+                record = record_from_wire(msg.body["record"])
+            except DecodeError:
+                continue
             display.show(record)
             sub.send(ack_frame(int(msg.body["seq"])))
-            if record.get("type") == "summary":
+            if isinstance(record, SummaryRecord):
                 return
     finally:
         sub.close()
