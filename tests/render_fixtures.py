@@ -32,6 +32,7 @@ from llmcluster.wire.records import (
     RunRecord,
     StepRecord,
     SummaryRecord,
+    record_from_wire,
 )
 
 T0 = 1_795_000_000.25  # a simulated launch time (unix seconds)
@@ -54,6 +55,23 @@ def make_run(world: int = 64, nproc: int = 8, *, steps: int = TOTAL, dataset: st
         hosts=hosts, real_hosts=hosts, pids=[40000 + 3 * r for r in range(world)], env=[],
         agent_pid=39990,
     )  # fmt: skip
+
+
+NAN_OK = ("loss", "ppl", "grad_norm", "local_loss", "final_loss", "final_ppl")
+
+
+def _nan_for_null(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: math.nan if v is None and k in NAN_OK else _nan_for_null(v)
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, list):
+        return [_nan_for_null(v) for v in value]
+    return value
+
+
+def typed(jsonl: list[dict[str, Any]]) -> list[Record]:
+    """A real run's JSONL as records (JSONL writes NaN as null; the records hold NaN)."""
+    return [record_from_wire(_nan_for_null(r)) for r in jsonl]
 
 
 def step_time(n: int) -> float:

@@ -27,6 +27,7 @@ from render_fixtures import (
     make_run,
     make_step,
     make_summary,
+    typed,
 )
 
 from llmcluster import render
@@ -39,7 +40,6 @@ from llmcluster.wire.records import (
     RunRecord,
     StepRecord,
     SummaryRecord,
-    record_from_wire,
 )
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -406,7 +406,7 @@ def run64() -> list[Record]:
     done = run_cli("--ranks", "64", "--steps", "25", "--seed", "1", "--format", "jsonl",
                    "--speed", "1000000", timeout=100)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    return [record_from_wire(r) for r in records(done.stdout)]
+    return typed(records(done.stdout))
 
 
 def test_megatron_lines_parse_with_the_real_format(run64: list[Record]) -> None:
@@ -484,7 +484,7 @@ def test_failure_box_matches_torchelastic() -> None:
     done = run_cli("--ranks", "8", "--steps", "20", "--format", "jsonl", "--speed", "1000000",
                    "--max-restarts", "0", "--inject", "kill:rank=3,step=6")  # fmt: skip
     assert done.returncode == 1
-    recs = [record_from_wire(r) for r in records(done.stdout)]
+    recs = typed(records(done.stdout))
     run = recs[0]
     failure = next(r for r in recs if isinstance(r, FailureRecord))
     assert isinstance(run, RunRecord)

@@ -27,7 +27,7 @@ from llmcluster.control.env import env_mismatches
 from llmcluster.coordinator.telemetry import RankInfo, merge_step, summary_record, valid_stats
 from llmcluster.wire import MAX_CONTROL_BYTES, DecodeError, Kind, Message, decode, encode
 from llmcluster.wire.codec import send_frames
-from llmcluster.wire.records import record_from_wire
+from llmcluster.wire.records import Record, record_from_wire
 from llmcluster.worker.display import ACK, ack_frame
 from llmcluster.worker.procs import reap, signal_name, terminate_all
 
@@ -40,6 +40,17 @@ RESTART_KILL_WAIT_S = 5.0
 DRAIN_DISPLAY_S = 1.0
 RESTART_OVERHEAD_S = 90.0  # detect, tear down, re-rendezvous, NCCL init (simulated)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _typed(records: list[dict[str, Any]]) -> list[Record]:
+    """The typed records the renderers take (one they cannot read is left out)."""
+    typed = []
+    for record in records:
+        try:
+            typed.append(record_from_wire(record))
+        except DecodeError:
+            continue
+    return typed
 
 
 @dataclass
@@ -675,7 +686,7 @@ class Coordinator:
             if not self._agents_alive():
                 break
         self._say(f"run {self.state.exit_reason}, exit code {self.state.exit_code}")
-        self.show_locally([record_from_wire(r) for r in (*self._unshown(), self._summary())])
+        self.show_locally(_typed([*self._unshown(), self._summary()]))
         self.outbox.clear()
         self.unacked.clear()
         self._to_agents(Kind.EXIT, code=self.state.exit_code)

@@ -53,13 +53,15 @@ def receive_records(
                 continue
             if msg.kind is not Kind.RECORD:
                 continue
+            raw = msg.body["record"]
             try:
-                record = record_from_wire(msg.body["record"])
+                record = record_from_wire(raw)
             except DecodeError:
-                continue
-            display.show(record)
+                record = None  # a record the renderers cannot read is acknowledged, not shown
+            if record is not None:
+                display.show(record)
             sub.send(ack_frame(int(msg.body["seq"])))
-            if isinstance(record, SummaryRecord):
+            if isinstance(raw, dict) and raw.get("type") == SummaryRecord.TYPE:
                 return
     finally:
         sub.close()
