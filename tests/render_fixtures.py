@@ -166,7 +166,7 @@ def make_export(run: RunRecord, t: float) -> ExportRecord:
 
 def make_records(world: int = 64) -> list[Record]:
     """One record of every kind, in the order a run with an eval, a checkpoint, a failure and
-    a restart emits them (every timestamp after the one before)."""
+    a restart (a new run record for attempt 1, then the restore) emits them."""
     run = make_run(world)
     eval_start = step_time(100)
     return [
@@ -183,6 +183,8 @@ def make_records(world: int = 64) -> list[Record]:
         make_checkpoint(run, 100, eval_start + 42.0),
         make_failure(run, min(11, world - 1)),
         make_restart(),
+        make_run(world, attempt=1),
+        PhaseRecord(name=PhaseName.RESTORE, step=100, time=T0 + 792, expected_s=6.0),
         LogRecord(level="WARNING", time=T0 + 800, text="slow rank 5"),
         make_step(run, 300, time=T0 + 1570),
         make_export(run, T0 + 1590),

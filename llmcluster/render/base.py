@@ -95,7 +95,7 @@ class Style:
     def _dispatch(self, record: Record) -> list[str]:
         if isinstance(record, RunRecord):
             self.run = record
-            self.start_attempt(record)
+            self.start_attempt()
             return self.run_lines(record)
         if isinstance(record, SummaryRecord):
             return self.summary(self.run, record)
@@ -125,7 +125,7 @@ class Style:
         """The prefix of the rank that prints the training log."""
         return self.tee_prefix(0)
 
-    def start_attempt(self, run: RunRecord) -> None:
+    def start_attempt(self) -> None:
         """A (re)started worker group: forget per-process state (subclasses keep some)."""
 
     def run_lines(self, run: RunRecord) -> list[str]:

@@ -121,9 +121,9 @@ class DeepSpeedStyle(Style):
     def __init__(self, *, width: int = 120, ascii_only: bool = False) -> None:
         super().__init__(width=width, ascii_only=ascii_only)
         self.last_t = 0.0  # never stamp a line before the previous one
-        self.start_attempt(None)
+        self.start_attempt()
 
-    def start_attempt(self, run: RunRecord | None) -> None:
+    def start_attempt(self) -> None:
         self.engine_shown = False
         self.timed_samples = 0
         self.timed_s = 0.0

@@ -78,9 +78,9 @@ class HfStyle(Style):
 
     def __init__(self, *, width: int = 120, ascii_only: bool = False) -> None:
         super().__init__(width=width, ascii_only=ascii_only)
-        self.start_attempt(None)
+        self.start_attempt()
 
-    def start_attempt(self, run: RunRecord | None) -> None:
+    def start_attempt(self) -> None:
         self.train_start: float | None = None  # the simulated time training (re)started
         self.train_end = 0.0  # the last step, evaluation or save of the training loop
         self.last: tuple[int, float] | None = None  # tqdm's last update (n, time)
