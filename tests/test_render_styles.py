@@ -158,6 +158,9 @@ def test_interrupt_prints_torchruns_death_signal_lines() -> None:
         ]
         completed = lines_of(style, make_records())
         assert not any("death signal" in line for line in completed)
+        if style == "hf":  # an interrupted Trainer never returns from train()
+            assert not any("'train_runtime'" in x for x in lines)
+            assert any("'train_runtime'" in x for x in completed)
 
 
 # ---------------------------------------------------------------- DeepSpeed

@@ -27,6 +27,7 @@ from llmcluster.wire.records import (
 )
 
 TQDM_SMOOTHING = 0.3  # tqdm's default exponential moving average weight
+GRACEFUL_EXITS = ("completed", "exit-after-time")  # the training loop returned: train() reports
 MIN_BAR = 10
 
 
@@ -177,7 +178,7 @@ class HfStyle(Style):
     def final_lines(self, run: RunRecord, rec: SummaryRecord) -> list[str]:
         """``train_runtime`` from training's start to its last step, evaluation or save (as
         the Trainer measures it), then tqdm's closing bar with the same elapsed time."""
-        if rec.exit != "completed":
+        if rec.exit not in GRACEFUL_EXITS:
             return []
         start = self.train_start
         runtime = max(self.train_end - start, 1e-9) if start is not None else rec.sim_seconds
