@@ -19,7 +19,6 @@ from llmcluster import __version__
 from llmcluster.config import (
     ALGORITHMS,
     FORMATS,
-    STYLE_NAMES,
     UIS,
     ConfigError,
     RunConfig,
@@ -106,6 +105,8 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (training run) with the ``bench`` subcommand."""
+    from llmcluster.render.styles import STYLES  # the one registry of style names
+
     parser = _Parser(
         prog="llmcluster",
         description="Imitate a distributed LLM training run with real processes and collectives.",
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--format", dest="output_format", choices=FORMATS, default="log")
     parser.add_argument("--ui", choices=UIS, default="auto")
-    parser.add_argument("--style", choices=STYLE_NAMES, default="default")
+    parser.add_argument("--style", choices=list(STYLES), default="default")
     parser.add_argument("--ascii", dest="ascii_only", action="store_true")
     parser.add_argument("--no-color", action="store_true")
     parser.add_argument("--max-restarts", type=_int, default=3)

@@ -13,7 +13,6 @@ from typing import Any
 ALGORITHMS = ("ring", "tree", "hierarchical")
 FORMATS = ("log", "jsonl")
 UIS = ("auto", "live", "log")
-STYLE_NAMES = ("default", "megatron", "deepspeed", "hf")
 MAX_RANKS = 4096
 SILENCE_SCALE_RANKS = 256
 TARGET_WALL_STEP_S = 0.5  # --speed auto: a demo shows a step about every half second

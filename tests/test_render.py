@@ -1,29 +1,46 @@
 """What rank 0 shows: real formats, every width from 80 columns, ASCII, no ANSI when piped.
 
-Two kinds of input: hand-built records (a 64-rank Llama-3-8B run on 8 H100 nodes and
-variants with 8 and 256 ranks, NaN steps, hot, throttled and slow GPUs) that pin the
-formats down exactly, and records from a real run (JSONL) that go through the same pure
-renderers the terminal uses; the live dashboard is driven through a real pseudo-terminal.
+Two kinds of input: typed records built from a real plan (a 64-rank Llama-3-8B run on
+8 H100 nodes and variants with 8 and 256 ranks, NaN steps, hot, throttled and slow GPUs;
+``render_fixtures``) that pin the formats down exactly, and records from a real run
+(JSONL decoded by ``record_from_wire``) that go through the same renderers the terminal
+uses; the live dashboard is driven through a real pseudo-terminal.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import io
 import math
 import re
+import time
 from types import SimpleNamespace
-from typing import Any
 
 import pexpect
 import pytest
 from conftest import cli, records, run_cli
+from render_fixtures import (
+    make_failure,
+    make_ranks,
+    make_records,
+    make_restart,
+    make_run,
+    make_step,
+    make_summary,
+    typed,
+)
 
 from llmcluster import render
-from llmcluster.config import RunConfig
 from llmcluster.listing import listing_lines
 from llmcluster.render.dashboard import DashboardState, dashboard_renderable
-from llmcluster.render.sinks import record_lines
+from llmcluster.wire.records import (
+    FailureRecord,
+    RanksRecord,
+    Record,
+    RunRecord,
+    StepRecord,
+    SummaryRecord,
+)
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Megatron-LM training_log, from real-logs.md 2d (one physical line)
@@ -37,207 +54,104 @@ MEGATRON_ITERATION = re.compile(
     r"iterations: +(?P<nan>\d+) \|$"
 )
 WIDTHS = (80, 120, 200)
-STYLE_NAMES = ("default", "megatron", "deepspeed", "hf")
-T0 = 1_795_000_000.25  # a simulated launch time (unix seconds)
 GLOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d{3}000 \d+ torch/distributed/[\w/]+\.py:\d+\]")
 NCCL = re.compile(r"^node-\d{3}:\d+:\d+ \[\d\] NCCL INFO ")
 CHANNEL = re.compile(r"NCCL INFO Channel (\d\d)/24 : ((?: {1,3}\d{1,4})+)$")
 
 
-# ---------------------------------------------------------------- hand-built records
+def lines_of(style: str, recs: list[Record], *, width: int = 120, ascii_only: bool = False,
+             bench: bool = False) -> list[str]:  # fmt: skip
+    """Every line one renderer of ``style`` prints for ``recs``, in order."""
+    renderer = render.make_style(style, width=width, ascii_only=ascii_only, bench=bench)
+    return [line for record in recs for line in renderer.lines(record)]
 
 
-def make_run(world: int = 64, nproc: int = 8) -> dict[str, Any]:
-    """A run record as the coordinator publishes it (Llama-3-8B on H100 nodes)."""
-    nnodes = -(-world // nproc)
-    return {
-        "type": "run", "run_id": "5f3a9c0e17b2", "version": "0.1.0", "world_size": world,
-        "nnodes": nnodes, "nproc_per_node": nproc, "seed": 7, "algorithm": "ring",
-        "speed": 100.0, "master_addr": "10.0.0.2", "master_port": 29500,
-        "hosts": [f"node-{n:03d}" for n in range(nnodes)],
-        "pids": [40000 + 3 * r for r in range(world)], "env": [], "agent_pid": 39990,
-        "start_time": T0, "attempt": 0, "max_restarts": 3,
-        "model": {
-            "name": "Llama-3-8B", "family": "llama", "hf_id": "meta-llama/Meta-Llama-3-8B",
-            "params": 8_030_261_248, "active_params": 8_030_261_248, "layers": 32,
-            "hidden": 4096, "ffn": 14336, "heads": 32, "kv_heads": 8, "vocab": 128256,
-            "context": 8192, "tokenizer": "tiktoken (128K)", "humorous": False,
-        },
-        "gpu": {
-            "name": "H100-SXM-80GB", "smi_name": "NVIDIA H100 80GB HBM3", "vendor": "NVIDIA",
-            "arch": "Hopper", "memory_gb": 80.0, "memory_mib": 81559, "mem_bw_gbs": 3350.0,
-            "bf16_tflops": 989.0, "tdp_w": 700.0, "idle_w": 70.0, "nvlink_gbs": 450.0,
-            "intra_node_link": "NVLink4", "nic_gbs": 50.0, "nic_name": "ConnectX-7 NDR",
-            "slowdown_c": 87.0, "shutdown_c": 92.0, "max_clock_mhz": 1980, "cuda_cc": "9.0",
-        },
-        "dataset": {"name": "FineWeb-Edu", "hf_id": "HuggingFaceFW/fineweb-edu",
-                    "tokens": 1_300_000_000_000, "documents": 1_350_000_000, "humorous": False},
-        "plan": {
-            "total_steps": 300, "seq_len": 8192, "micro_batch": 1, "grad_accum": 8,
-            "global_batch": 512, "tokens_per_step": 4_194_304, "dp": world // 8, "tp": 8,
-            "pp": 1, "strategy": "ZeRO-1", "zero_stage": 1, "recompute": "selective",
-            "precision": "bf16", "peak_lr": 3e-4, "min_lr": 3e-5, "warmup_steps": 30,
-            "schedule": "cosine", "weight_decay": 0.1, "grad_clip": 1.0, "adam_beta1": 0.9,
-            "adam_beta2": 0.95, "adam_eps": 1e-8, "eval_interval": 100, "eval_iters": 10,
-            "checkpoint_interval": 100, "checkpoint_dir": "/checkpoints/llama-3-8b",
-            "export_dir": "/exports/llama-3-8b", "total_tokens": 1_258_291_200,
-            "flops_per_token": 5.3e10, "step_time_model_s": 4.87, "init_s": 42.5,
-            "memory": {"weights_gb": 2.0, "grads_gb": 2.0, "optimizer_gb": 1.5,
-                       "activations_gb": 30.25, "overhead_gb": 4.0, "total_gb": 39.75},
-            "grad_bucket_bytes": 0,
-            "versions": {"torch": "2.5.1+cu124", "nccl": "2.21.5", "cuda": "12.4",
-                         "driver": "550.127.08", "python": "3.11.10"},
-        },
-    }  # fmt: skip
+def step_lines(style: str, run: RunRecord, step: StepRecord) -> list[str]:
+    """What ``style`` prints for one step (after the run record)."""
+    renderer = render.make_style(style)
+    renderer.lines(run)
+    return renderer.lines(step)
 
 
-def make_step(n: int = 120, **changes: Any) -> dict[str, Any]:
-    """A step record; ``changes`` override fields (e.g. ``loss=math.nan``)."""
-    step = {
-        "type": "step", "step": n, "total_steps": 300, "time": T0 + 60 + 4.87 * n,
-        "loss": 3.41213, "ppl": 30.3271, "lr": 2.85e-4, "grad_norm": 0.84217,
-        "loss_scale": 1.0, "skipped": False, "tokens": 4_194_304,
-        "tokens_total": 4_194_304 * n, "step_time_s": 4.8703, "tokens_per_s": 1_231_000.0,
-        "samples_per_s": 105.125, "tflops_per_gpu": 426.31, "mfu": 0.4311, "events": [],
-        "collective": {"op": "allreduce", "algorithm": "ring", "bytes": 16_060_522_496,
-                       "model_ms": 212.4, "busbw_gbs": 371.9, "wall_ms": 3.21},
-    }  # fmt: skip
-    return {**step, **changes}
-
-
-def make_ranks(run: dict[str, Any], n: int = 120, *, slow: int = 5, throttled: int = -1,
-               hot: int = -1) -> dict[str, Any]:  # fmt: skip
-    """A ranks record: every GPU healthy except the ones named."""
-    nproc = run["nproc_per_node"]
-    ranks = []
-    for r in range(run["world_size"]):
-        node, local = divmod(r, nproc)
-        ranks.append({
-            "rank": r, "local_rank": local, "node": node, "host": run["hosts"][node],
-            "loss": 3.41213, "local_loss": 3.4 + r / 1000, "util": 97.0 + r % 3,
-            "temp_c": 88.0 if r == hot else 61.0 + r % 7, "mem_used_gb": 61.5,
-            "mem_total_gb": 80.0, "power_w": 640.0 + r % 50, "sm_clock_mhz": 1980,
-            "throttled": r == throttled, "arrive_ms": 1.0, "wait_ms": 2.0,
-            "compute_ms": 5000.0 if r == slow else 4800.0 + r % 11,
-        })  # fmt: skip
-    return {"type": "ranks", "step": n, "ranks": ranks}
-
-
-def make_summary(**changes: Any) -> dict[str, Any]:
-    summary = {
-        "type": "summary", "time": T0 + 1600, "steps": 300, "final_loss": 2.71828,
-        "final_ppl": 15.1543, "tokens_total": 1_258_291_200, "sim_seconds": 4000.5,
-        "wall_seconds": 151.25, "checkpoints": 3, "restarts": 1, "lost_s": 312.0,
-        "mfu": 0.4277, "dropped_messages": 0, "exit": "completed",
-    }  # fmt: skip
-    return {**summary, **changes}
-
-
-def make_failure() -> dict[str, Any]:
-    return {
-        "type": "failure", "rank": 11, "local_rank": 3, "node": 1, "host": "node-001",
-        "pid": 40033, "exitcode": -9, "signal": "SIGKILL", "reason": "rank 11 exited",
-        "seq": 812, "op": "ALLREDUCE", "numel": 3, "timeout_ms": 600000, "step": 130,
-        "attempt": 0, "max_restarts": 3, "time": T0 + 700.5,
-    }  # fmt: skip
-
-
-def make_records(world: int = 64) -> list[dict[str, Any]]:
-    """One record of every kind, in the order a run with a restart emits them."""
-    run = make_run(world)
-    return [
-        run,
-        {"type": "phase", "name": "init", "step": 0, "time": T0 + 10, "expected_s": 42.5},
-        make_step(1, lr=1e-5, loss=11.76),
-        make_ranks(run, 1),
-        make_step(10, skipped=True, grad_norm=math.nan),
-        make_step(11, loss=math.nan, ppl=math.nan),
-        make_step(100),
-        {"type": "phase", "name": "eval", "step": 100, "time": T0 + 560, "expected_s": 30.0},
-        {"type": "eval", "step": 100, "time": T0 + 590, "val_loss": 3.5012, "val_ppl": 33.15,
-         "eval_iters": 10, "eval_s": 30.0, "accuracy": None},
-        {"type": "phase", "name": "checkpoint", "step": 100, "time": T0 + 590,
-         "expected_s": 12.0},
-        {"type": "checkpoint", "step": 100, "time": T0 + 602, "path": "/checkpoints/x/iter_100",
-         "shards": world, "bytes_total": 96_000_000_000, "bytes_per_rank": 1_500_000_000,
-         "save_s": 12.0, "bandwidth_gbs": 8.0},
-        make_failure(),
-        {"type": "restart", "time": T0 + 790, "attempt": 1, "max_restarts": 3,
-         "restarts_left": 2, "resume_step": 101, "replayed_steps": 29, "lost_s": 180.0,
-         "reason": "rank 11 exited"},
-        {"type": "log", "level": "WARNING", "time": T0 + 800, "text": "slow rank 5"},
-        make_step(300),
-        {"type": "export", "time": T0 + 1590, "path": "/exports/llama-3-8b",
-         "format": "safetensors", "files": [{"name": "model-00001-of-00002.safetensors",
-         "bytes": 9_950_000_000}, {"name": "model-00002-of-00002.safetensors",
-         "bytes": 6_110_000_000}], "bytes_total": 16_060_000_000, "export_s": 20.0},
-        make_summary(),
-    ]  # fmt: skip
+# ---------------------------------------------------------------- records built from a plan
 
 
 def test_each_style_shows_the_steps_own_numbers() -> None:
-    run, step = make_run(), make_step()
+    run = make_run()
+    step, plan = make_step(run), run.plan
+    mem = plan.memory
+    allocated = mem.weights_gb + mem.grads_gb + mem.optimizer_gb
+    peak = allocated + mem.activations_gb
     expected = {
         "default": ["step 120/300", "loss 3.4121", "ppl 30.33", "lr 2.850e-04",
-                    "grad_norm 0.842", "tok/s 1.23M", "step 4.87s", "mfu 43.1%"],
+                    "grad_norm 0.842", "step 4.87s", "mfu 43.1%"],
         "megatron": ["iteration      120/     300", "lm loss: 3.412130E+00",
                      "learning rate: 2.850000E-04", "grad norm: 0.842",
-                     "elapsed time per iteration (ms): 4870.3", "global batch size:   512",
-                     "consumed samples:        61440"],
+                     "elapsed time per iteration (ms): 4870.3",
+                     f"global batch size: {plan.global_batch:5d}",
+                     f"consumed samples: {120 * plan.global_batch:12d}"],
         "deepspeed": ["[Rank 0] step=120, skipped=0, lr=[0.000285], mom=[(0.9, 0.95)]",
-                      "epoch=0/micro_step=960/global_step=120",
-                      "CurrSamplesPerSec=105.125", "MemAllocated=5.50GB",
-                      "MaxMemAllocated=35.75GB", "loss 3.4121"],
+                      f"epoch=0/micro_step={120 * plan.grad_accum}/global_step=120",
+                      f"CurrSamplesPerSec={plan.global_batch / 4.8703!r}",
+                      f"MemAllocated={allocated:.2f}GB", f"MaxMemAllocated={peak:.2f}GB",
+                      "loss 3.4121"],
         "hf": ["{'loss': 3.4121, 'grad_norm': 0.84217, 'learning_rate': 0.000285, 'epoch': ",
                " 40%|", "| 120/300 [", "4.87s/it]"],
     }  # fmt: skip
     for name, fragments in expected.items():
-        text = "\n".join(render.STYLES[name].step_line(run, step))
+        text = "\n".join(step_lines(name, run, step))
         for fragment in fragments:
             assert fragment in text, (name, fragment, text)
         assert render.STYLES[name].name == name and render.STYLES[name].example
+    shown = re.search(r"tok/s ([\d.]+)([KMB])", "\n".join(step_lines("default", run, step)))
+    assert shown, "the default style shows tokens per second"
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9}[shown[2]]
+    assert float(shown[1]) * scale == pytest.approx(step.tokens_per_s, rel=5e-3)
 
 
 def test_nan_and_skipped_steps_print_nan_like_real_tools() -> None:
     run = make_run()
-    for name in STYLE_NAMES:
-        style = render.STYLES[name]
-        for missing in (math.nan, None):  # NaN, or null after a JSON round trip
-            text = "\n".join(style.step_line(run, make_step(11, loss=missing))).lower()
-            assert "nan" in text
-    skipped = render.STYLES["megatron"].step_line(run, make_step(10, skipped=True))[0]
+    for name in render.STYLES:
+        text = "\n".join(step_lines(name, run, make_step(run, 11, loss=math.nan))).lower()
+        assert "nan" in text, name
+    skipped = step_lines("megatron", run, make_step(run, 10, skipped=True))[0]
     assert "grad norm" not in skipped and "number of skipped iterations:   1 |" in skipped
-    nan = render.STYLES["megatron"].step_line(run, make_step(11, loss=math.nan))[0]
-    assert (
-        "lm loss: NAN |" in nan
-    )  # Python's {:.6E} and nan.endswith("number of nan iterations:   1 |")
+    nan = step_lines("megatron", run, make_step(run, 11, loss=math.nan))[0]
+    assert "lm loss: NAN |" in nan and nan.endswith("number of nan iterations:   1 |")
 
 
 def test_megatron_blocks_follow_the_reference() -> None:
-    run, recs = make_run(), make_records()
-    style = render.STYLES["megatron"]
-    line = style.step_line(run, make_step(120))[0]
+    recs = make_records()
+    run = recs[0]
+    assert isinstance(run, RunRecord)
+    line = step_lines("megatron", run, make_step(run, 120))[0]
     match = MEGATRON_ITERATION.match(line)
     assert match and line.startswith("[default7]:[")  # the last rank prints, tee'd by torchrun
-    assert (int(match["it"]), int(match["total"]), int(match["gbs"])) == (120, 300, 512)
+    assert (int(match["it"]), int(match["total"]), int(match["gbs"])) == (
+        120, 300, run.plan.global_batch)  # fmt: skip
     assert (float(match["lr"]), float(match["loss"]), float(match["grad"])) == (
         2.85e-4, 3.41213, 0.842)  # fmt: skip
-    memory = style.step_line(run, make_step(10))
+    memory = step_lines("megatron", run, make_step(run, 10))
+    mem = run.plan.memory
+    allocated = 1024 * (mem.weights_gb + mem.grads_gb + mem.optimizer_gb)
     assert memory[-1] == (
-        "[default0]:[Rank 0] (after 10 iterations) memory (MB) | allocated: 5632.00 | "
-        "max allocated: 36608.00 | reserved: 40704.00 | max reserved: 40704.00"
+        f"[default0]:[Rank 0] (after 10 iterations) memory (MB) | allocated: {allocated:.2f} | "
+        f"max allocated: {allocated + 1024 * mem.activations_gb:.2f} | reserved: "
+        f"{1024 * mem.total_gb:.2f} | max reserved: {1024 * mem.total_gb:.2f}"
     )
-    assert not any("memory (MB)" in x for x in style.step_line(run, make_step(11)))
-    rule, text, rule2 = style.eval_lines(run, recs[8])
+    assert not any("memory (MB)" in x for x in step_lines("megatron", run, make_step(run, 11)))
+    lines = lines_of("megatron", recs)
+    rule_at = next(i for i, x in enumerate(lines) if "validation loss at iteration 100" in x)
+    rule, text, rule2 = lines[rule_at - 1 : rule_at + 2]
     assert text == "[default7]: validation loss at iteration 100 | lm loss value: " \
         "3.501200E+00 | lm loss PPL: 3.315000E+01 | "  # fmt: skip
     assert rule == rule2 == "[default7]:" + "-" * (len(text) - len("[default7]:") + 1)
-    saving = style.phase_lines(run, recs[9])[0]
-    assert saving.endswith("] saving checkpoint at iteration     100 to /checkpoints/llama-3-8b "
-                           "in torch_dist format")  # fmt: skip
-    saved = style.checkpoint_lines(run, recs[10])[0]
+    saving = next(x for x in lines if "saving checkpoint at iteration" in x)
+    assert saving.endswith(f"] saving checkpoint at iteration     100 to "
+                           f"{run.plan.checkpoint_dir} in torch_dist format")  # fmt: skip
+    saved = next(x for x in lines if "successfully saved checkpoint" in x)
     assert "successfully saved checkpoint from iteration     100 to " in saved
-    assert saved.endswith("[ t 1/8, p 1/1 ]")
+    assert saved.endswith(f"[ t 1/{run.plan.tp}, p 1/{run.plan.pp} ]")
 
 
 def test_launcher_lines_are_torchrun_glog() -> None:
@@ -248,7 +162,7 @@ def test_launcher_lines_are_torchrun_glog() -> None:
     assert lines[2].endswith("for optimal performance in your application as needed. ")
     text = "\n".join(lines)
     for fragment in ("Starting elastic_operator with launch configs:", "nproc_per_node   : 8",
-                     "rdzv_endpoint    : 10.0.0.2:29500", "run_id           : 5f3a9c0e17b2",
+                     "rdzv_endpoint    : 127.0.0.1:29500", "run_id           : 5f3a9c0e17b2",
                      "Rendezvous complete for workers. Result:", "master_port=29500",
                      "group_world_size=8", "global_world_sizes=[64, 64, 64, 64, 64, 64, 64, 64]",
                      "[default] Starting worker group"):  # fmt: skip
@@ -259,11 +173,13 @@ def test_launcher_lines_are_torchrun_glog() -> None:
 def test_nccl_init_lines_match_nccl_2_21() -> None:
     run = make_run()
     lines = render.nccl_init_lines(run, 0)
+    versions = run.plan.versions
     assert 15 <= len(lines) <= 40
-    assert lines.count("NCCL version 2.21.5+cuda12.4") == 1
+    assert lines.count(f"NCCL version {versions['nccl']}+cuda{versions['cuda']}") == 1
     assert all(NCCL.match(x) for x in lines if not x.startswith("NCCL version"))
     assert lines[0].startswith("node-000:40000:40000 [0] NCCL INFO Bootstrap : Using eth0:")
-    assert "NCCL INFO cudaDriverVersion 12040" in lines[1]
+    major, minor = versions["cuda"].split(".")[:2]
+    assert f"NCCL INFO cudaDriverVersion {int(major) * 1000 + int(minor) * 10}" in lines[1]
     assert any("comm 0x" in x and "rank 0 nRanks 64 nNodes 8 localRanks 8 localRank 0 MNNVL 0"
                in x for x in lines)  # fmt: skip
     channels = [m for m in map(CHANNEL.search, lines) if m]
@@ -280,12 +196,15 @@ def test_nccl_init_lines_match_nccl_2_21() -> None:
     assert len(render.nccl_init_lines(make_run(256), 0)) <= 40
 
 
-def test_gpu_detection_lists_node_zero() -> None:
-    lines = render.gpu_detect_lines(make_run())
-    assert [x.split(":")[0] for x in lines[:8]] == [f"GPU {i}" for i in range(8)]
-    assert all("NVIDIA H100 80GB HBM3 (UUID: GPU-" in x for x in lines[:8])
-    assert len({x.split("UUID: ")[1] for x in lines[:8]}) == 8
-    assert "550.127.08" in lines[-1] and "12.4" in lines[-1]
+def test_gpu_detection_is_nvidia_smi_l_for_node_zero() -> None:
+    run = make_run()
+    lines = render.gpu_detect_lines(run)
+    assert len(lines) == 8
+    for index, line in enumerate(lines):  # nvidia-smi -L: "GPU 0: <name> (UUID: GPU-<uuid>)"
+        assert re.fullmatch(rf"GPU {index}: {re.escape(run.gpu.smi_name)} \(UUID: GPU-"
+                            r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\)",
+                            line)  # fmt: skip
+    assert len({x.split("UUID: ")[1] for x in lines}) == 8
 
 
 @pytest.mark.parametrize("world", [8, 64, 256])
@@ -295,7 +214,7 @@ def test_grid_fits_and_has_one_row_per_node(world: int, width: int) -> None:
     for ascii_only in (False, True):
         lines = render.grid_lines(run, make_ranks(run), width=width, ascii_only=ascii_only)
         assert all(len(line) <= width for line in lines), max(map(len, lines))
-        assert len(lines) == 1 + run["nnodes"]
+        assert len(lines) == 1 + run.nnodes
         for node, line in enumerate(lines[1:]):
             assert line.startswith(f"node-{node:03d} ")
         if world == 256:  # compressed: min/mean/max per node
@@ -315,12 +234,11 @@ def test_grid_marks_straggler_throttled_and_hot() -> None:
 
 def test_ascii_mode_is_ascii_everywhere() -> None:
     recs = make_records(64)
-    for style in STYLE_NAMES:
-        config = RunConfig(ranks=64, style=style, ascii_only=True)
-        for record in recs:
-            for line in record_lines(config, recs[0], record, 80):
-                assert line.isascii(), (style, line)
+    for style in render.STYLES:
+        for line in lines_of(style, recs, width=80, ascii_only=True):
+            assert line.isascii(), (style, line)
     run = recs[0]
+    assert isinstance(run, RunRecord)
     assert all(x.isascii() for x in render.summary_lines(run, make_summary(), width=80,
                                                          ascii_only=True))  # fmt: skip
     big = make_run(256)
@@ -328,16 +246,22 @@ def test_ascii_mode_is_ascii_everywhere() -> None:
                                                       ascii_only=True))  # fmt: skip
 
 
+def time_of(t: float) -> str:
+    return time.strftime("%Y-%m-%d_%H:%M:%S", time.localtime(t))
+
+
 def test_failure_box_names_the_root_cause() -> None:
     run = make_run()
-    lines = render.failure_lines(run, make_failure())
+    failure = make_failure(run)
+    lines = render.failure_lines(run, failure)
     text = "\n".join(lines)
     assert re.search(
         r"^\[rank10\]:\[E\d{3,4} \d\d:\d\d:\d\d\.\d{9} ProcessGroupNCCL\.cpp:\d+\] \[Rank 10\] "
         r"Watchdog caught collective operation timeout: WorkNCCL\(SeqNum=812, OpType=ALLREDUCE, "
-        r"NumelIn=3, NumelOut=3, Timeout\(ms\)=600000\) ran for \d+ milliseconds before timing "
+        r"NumelIn=5, NumelOut=5, Timeout\(ms\)=600000\) ran for \d+ milliseconds before timing "
         r"out\.$", text, re.M)  # fmt: skip
-    assert text.count("closing signal SIGTERM") == 7 and "Sending process 40033 " not in text
+    assert text.count("closing signal SIGTERM") == 7 and f"Sending process {failure.pid} " \
+        not in text  # fmt: skip
     box = lines[
         lines.index("torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ") :
     ]
@@ -345,39 +269,44 @@ def test_failure_box_names_the_root_cause() -> None:
     root = box.index("Root Cause (first observed failure):")
     assert box[root + 1 : root + 8] == [
         "[0]:",
-        f"  time      : {time_of(T0 + 700.5)}",
+        f"  time      : {time_of(failure.time)}",
         "  host      : node-001",
         "  rank      : 11 (local_rank: 3)",
-        "  exitcode  : -9 (pid: 40033)",
+        f"  exitcode  : -9 (pid: {failure.pid})",
         "  error_file: <N/A>",
-        "  traceback : Signal 9 (SIGKILL) received by PID 40033",
+        f"  traceback : Signal 9 (SIGKILL) received by PID {failure.pid}",
     ]
-    assert "failed (exitcode: -9) local_rank: 3 (pid: 40033)" in text
-
-
-def time_of(t: float) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d_%H:%M:%S", time.localtime(t))
+    assert f"failed (exitcode: -9) local_rank: 3 (pid: {failure.pid})" in text
+    assert lines[-1] == "llmcluster: rank 11 exited"  # the default style explains
+    tee = render.failure_lines(run, failure, tee=True, explain=False)
+    assert tee[0].startswith("[default2]:[rank10]:[E") and tee[-1] == "=" * 60
 
 
 def test_restart_lines_count_attempts_like_torchelastic() -> None:
-    lines = render.restart_lines(make_run(), make_records()[12])
+    lines = render.restart_lines(make_run(), make_restart())
     assert lines[0].endswith("] [default] Worker group FAILED. 3/3 attempts left; will restart "
                              "worker group")  # fmt: skip
     assert any(x.endswith("restart_count=1") for x in lines)
-    assert "checkpoint at step 100" in lines[-1]
+    assert lines[-1].startswith("llmcluster: resuming from the checkpoint at step 100; ")
+    assert "29 steps to replay" in lines[-1]
+    one = render.restart_lines(make_run(), make_restart(replayed_steps=1))
+    assert "1 step to replay" in one[-1]
+    assert all(GLOG.match(x) for x in render.restart_lines(make_run(), make_restart(),
+                                                           explain=False))  # fmt: skip
 
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_summary_fits_and_shows_the_records_figures(width: int) -> None:
-    lines = render.summary_lines(make_run(), make_summary(), width=width, ascii_only=False)
+    run = make_run()
+    lines = render.summary_lines(run, make_summary(), width=width, ascii_only=False)
     assert all(len(x) <= width for x in lines)
     text = "\n".join(lines)
-    for fragment in ("Llama-3-8B", "64 x H100-SXM-80GB on 8 node(s)", "2.7183 / 15.15",
-                     "1:06:40", "0:02:31", "1.26B", "42.8%", "completed"):  # fmt: skip
+    for fragment in ("Llama-3-8B", "64 x H100-SXM on 8 nodes", "2.7183 / 15.15", "1:06:40",
+                     "0:02:31", "1.26B", "42.8%", "completed"):  # fmt: skip
         assert fragment in text, fragment
-    nan = render.summary_lines(None, make_summary(final_loss=None, final_ppl=math.nan),
+    single = render.summary_lines(make_run(8), make_summary(), width=width, ascii_only=False)
+    assert "8 x H100-SXM on 1 node " in "\n".join(single)
+    nan = render.summary_lines(None, make_summary(final_loss=math.nan, final_ppl=math.nan),
                                width=80, ascii_only=True)  # fmt: skip
     assert "nan / nan" in "\n".join(nan)
 
@@ -420,10 +349,12 @@ def test_dashboard_fits_every_width(width: int) -> None:
 
     for world, ascii_only in ((8, False), (64, True), (256, False)):
         recs = make_records(world)
+        run = recs[0]
+        assert isinstance(run, RunRecord)
         state = DashboardState(style="megatron")
         for record in recs[:-1]:
             state.update(record)
-        state.update(make_ranks(recs[0], 300))
+        state.update(make_ranks(run, 300))
         console = Console(width=width, color_system=None, file=io.StringIO())
         console.print(dashboard_renderable(state, width=width, ascii_only=ascii_only))
         text = console.file.getvalue()
@@ -431,7 +362,8 @@ def test_dashboard_fits_every_width(width: int) -> None:
         assert re.search(r"steps +300/300", text) and "measured wall 3.21 ms (real ZeroMQ)" in text
         assert "model 212.4 ms busbw 372 GB/s" in text
         assert text.isascii() == ascii_only or not ascii_only
-        assert sum(line.startswith("node-") for line in text.splitlines()) == recs[0]["nnodes"]
+        assert sum(line.startswith("node-") for line in text.splitlines()) == run.nnodes
+        assert re.search(rf"on {run.nnodes} node{'s' if run.nnodes > 1 else ''}\b", text)
 
 
 def test_listing_has_every_section() -> None:
@@ -463,97 +395,88 @@ def test_listing_has_every_section() -> None:
     assert re.search(r"Llama-3-8B +8\.03B params +32 layers +hidden +4096 +vocab 128256$", lines[1])
     assert lines[2].endswith("[joke]") and "989 BF16 TFLOPs" in lines[4] and "700 W" in lines[4]
     assert "1.30T tokens" in lines[6]
-    assert all(any(x.startswith(f"  {name} ") for x in lines) for name in STYLE_NAMES)
+    assert all(any(x.startswith(f"  {name} ") for x in lines) for name in render.STYLES)
 
 
 # ---------------------------------------------------------------- records from a real run
 
 
 @pytest.fixture(scope="module")
-def run64() -> list[dict]:
+def run64() -> list[Record]:
     done = run_cli("--ranks", "64", "--steps", "25", "--seed", "1", "--format", "jsonl",
                    "--speed", "1000000", timeout=100)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    return records(done.stdout)
+    return typed(records(done.stdout))
 
 
-def _config(**kwargs: object) -> RunConfig:
-    return RunConfig(ranks=64, **kwargs)  # type: ignore[arg-type]
-
-
-def _all_lines(recs: list[dict], width: int, **kwargs: object) -> list[str]:
-    config, run, out = _config(**kwargs), None, []
-    for record in recs:
-        if record["type"] == "run":
-            run = record
-        out += record_lines(config, run, record, width)
-    return out
-
-
-def test_megatron_lines_parse_with_the_real_format(run64: list[dict]) -> None:
-    lines = _all_lines(run64, 200, style="megatron")
-    steps = [r for r in run64 if r["type"] == "step"]
+def test_megatron_lines_parse_with_the_real_format(run64: list[Record]) -> None:
+    lines = lines_of("megatron", run64, width=200)
+    steps = [r for r in run64 if isinstance(r, StepRecord)]
     parsed = [m for m in map(MEGATRON_ITERATION.match, lines) if m]
     assert len(parsed) == len(steps) == 25
-    plan = run64[0]["plan"]
+    run = run64[0]
+    assert isinstance(run, RunRecord)
     for match, step in zip(parsed, steps, strict=True):
-        assert int(match["it"]) == step["step"] and int(match["total"]) == 25
-        assert float(match["lr"]) == pytest.approx(step["lr"], rel=1e-6)
-        assert float(match["loss"]) == pytest.approx(step["loss"], rel=1e-6)
-        assert int(match["gbs"]) == plan["global_batch"]
-        assert int(match["samples"]) == step["step"] * plan["global_batch"]
-        assert float(match["ms"]) == pytest.approx(1000 * step["step_time_s"], abs=0.06)
+        assert int(match["it"]) == step.step and int(match["total"]) == 25
+        assert float(match["lr"]) == pytest.approx(step.lr, rel=1e-6)
+        assert float(match["loss"]) == pytest.approx(step.loss, rel=1e-6)
+        assert int(match["gbs"]) == run.plan.global_batch
+        assert int(match["samples"]) == step.step * run.plan.global_batch
+        assert float(match["ms"]) == pytest.approx(1000 * step.step_time_s, abs=0.06)
         if match["grad"]:
-            assert float(match["grad"]) == pytest.approx(step["grad_norm"], abs=6e-4)
+            assert float(match["grad"]) == pytest.approx(step.grad_norm, abs=6e-4)
     validation = [line for line in lines if "validation loss at iteration" in line]
     assert validation and all("lm loss PPL:" in line for line in validation)
     assert any("(after 10 iterations) memory (MB)" in line for line in lines)
 
 
-@pytest.mark.parametrize("style", ["default", "megatron", "deepspeed", "hf"])
-def test_every_style_shows_each_steps_numbers(run64: list[dict], style: str) -> None:
+@pytest.mark.parametrize("style", list(render.STYLES))
+def test_every_style_shows_each_steps_numbers(run64: list[Record], style: str) -> None:
     run = run64[0]
-    for step in (r for r in run64 if r["type"] == "step"):
-        text = "\n".join(render.STYLES[style].step_line(run, step))
-        assert str(step["step"]) in text
-        shown = (
-            f"{step['loss']:.4f}",
-            f"{step['loss']:.6E}",
-            f"'loss': {round(step['loss'], 4)!r}",
-        )
+    assert isinstance(run, RunRecord)
+    for step in (r for r in run64 if isinstance(r, StepRecord)):
+        text = "\n".join(step_lines(style, run, step))
+        assert str(step.step) in text
+        shown = (f"{step.loss:.4f}", f"{step.loss:.6E}", f"'loss': {round(step.loss, 4)!r}")
         assert any(form in text for form in shown)
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_grid_and_summary_fit_the_width(run64: list[dict], width: int) -> None:
+def test_grid_and_summary_fit_the_width(run64: list[Record], width: int) -> None:
     run = run64[0]
-    ranks = next(r for r in run64 if r["type"] == "ranks")
+    assert isinstance(run, RunRecord)
+    ranks = next(r for r in run64 if isinstance(r, RanksRecord))
     grid = render.grid_lines(run, ranks, width=width, ascii_only=False)
-    assert len(grid) == 1 + run["nnodes"]  # title + one row per node
+    assert len(grid) == 1 + run.nnodes  # title + one row per node
     assert all(len(line) <= width for line in grid)
     for node, row in enumerate(grid[1:]):
-        assert row.startswith(run["hosts"][node][-len(row.split()[0]) :])
-    summary = render.summary_lines(run, run64[-1], width=width, ascii_only=False)
-    assert all(len(line) <= width for line in summary)
-    assert any("Final loss" in line for line in summary)
+        assert row.startswith(run.hosts[node][-len(row.split()[0]) :])
+    summary = run64[-1]
+    assert isinstance(summary, SummaryRecord)
+    lines = render.summary_lines(run, summary, width=width, ascii_only=False)
+    assert all(len(line) <= width for line in lines)
+    assert any("Final loss" in line for line in lines)
 
 
-def test_256_ranks_grid_is_compressed_per_node(run64: list[dict]) -> None:
-    run = copy.deepcopy(run64[0])
-    ranks = copy.deepcopy(next(r for r in run64 if r["type"] == "ranks"))
-    wide = []
-    for copy_index in range(4):
-        for gpu in ranks["ranks"]:
-            moved = dict(gpu, rank=gpu["rank"] + 64 * copy_index, node=gpu["node"] + 8 * copy_index)
-            wide.append(moved)
-    run["hosts"] = [f"node{n:03d}" for n in range(32)]
-    lines = render.grid_lines(run, {"step": 1, "ranks": wide}, width=80, ascii_only=True)
+def test_256_ranks_grid_is_compressed_per_node(run64: list[Record]) -> None:
+    run = run64[0]
+    assert isinstance(run, RunRecord)
+    ranks = next(r for r in run64 if isinstance(r, RanksRecord))
+    wide = tuple(
+        dataclasses.replace(gpu, rank=gpu.rank + 64 * copy, node=gpu.node + 8 * copy)
+        for copy in range(4)
+        for gpu in ranks.ranks
+    )
+    big = dataclasses.replace(run, world_size=256, nnodes=32,
+                              hosts=tuple(f"node{n:03d}" for n in range(32)))  # fmt: skip
+    lines = render.grid_lines(big, dataclasses.replace(ranks, ranks=wide), width=80,
+                              ascii_only=True)  # fmt: skip
     assert len(lines) == 33 and all(len(line) <= 80 for line in lines)
     assert all("util" in line for line in lines[1:])
 
 
-def test_ascii_mode_is_pure_ascii(run64: list[dict]) -> None:
-    for line in _all_lines(run64, 80, ascii_only=True, style="hf"):
+def test_ascii_mode_is_pure_ascii(run64: list[Record]) -> None:
+    for line in lines_of("hf", run64, width=80, ascii_only=True):
         assert line.isascii(), line
 
 
@@ -561,16 +484,17 @@ def test_failure_box_matches_torchelastic() -> None:
     done = run_cli("--ranks", "8", "--steps", "20", "--format", "jsonl", "--speed", "1000000",
                    "--max-restarts", "0", "--inject", "kill:rank=3,step=6")  # fmt: skip
     assert done.returncode == 1
-    recs = records(done.stdout)
-    run, failure = recs[0], next(r for r in recs if r["type"] == "failure")
-    lines = render.failure_lines(run, failure)
-    text = "\n".join(lines)
+    recs = typed(records(done.stdout))
+    run = recs[0]
+    failure = next(r for r in recs if isinstance(r, FailureRecord))
+    assert isinstance(run, RunRecord)
+    text = "\n".join(render.failure_lines(run, failure))
     assert "Watchdog caught collective operation timeout: WorkNCCL(SeqNum=" in text
     assert "OpType=ALLREDUCE" in text and "Timeout(ms)=30000" in text
     assert "ChildFailedError" in text and "Root Cause (first observed failure):" in text
     assert "rank      : 3 (local_rank: 3)" in text
-    assert f"exitcode  : -9 (pid: {failure['pid']})" in text
-    assert f"Signal 9 (SIGKILL) received by PID {failure['pid']}" in text
+    assert f"exitcode  : -9 (pid: {failure.pid})" in text
+    assert f"Signal 9 (SIGKILL) received by PID {failure.pid}" in text
     assert text.count("closing signal SIGTERM") == 7
 
 

@@ -28,7 +28,6 @@ from llmcluster.launch.common import (
 from llmcluster.launch.nodes import LocalNodes
 from llmcluster.launch.runfile import RunFile
 from llmcluster.render.sinks import show_records
-from llmcluster.wire.records import record_to_wire
 from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name
 
 LOCAL_RENDEZVOUS_TIMEOUT_S = 60.0
@@ -69,7 +68,7 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
                 control=control,
                 publish=publish,
                 supervisor=nodes,
-                show_locally=lambda recs: show_records(config, [record_to_wire(r) for r in recs]),
+                show_locally=lambda recs: show_records(config, recs),
             )
             server.signals = received
             run = RunFile(

@@ -25,7 +25,6 @@ from llmcluster.launch.common import (
     timeline_start,
 )
 from llmcluster.render.sinks import show_records
-from llmcluster.wire.records import record_to_wire
 from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name, outgoing_address
 
 
@@ -54,7 +53,7 @@ def run_coordinator(
             control=f"tcp://{bind}:{port}",
             publish=publish,
             supervisor=RemoteNodes(),
-            show_locally=lambda recs: show_records(config, [record_to_wire(r) for r in recs]),
+            show_locally=lambda recs: show_records(config, recs),
         )
         print(
             f"llmcluster coordinator: listening on {bind}:{port} (records on {port + 1}), "

@@ -1,7 +1,9 @@
-"""Rendering: pure functions from records to the lines and renderables rank 0 shows.
+"""Rendering: typed records in, the lines and renderables rank 0 shows out.
 
-``sinks`` is the only module that owns a terminal (rich Console / Live); the rest
-turn records into text in the formats real tools print.
+``sinks`` is the only module that owns a terminal (rich Console / Live); ``styles`` holds
+the registry of log styles, whose stateful renderers turn records into text in the
+formats real tools print. Nothing here imports the simulation, the coordinator or the
+workers: renderers take records (and the config) only.
 """
 
 from llmcluster.render.bench import bench_table_lines
@@ -10,11 +12,12 @@ from llmcluster.render.grid import grid_lines
 from llmcluster.render.launch import gpu_detect_lines, launcher_lines, nccl_init_lines
 from llmcluster.render.report import (
     failure_lines,
+    interrupt_lines,
     restart_lines,
     summary_lines,
     summary_renderable,
 )
-from llmcluster.render.styles import STYLES, Style, rank_prefix
+from llmcluster.render.styles import STYLES, Style, make_style
 
 __all__ = [
     "STYLES",
@@ -25,9 +28,10 @@ __all__ = [
     "failure_lines",
     "gpu_detect_lines",
     "grid_lines",
+    "interrupt_lines",
     "launcher_lines",
+    "make_style",
     "nccl_init_lines",
-    "rank_prefix",
     "restart_lines",
     "summary_lines",
     "summary_renderable",

@@ -3,12 +3,20 @@
 Out-of-place (a fresh result array) and in-place (``out=`` the input) are timed
 separately, as nccl-tests does, and the average bus bandwidth covers both.
 Each rank is one process driving one GPU, as with ``mpirun -np N all_reduce_perf``,
-hence ``nGpus 1``.
+hence ``nGpus 1``. ``BenchStyle`` is what the bench shows of the run's records: only
+nccl-tests' own failure lines.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+from llmcluster.render.base import Style
+from llmcluster.render.launch import host_of, pid_of
+from llmcluster.wire.records import FailureRecord, Record, RunRecord
+
+NCCL_FAILURE_AT = "common.cu:392"
+TEST_STACK = ("common.cu:590", "all_reduce.cu:90", "common.cu:623", "common.cu:1078")
 
 
 def _time(us: float) -> str:
@@ -59,3 +67,30 @@ def bench_table_lines(rows: list[dict[str, Any]], *, world_size: int, algorithm:
         "#",
     ]
     return lines
+
+
+class BenchStyle(Style):
+    """What ``llmcluster bench`` shows of a run's records: nccl-tests prints no launcher,
+    plan or summary, only its table (rank 0 prints it) and, when a rank dies, its peer's
+    ``Test NCCL failure`` trace."""
+
+    name: ClassVar[str] = "bench"
+
+    def _dispatch(self, record: Record) -> list[str]:
+        if isinstance(record, RunRecord):
+            self.run = record
+        elif isinstance(record, FailureRecord) and self.run is not None:
+            return nccl_failure_lines(self.run, record)
+        return []
+
+
+def nccl_failure_lines(run: RunRecord, rec: FailureRecord) -> list[str]:
+    """all_reduce_perf on the dead rank's ring successor: the failed NCCL call, then the
+    test's call stack (``Test failure`` per frame)."""
+    peer = (rec.rank + 1) % run.world_size
+    host, pid = host_of(run, peer // run.nproc_per_node), pid_of(run, peer)
+    return [
+        f"{host}: Test NCCL failure {NCCL_FAILURE_AT} 'remote process exited or there was a "
+        "network error / '",
+        *(f" .. {host} pid {pid}: Test failure {where}" for where in TEST_STACK),
+    ]

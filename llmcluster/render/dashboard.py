@@ -1,7 +1,9 @@
 """The live dashboard (``--ui live``): header, progress, metrics, loss sparkline, GPU grid,
-collective timings and a log tail, rebuilt from records by pure functions.
+collective timings and a log tail (the style's own lines, from the launcher and NCCL on),
+rebuilt from records.
 
-``DashboardState.update`` folds records in; ``dashboard_renderable`` turns the state
+``DashboardState.update`` folds records in (the ETA smooths the step time, so it does not
+jump with one slow step); ``dashboard_renderable`` turns the state
 into a rich renderable for a given width (80 to 200+ columns, one screen line per
 ``Text``, nothing wraps). The sink owns the ``rich.live.Live``.
 """
@@ -10,19 +12,41 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from llmcluster.render.fmt import ascii_safe, duration, finite, human_bytes, human_count, iso, num
+from llmcluster.render.base import Style
+from llmcluster.render.fmt import (
+    ascii_safe,
+    duration,
+    finite,
+    human_bytes,
+    human_count,
+    iso,
+    num,
+    plural,
+)
 from llmcluster.render.grid import grid_segments
-from llmcluster.render.styles import STYLES
+from llmcluster.render.styles import make_style
+from llmcluster.wire.records import (
+    CheckpointRecord,
+    EvalRecord,
+    FailureRecord,
+    PhaseRecord,
+    PlanInfo,
+    RanksRecord,
+    Record,
+    RestartRecord,
+    RunRecord,
+    StepRecord,
+    SummaryRecord,
+)
 
 SPARKS = "▁▂▃▄▅▆▇█"
 ASCII_SPARKS = "_.-~=+*#"
 LOG_TAIL = 8
-ETA_WINDOW = 20  # steps whose record times give the pace for the ETA
+ETA_SMOOTHING = 0.1  # weight of the newest step time in the ETA's moving average
 LOSS_HISTORY = 240
 GRID_STYLE = {
     "title": "bold",
@@ -38,73 +62,82 @@ GRID_STYLE = {
 }
 
 
+def _due(done: int, total: int, interval: int) -> int:
+    """How many steps after ``done`` end with an evaluation (or a checkpoint): every
+    ``interval`` steps and the last step."""
+    last = 1 if total % interval and done < total else 0
+    return max(0, total // interval - done // interval) + last
+
+
 @dataclass
 class DashboardState:
     """Everything the dashboard shows, folded from records."""
 
     style: str = "default"
-    run: dict[str, Any] | None = None
-    step: dict[str, Any] | None = None
-    ranks: dict[str, Any] | None = None
+    run: RunRecord | None = None
+    step: StepRecord | None = None
+    ranks: RanksRecord | None = None
     phase: str = "starting"
     losses: deque[float] = field(default_factory=lambda: deque(maxlen=LOSS_HISTORY))
     log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL))
-    summary: dict[str, Any] | None = None
-    pace: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=ETA_WINDOW))
+    summary: SummaryRecord | None = None
+    step_s: float = float("nan")  # smoothed simulated seconds per step
+    eval_s: float = 0.0  # the latest evaluation's and checkpoint's durations
+    save_s: float = 0.0
+    renderer: Style = field(init=False)
 
-    def update(self, record: dict[str, Any]) -> None:
+    def __post_init__(self) -> None:
+        self.renderer = make_style(self.style)
+
+    def update(self, record: Record) -> None:
         """Fold one record in."""
-        kind, style = record.get("type"), STYLES[self.style]
-        if kind == "run":
-            self.run, self.phase = record, "rendezvous"
-            return
-        run = self.run
-        if kind == "summary":
-            self.summary, self.phase = record, "done"
-        if run is None:
-            return
-        if kind == "step":
-            self.step, self.phase = record, "training"
-            if self.pace and record["step"] <= self.pace[-1][0]:
-                self.pace.clear()  # resumed from a checkpoint: the pace starts again
-            self.pace.append((record["step"], record["time"]))
-            if finite(record["loss"]):
-                self.losses.append(record["loss"])
-            self._log(style.step_line(run, record))
-        elif kind == "ranks":
-            self.ranks = record
-        elif kind == "phase":
-            self.phase = record["name"]
-            self._log(style.phase_lines(run, record))
-        elif kind == "eval":
-            self._log(style.eval_lines(run, record))
-        elif kind == "checkpoint":
-            self._log(style.checkpoint_lines(run, record))
-        elif kind == "export":
-            self._log(style.export_lines(run, record))
-        elif kind == "failure":
+        if isinstance(record, FailureRecord):
             self.phase = "failed"
-            self._log([f"ERROR: rank {record['rank']} on {record['host']} failed: "
-                       f"{record['reason']}"])  # fmt: skip
-        elif kind == "restart":
+            self.log.append(f"ERROR: rank {record.rank} on {record.host} failed: {record.reason}")
+            return
+        if isinstance(record, RestartRecord):
             self.phase = "restarting"
-            self._log([f"restarting from step {record['resume_step']} (attempt "
-                       f"{record['attempt']}/{record['max_restarts']})"])  # fmt: skip
-        elif kind == "log":
-            self._log([f"{record.get('level', 'INFO')}: {record.get('text', '')}"])
-
-    def _log(self, lines: list[str]) -> None:
+            self.log.append(f"restarting from step {record.resume_step} (attempt "
+                            f"{record.attempt}/{record.max_restarts})")  # fmt: skip
+            return
+        if isinstance(record, SummaryRecord):
+            self.summary, self.phase = record, "done"
+            return
+        if isinstance(record, RanksRecord):
+            self.ranks = record
+            return
+        lines = self.renderer.lines(record)  # the style's own lines, launcher and NCCL included
+        if isinstance(record, RunRecord):
+            self.run, self.phase = record, "rendezvous"
+        elif isinstance(record, StepRecord):
+            self.step, self.phase = record, "training"
+            self.step_s = (
+                record.step_time_s
+                if not finite(self.step_s)
+                else ETA_SMOOTHING * record.step_time_s + (1 - ETA_SMOOTHING) * self.step_s
+            )
+            if finite(record.loss):
+                self.losses.append(record.loss)
+        elif isinstance(record, EvalRecord):
+            self.eval_s = record.eval_s
+        elif isinstance(record, CheckpointRecord):
+            self.save_s = record.save_s
+        elif isinstance(record, PhaseRecord):
+            self.phase = record.name.value
         self.log.extend(lines)
 
     def eta_s(self) -> float:
-        """Simulated seconds left at the pace of recent step records (NaN before a step)."""
+        """Simulated seconds left: the smoothed step time over the steps left, plus the
+        evaluations and checkpoints still due at their latest durations (NaN before a step)."""
         if self.step is None or self.run is None:
             return float("nan")
-        left = self.run["plan"]["total_steps"] - self.step["step"]
-        if len(self.pace) < 2:
-            return left * self.step["step_time_s"]
-        (first, t0), (last, t1) = self.pace[0], self.pace[-1]
-        return left * (t1 - t0) / (last - first)
+        plan: PlanInfo = self.run.plan
+        done, total = self.step.step, plan.total_steps
+        return (
+            (total - done) * self.step_s
+            + _due(done, total, plan.eval_interval) * self.eval_s
+            + _due(done, total, plan.checkpoint_interval) * self.save_s
+        )
 
 
 def sparkline(values: list[float], width: int, *, ascii_only: bool) -> str:
@@ -149,10 +182,10 @@ def _grid(state: DashboardState, width: int, ascii_only: bool) -> list[Text]:
     return rows
 
 
-def _progress(state: DashboardState, plan: dict[str, Any], width: int,
+def _progress(state: DashboardState, plan: PlanInfo, width: int,
               ascii_only: bool) -> list[Text]:  # fmt: skip
-    total, interval = plan["total_steps"], plan["eval_interval"]
-    done = state.step["step"] if state.step else 0
+    total, interval = plan.total_steps, plan.eval_interval
+    done = state.step.step if state.step else 0
     digits = len(str(total))
     bar_width = max(10, min(60, width - 50))
     into = done % interval if done % interval or not done else interval
@@ -165,22 +198,22 @@ def _progress(state: DashboardState, plan: dict[str, Any], width: int,
     ]  # fmt: skip
 
 
-def _metrics(step: dict[str, Any], width: int) -> list[Text]:
-    coll = step["collective"]
+def _metrics(step: StepRecord, width: int) -> list[Text]:
+    coll = step.collective
     fields = [
-        iso(step["time"]),
-        f"loss {num(step['loss'], '.4f')}",
-        f"ppl {num(step['ppl'], '.2f')}",
-        f"lr {step['lr']:.2e}",
-        f"grad_norm {num(step['grad_norm'], '.3f')}",
-        f"tok/s {human_count(step['tokens_per_s'])}",
-        f"MFU {100 * step['mfu']:.1f}%",
-        f"step {step['step_time_s']:.2f}s",
+        iso(step.time),
+        f"loss {num(step.loss, '.4f')}",
+        f"ppl {num(step.ppl, '.2f')}",
+        f"lr {step.lr:.2e}",
+        f"grad_norm {num(step.grad_norm, '.3f')}",
+        f"tok/s {human_count(step.tokens_per_s)}",
+        f"MFU {100 * step.mfu:.1f}%",
+        f"step {step.step_time_s:.2f}s",
     ]
     collective = [
-        f"allreduce {coll['algorithm']} {human_bytes(coll['bytes'])}",
-        f"model {coll['model_ms']:.1f} ms busbw {coll['busbw_gbs']:.0f} GB/s |",
-        f"measured wall {coll['wall_ms']:.2f} ms (real ZeroMQ)",
+        f"allreduce {coll.algorithm} {human_bytes(coll.bytes)}",
+        f"model {coll.model_ms:.1f} ms busbw {coll.busbw_gbs:.0f} GB/s |",
+        f"measured wall {coll.wall_ms:.2f} ms (real ZeroMQ)",
     ]
     return [
         *(Text(line, style="bold green") for line in pack(fields, width)),
@@ -193,14 +226,14 @@ def dashboard_renderable(state: DashboardState, *, width: int, ascii_only: bool)
     run = state.run
     if run is None:
         return Text("llmcluster: waiting for the ranks to rendezvous ...", style="dim")
-    model, gpu, plan = run["model"], run["gpu"], run["plan"]
+    model, gpu, plan = run.model, run.gpu, run.plan
     head = [
-        f"llmcluster {run['run_id']}",
-        f"{model['name']} ({human_count(model['params'])})",
-        f"{run['world_size']} x {gpu['name']} on {run['nnodes']} nodes",
-        f"{plan['strategy']} {plan['precision']}",
+        f"llmcluster {run.run_id}",
+        f"{model.name} ({human_count(model.params)})",
+        f"{run.world_size} x {gpu.name} on {plural(run.nnodes, 'node')}",
+        f"{plan.strategy} {plan.precision}",
         f"style {state.style}",
-        f"seed {run['seed']}",
+        f"seed {run.seed}",
         state.phase,
     ]
     parts: list[Text] = [Text(line, style="bold") for line in pack(head, width, sep=" | ")]

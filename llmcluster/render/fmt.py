@@ -92,6 +92,16 @@ def num(value: Any, spec: str) -> str:
     return format(float("nan") if value is None else float(value), spec)
 
 
+def plural(count: int, word: str, plural_form: str = "") -> str:
+    """``1 node``, ``8 nodes`` (``plural_form`` for irregular words)."""
+    return f"{count} {word if count == 1 else plural_form or word + 's'}"
+
+
+def tee_prefix(local_rank: int) -> str:
+    """The prefix torchrun ``--tee 3`` gives a worker's lines (role ``default``)."""
+    return f"[default{local_rank}]:"
+
+
 def tid_of(pid: int, offset: int = 0) -> int:
     """A plausible thread id for a process (NCCL prints pid:tid)."""
     return pid + offset

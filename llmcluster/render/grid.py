@@ -12,9 +12,11 @@ the live dashboard (coloured by tag) share one layout.
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from collections.abc import Sequence
 
 from llmcluster.render.fmt import ascii_safe
+from llmcluster.render.launch import host_of
+from llmcluster.wire.records import RankSample, RanksRecord, RunRecord
 
 COMPRESS_NODES = 16
 HOT_MARGIN_C = 5.0
@@ -28,43 +30,43 @@ Segment = tuple[str, str]  # (text, tag); tags: title host util low temp hot pla
 STRAGGLER_MARGIN = 1.03
 
 
-def straggler_rank(ranks: list[dict[str, Any]]) -> int | None:
+def straggler_rank(ranks: Sequence[RankSample]) -> int | None:
     """The rank the collective waited for, when it was noticeably (3 %) slower than the
     median; per-step jitter alone marks nobody, so the mark means something."""
     if len(ranks) < 2:
         return None
-    slowest = max(ranks, key=lambda r: r["compute_ms"])
-    median = statistics.median(r["compute_ms"] for r in ranks)
-    return slowest["rank"] if slowest["compute_ms"] > STRAGGLER_MARGIN * median else None
+    slowest = max(ranks, key=lambda r: r.compute_ms)
+    median = statistics.median(r.compute_ms for r in ranks)
+    return slowest.rank if slowest.compute_ms > STRAGGLER_MARGIN * median else None
 
 
-def is_hot(gpu: dict[str, Any], run: dict[str, Any]) -> bool:
+def is_hot(gpu: RankSample, run: RunRecord) -> bool:
     """Within ``HOT_MARGIN_C`` of the GPU's slowdown temperature."""
-    return gpu["temp_c"] >= run["gpu"]["slowdown_c"] - HOT_MARGIN_C
+    return gpu.temp_c >= run.gpu.slowdown_c - HOT_MARGIN_C
 
 
-def mark(gpu: dict[str, Any], run: dict[str, Any], straggler: int | None) -> str:
+def mark(gpu: RankSample, run: RunRecord, straggler: int | None) -> str:
     """The health mark of one GPU ('' when healthy); throttling outranks the others."""
-    if gpu["throttled"]:
+    if gpu.throttled:
         return "!"
-    if gpu["rank"] == straggler:
+    if gpu.rank == straggler:
         return "*"
     return "^" if is_hot(gpu, run) else ""
 
 
-def _cell(gpu: dict[str, Any], run: dict[str, Any], health: str, detail: int) -> list[Segment]:
-    util_tag = "util" if gpu["util"] >= LOW_UTIL else "low"
+def _cell(gpu: RankSample, run: RunRecord, health: str, detail: int) -> list[Segment]:
+    util_tag = "util" if gpu.util >= LOW_UTIL else "low"
     temp_tag = "hot" if is_hot(gpu, run) else "temp"
     if detail == 0:
         cell = [
-            (f"{gpu['util']:3.0f}", util_tag),
+            (f"{gpu.util:3.0f}", util_tag),
             ("/", "plain"),
-            (f"{gpu['temp_c']:2.0f}", temp_tag),
+            (f"{gpu.temp_c:2.0f}", temp_tag),
         ]
     else:
-        cell = [(f"{gpu['util']:3.0f}%", util_tag), (f" {gpu['temp_c']:2.0f}°C", temp_tag)]
+        cell = [(f"{gpu.util:3.0f}%", util_tag), (f" {gpu.temp_c:2.0f}°C", temp_tag)]
     if detail == 2:
-        cell.append((f" {gpu['mem_used_gb']:4.1f}G {gpu['power_w']:3.0f}W", "plain"))
+        cell.append((f" {gpu.mem_used_gb:4.1f}G {gpu.power_w:3.0f}W", "plain"))
     return [*cell, (f"{health:1}", health or "plain")]
 
 
@@ -75,51 +77,44 @@ def _detail_for(width: int, host_width: int, per_row: int) -> int:
     return 0
 
 
-def _nodes(ranks: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    nodes: dict[int, list[dict[str, Any]]] = {}
+def _nodes(ranks: Sequence[RankSample]) -> dict[int, list[RankSample]]:
+    nodes: dict[int, list[RankSample]] = {}
     for gpu in ranks:
-        nodes.setdefault(gpu["node"], []).append(gpu)
+        nodes.setdefault(gpu.node, []).append(gpu)
     return nodes
 
 
-def _host(run: dict[str, Any], node: int) -> str:
-    hosts = run.get("hosts", [])
-    return hosts[node] if node < len(hosts) else f"node{node}"
-
-
-def _summary(
-    gpus: list[dict[str, Any]], run: dict[str, Any], straggler: int | None
-) -> list[Segment]:
-    utils, temps = [g["util"] for g in gpus], [g["temp_c"] for g in gpus]
-    hottest = max(gpus, key=lambda g: g["temp_c"])
+def _summary(gpus: list[RankSample], run: RunRecord, straggler: int | None) -> list[Segment]:
+    utils, temps = [g.util for g in gpus], [g.temp_c for g in gpus]
+    hottest = max(gpus, key=lambda g: g.temp_c)
     marks = "".join(sorted({mark(g, run, straggler) for g in gpus} - {""}))
-    power_kw = sum(g["power_w"] for g in gpus) / 1000
+    power_kw = sum(g.power_w for g in gpus) / 1000
     return [
         (f"util {min(utils):3.0f}/{statistics.mean(utils):3.0f}/{max(utils):3.0f}%",
          "util" if min(utils) >= LOW_UTIL else "low"),
         (f" temp {min(temps):2.0f}/{statistics.mean(temps):2.0f}/{max(temps):2.0f}°C",
          "hot" if is_hot(hottest, run) else "temp"),
-        (f" hottest gpu{hottest['local_rank']} {power_kw:4.1f}kW ", "plain"),
+        (f" hottest gpu{hottest.local_rank} {power_kw:4.1f}kW ", "plain"),
         (marks, marks[:1] or "plain"),
     ]  # fmt: skip
 
 
-def grid_segments(run: dict[str, Any], ranks_record: dict[str, Any], *,
+def grid_segments(run: RunRecord, ranks_record: RanksRecord, *,
                   width: int) -> list[list[Segment]]:  # fmt: skip
     """The title row, then one row per node (cells, or a summary above COMPRESS_NODES)."""
-    ranks = ranks_record["ranks"]
+    ranks = ranks_record.ranks
     straggler = straggler_rank(ranks)
     nodes = _nodes(ranks)
-    host_width = min(24, max((len(_host(run, n)) for n in nodes), default=4))
+    host_width = min(24, max((len(host_of(run, n)) for n in nodes), default=4))
     per_row = max((len(g) for g in nodes.values()), default=1)
     compress = len(nodes) > COMPRESS_NODES
     detail = _detail_for(width, host_width, per_row)
     fields = "min/mean/max util, temp; hottest; power" if compress else FIELDS[detail]
-    total = ranks[0]["mem_total_gb"] if ranks else 0
-    rows = [[(f"GPUs @ step {ranks_record['step']} ({fields}; {total:.0f}G each) | {LEGEND}",
+    total = ranks[0].mem_total_gb if ranks else 0
+    rows = [[(f"GPUs @ step {ranks_record.step} ({fields}; {total:.0f}G each) | {LEGEND}",
               "title")]]  # fmt: skip
     for node, gpus in nodes.items():
-        row = [(f"{_host(run, node)[-host_width:]:<{host_width}}", "host")]  # the tail differs
+        row = [(f"{host_of(run, node)[-host_width:]:<{host_width}}", "host")]  # the tail differs
         if compress:
             row += [(" ", "plain"), *_summary(gpus, run, straggler)]
         else:
@@ -129,7 +124,7 @@ def grid_segments(run: dict[str, Any], ranks_record: dict[str, Any], *,
     return rows
 
 
-def grid_lines(run: dict[str, Any], ranks_record: dict[str, Any], *, width: int,
+def grid_lines(run: RunRecord, ranks_record: RanksRecord, *, width: int,
                ascii_only: bool) -> list[str]:  # fmt: skip
     """The grid for one ``ranks`` record as plain lines, each at most ``width`` long."""
     lines = []

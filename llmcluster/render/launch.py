@@ -3,15 +3,18 @@
 Formats follow ``shared/reference/real-logs.md`` sections 2a (torchrun glog lines, the
 OMP_NUM_THREADS banner, the elastic agent's launch configs and rendezvous result), 2b
 (``host:pid:tid [dev] NCCL INFO`` lines with ring/tree listings and ``Init COMPLETE``)
-and 2g (nvidia-smi's GPU listing). Every value comes from the ``run`` record.
+and 2g (nvidia-smi's GPU listing). Every value comes from the ``run`` record; a node
+agent, which has no run record, describes its launch with an ``AgentLaunch``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from dataclasses import dataclass
+from typing import Protocol
 
 from llmcluster.render.fmt import glog, tid_of
+from llmcluster.wire.records import RunRecord
 
 RUN_PY = "torch/distributed/run.py:803"
 API_PY = "torch/distributed/launcher/api.py:194"
@@ -29,32 +32,68 @@ def _hex(seed: str, digits: int) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()[:digits]
 
 
-def agent_pid(run: dict[str, Any]) -> int:
-    """The pid torchrun's lines carry: the coordinator's."""
-    return int(run.get("agent_pid", 0))
+class Launch(Protocol):
+    """What torchrun's own lines need: a ``RunRecord`` or a node agent's ``AgentLaunch``."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def start_time(self) -> float: ...
+    @property
+    def agent_pid(self) -> int: ...
+    @property
+    def nnodes(self) -> int: ...
+    @property
+    def nproc_per_node(self) -> int: ...
+    @property
+    def world_size(self) -> int: ...
+    @property
+    def master_addr(self) -> str: ...
+    @property
+    def master_port(self) -> int: ...
+    @property
+    def max_restarts(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
 
 
-def launcher_lines(run: dict[str, Any], group_rank: int = 0) -> list[str]:
+@dataclass(frozen=True, kw_only=True)
+class AgentLaunch:
+    """A node agent's view of its launch (it prints torchrun's lines before any record)."""
+
+    run_id: str
+    start_time: float
+    agent_pid: int
+    nnodes: int
+    nproc_per_node: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    max_restarts: int
+    attempt: int
+
+
+def launcher_lines(run: Launch, group_rank: int = 0) -> list[str]:
     """torchrun's banner, launch configs and one node's rendezvous result."""
-    t, pid = float(run["start_time"]), agent_pid(run)
-    nnodes, nproc, world = run["nnodes"], run["nproc_per_node"], run["world_size"]
+    t, pid = run.start_time, run.agent_pid
+    nnodes, nproc, world = run.nnodes, run.nproc_per_node, run.world_size
     w = glog("W", t, pid, RUN_PY)
     lines = [f"{w} ", f"{w} " + "*" * 41, f"{w} {OMP_TEXT}", f"{w} " + "*" * 41]
     i = glog("I", t + 0.01, pid, API_PY)
-    endpoint = f"{run['master_addr']}:{run['master_port']}"
+    endpoint = f"{run.master_addr}:{run.master_port}"
     lines += [
         f"{i} Starting elastic_operator with launch configs:",
         f"{i}   entrypoint       : pretrain_gpt.py",
         f"{i}   min_nodes        : {nnodes}",
         f"{i}   max_nodes        : {nnodes}",
         f"{i}   nproc_per_node   : {nproc}",
-        f"{i}   run_id           : {run['run_id']}",
+        f"{i}   run_id           : {run.run_id}",
         f"{i}   rdzv_backend     : c10d",
         f"{i}   rdzv_endpoint    : {endpoint}",
         f"{i}   rdzv_configs     : {{'timeout': 900}}",
-        f"{i}   max_restarts     : {run.get('max_restarts', 0)}",
+        f"{i}   max_restarts     : {run.max_restarts}",
         f"{i}   monitor_interval : 0.1",
-        f"{i}   log_dir          : /tmp/torchelastic_{_hex(run['run_id'], 8)}",
+        f"{i}   log_dir          : /tmp/torchelastic_{_hex(run.run_id, 8)}",
         f"{i}   metrics_cfg      : {{}}",
         f"{i} ",
     ]
@@ -66,9 +105,9 @@ def launcher_lines(run: dict[str, Any], group_rank: int = 0) -> list[str]:
         f"{a} [default] starting workers for entrypoint: python",
         f"{a} [default] Rendezvous'ing worker group",
         f"{a} [default] Rendezvous complete for workers. Result:",
-        f"{a}   restart_count={run.get('attempt', 0)}",
-        f"{a}   master_addr={run['master_addr']}",
-        f"{a}   master_port={run['master_port']}",
+        f"{a}   restart_count={run.attempt}",
+        f"{a}   master_addr={run.master_addr}",
+        f"{a}   master_port={run.master_port}",
         f"{a}   group_rank={group_rank}",
         f"{a}   group_world_size={nnodes}",
         f"{a}   local_ranks={local}",
@@ -82,9 +121,9 @@ def launcher_lines(run: dict[str, Any], group_rank: int = 0) -> list[str]:
     return lines
 
 
-def finish_lines(run: dict[str, Any], t: float, waited_s: float) -> list[str]:
+def finish_lines(run: Launch, t: float, waited_s: float) -> list[str]:
     """What a node's elastic agent prints when its worker group has finished."""
-    a = glog("I", t, agent_pid(run), AGENT_PY)
+    a = glog("I", t, run.agent_pid, AGENT_PY)
     return [
         f"{a} [default] worker group successfully finished. Waiting 300 seconds for other "
         "agents to finish.",
@@ -94,12 +133,20 @@ def finish_lines(run: dict[str, Any], t: float, waited_s: float) -> list[str]:
     ]
 
 
-def nccl_prefix(run: dict[str, Any], rank: int, *, thread: int = 0) -> str:
+def host_of(run: RunRecord, node: int) -> str:
+    """A node's display hostname."""
+    return run.hosts[node] if node < len(run.hosts) else f"node{node}"
+
+
+def pid_of(run: RunRecord, rank: int) -> int:
+    """A rank's pid (0 when the run record does not list it)."""
+    return run.pids[rank] if rank < len(run.pids) else 0
+
+
+def nccl_prefix(run: RunRecord, rank: int, *, thread: int = 0) -> str:
     """``host:pid:tid [dev]`` for a rank."""
-    nproc = run["nproc_per_node"]
-    node, local = divmod(rank, nproc)
-    host = run["hosts"][node] if node < len(run["hosts"]) else f"node{node}"
-    pid = int(run["pids"][rank]) if rank < len(run["pids"]) else 0
+    node, local = divmod(rank, run.nproc_per_node)
+    host, pid = host_of(run, node), pid_of(run, rank)
     return f"{host}:{pid}:{tid_of(pid, thread)} [{local}]"
 
 
@@ -132,20 +179,19 @@ def tree_line(world: int, nproc: int, rank: int) -> str:
     return f"{downs[0]}/{downs[1]}/{downs[2]}->{rank}->{up}"
 
 
-def nccl_init_lines(run: dict[str, Any], rank: int) -> list[str]:
+def nccl_init_lines(run: RunRecord, rank: int) -> list[str]:
     """NCCL_DEBUG=INFO bootstrap and communicator init for ``rank`` (rank 0 adds the version)."""
-    versions = run["plan"]["versions"]
-    world, nproc, nnodes = run["world_size"], run["nproc_per_node"], run["nnodes"]
+    versions = run.plan.versions
+    world, nproc, nnodes = run.world_size, run.nproc_per_node, run.nnodes
     main, init = nccl_prefix(run, rank), nccl_prefix(run, rank, thread=183)
     ip = f"10.{(rank // nproc) // 250}.{(rank // nproc) % 250}.{11 + (rank // nproc) % 200}"
-    gpu = run["gpu"]
     major, _, minor = versions["cuda"].removeprefix("rocm-").partition(".")
     cuda_driver = f"{int(major) * 1000 + int(minor.split('.')[0] or 0) * 10}"
-    comm = "0x" + _hex(f"{run['run_id']}{rank}", 8)
-    comm_id = "0x" + _hex(run["run_id"], 16)
+    comm = "0x" + _hex(f"{run.run_id}{rank}", 8)
+    comm_id = "0x" + _hex(run.run_id, 16)
     local = rank % nproc
     bus = f"{0x18 + 0x10 * local:x}000"
-    channels = 24 if gpu["intra_node_link"].startswith("NVLink") else 4
+    channels = 24 if run.gpu.intra_node_link.startswith("NVLink") else 4
     lines = [
         f"{main} NCCL INFO Bootstrap : Using eth0:{ip}<0>",
         f"{main} NCCL INFO cudaDriverVersion {cuda_driver}",
@@ -191,17 +237,11 @@ def nccl_init_lines(run: dict[str, Any], rank: int) -> list[str]:
     return [line for line in lines if line]
 
 
-def gpu_detect_lines(run: dict[str, Any]) -> list[str]:
-    """nvidia-smi -L for node 0's GPUs, then the driver and CUDA versions."""
-    gpu, versions = run["gpu"], run["plan"]["versions"]
-    count = min(run["nproc_per_node"], run["world_size"])
+def gpu_detect_lines(run: RunRecord) -> list[str]:
+    """``nvidia-smi -L`` for node 0's GPUs."""
     lines = []
-    for index in range(count):
-        uuid = _hex(f"{run['run_id']}-gpu{index}", 32)
+    for index in range(min(run.nproc_per_node, run.world_size)):
+        uuid = _hex(f"{run.run_id}-gpu{index}", 32)
         uuid = f"GPU-{uuid[:8]}-{uuid[8:12]}-{uuid[12:16]}-{uuid[16:20]}-{uuid[20:32]}"
-        lines.append(f"GPU {index}: {gpu['smi_name']} (UUID: {uuid})")
-    lines.append(
-        f"Driver Version: {versions['driver']}    CUDA Version: {versions['cuda']}    "
-        f"{count} x {gpu['smi_name']}, {gpu['memory_mib']}MiB each, {gpu['tdp_w']:.0f}W cap"
-    )
+        lines.append(f"GPU {index}: {run.gpu.smi_name} (UUID: {uuid})")
     return lines

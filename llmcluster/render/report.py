@@ -1,72 +1,92 @@
-"""Failure reports, restarts and the closing summary, in torch.distributed.elastic's formats.
+"""Failure reports, restarts, interrupts and the closing summary, in torch.distributed.elastic's
+formats.
 
 A failure prints what an engineer knows from real runs (``real-logs.md`` 2c): the NCCL
-watchdog timeout from the surviving ranks, the agent's ``Sending process N closing
-signal SIGTERM`` lines, and the ``ChildFailedError`` box with its Root Cause entry.
+watchdog timeout from the surviving ranks (tee'd by torchrun in the framework styles), the
+agent's ``Sending process N closing signal SIGTERM`` lines, and the ``ChildFailedError`` box
+with its Root Cause entry. ``llmcluster:`` explanations belong to the default style only.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import time
-from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from llmcluster.render.fmt import ascii_safe, c10_glog, duration, glog, hms, human_count, num
-from llmcluster.render.launch import agent_pid
+from llmcluster.render.fmt import (
+    ascii_safe,
+    c10_glog,
+    duration,
+    glog,
+    hms,
+    human_count,
+    num,
+    plural,
+    tee_prefix,
+)
+from llmcluster.render.launch import Launch, pid_of
+from llmcluster.wire.records import FailureRecord, RestartRecord, RunRecord, SummaryRecord
 
 MP_API = "torch/distributed/elastic/multiprocessing/api.py:1014"
 MP_FAILED = "torch/distributed/elastic/multiprocessing/api.py:870"
 AGENT_API = "torch/distributed/elastic/agent/server/api.py:736"
+AGENT_SIGNAL = "torch/distributed/elastic/agent/server/api.py:719"
 BOX_WIDTH = 60
 SIGNALS = {"SIGKILL": 9, "SIGTERM": 15, "SIGABRT": 6, "SIGSEGV": 11, "SIGINT": 2}
+INTERRUPTED = re.compile(r"^interrupted \((SIG[A-Z]+)\)$")
 
 
-def _witness(run: dict[str, Any], failed: int) -> list[int]:
+def _witness(run: RunRecord, failed: int) -> list[int]:
     """Two surviving ranks whose watchdogs fire (the dead one's ring neighbours)."""
-    world = run["world_size"]
+    world = run.world_size
     return sorted({(failed + 1) % world, (failed - 1) % world} - {failed})
 
 
-def failure_lines(run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
-    """Watchdog lines, the agent tearing the group down, and the ChildFailedError box."""
-    t, rank = float(rec["time"]), rec["rank"]
-    timeout = rec["timeout_ms"]
+def _node_pids(run: RunRecord, node: int) -> list[tuple[int, int]]:
+    """(global rank, pid) of every worker on ``node``."""
+    first = node * run.nproc_per_node
+    return [(r, pid_of(run, r)) for r in range(first, min(first + run.nproc_per_node,
+                                                           run.world_size))]  # fmt: skip
+
+
+def failure_lines(run: RunRecord, rec: FailureRecord, *, tee: bool = False,
+                  explain: bool = True) -> list[str]:  # fmt: skip
+    """Watchdog lines (tee'd by torchrun with ``tee``), the agent tearing the group down, the
+    ChildFailedError box and (with ``explain``) llmcluster's one-line reason."""
+    t, rank, timeout = rec.time, rec.rank, rec.timeout_ms
     work = (
-        f"WorkNCCL(SeqNum={rec['seq']}, OpType={rec['op']}, NumelIn={rec['numel']}, "
-        f"NumelOut={rec['numel']}, Timeout(ms)={timeout})"
+        f"WorkNCCL(SeqNum={rec.seq}, OpType={rec.op}, NumelIn={rec.numel}, "
+        f"NumelOut={rec.numel}, Timeout(ms)={timeout})"
     )
     lines = []
     for other in _witness(run, rank):
+        prefix = tee_prefix(other % run.nproc_per_node) if tee else ""
         stamp = c10_glog("E", t, "ProcessGroupNCCL.cpp:629")
         lines.append(
-            f"[rank{other}]:{stamp} [Rank {other}] Watchdog caught collective operation timeout: "
-            f"{work} ran for {timeout + 81} milliseconds before timing out."
+            f"{prefix}[rank{other}]:{stamp} [Rank {other}] Watchdog caught collective operation "
+            f"timeout: {work} ran for {timeout + 81} milliseconds before timing out."
         )
         lines.append(
-            f"[rank{other}]:{c10_glog('E', t, 'ProcessGroupNCCL.cpp:695')} [Rank {other}] To avoid "
-            "data inconsistency, we are taking the entire process down."
+            f"{prefix}[rank{other}]:{c10_glog('E', t, 'ProcessGroupNCCL.cpp:695')} [Rank {other}] "
+            "To avoid data inconsistency, we are taking the entire process down."
         )
-    pid, apid = agent_pid(run), rec.get("pid", 0)
-    nproc = run["nproc_per_node"]
-    node_first = rec["node"] * nproc
-    for local in range(min(nproc, run["world_size"] - node_first)):
-        if node_first + local == rank:
-            continue
-        other_pid = run["pids"][node_first + local] if node_first + local < len(run["pids"]) else 0
-        lines.append(
-            f"{glog('W', t, pid, MP_API)} Sending process {other_pid} closing signal SIGTERM"
-        )
+    agent, pid = run.agent_pid, rec.pid
+    for other, other_pid in _node_pids(run, rec.node):
+        if other != rank:
+            lines.append(
+                f"{glog('W', t, agent, MP_API)} Sending process {other_pid} closing signal SIGTERM"
+            )
     lines.append(
-        f"{glog('E', t, pid, MP_FAILED)} failed (exitcode: {rec['exitcode']}) local_rank: "
-        f"{rec['local_rank']} (pid: {apid}) of binary: /usr/bin/python3"
+        f"{glog('E', t, agent, MP_FAILED)} failed (exitcode: {rec.exitcode}) local_rank: "
+        f"{rec.local_rank} (pid: {pid}) of binary: /usr/bin/python3"
     )
-    signal = rec.get("signal") or ""
+    signal = rec.signal or ""
     traceback = (
-        f"Signal {SIGNALS.get(signal, -rec['exitcode'])} ({signal}) received by PID {apid}"
+        f"Signal {SIGNALS.get(signal, -rec.exitcode)} ({signal}) received by PID {pid}"
         if signal
         else "To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html"
     )
@@ -82,21 +102,22 @@ def failure_lines(run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
         "Root Cause (first observed failure):",
         "[0]:",
         f"  time      : {stamp}",
-        f"  host      : {rec['host']}",
-        f"  rank      : {rank} (local_rank: {rec['local_rank']})",
-        f"  exitcode  : {rec['exitcode']} (pid: {apid})",
+        f"  host      : {rec.host}",
+        f"  rank      : {rank} (local_rank: {rec.local_rank})",
+        f"  exitcode  : {rec.exitcode} (pid: {pid})",
         "  error_file: <N/A>",
         f"  traceback : {traceback}",
         "=" * BOX_WIDTH,
-        f"llmcluster: {rec['reason']}",
     ]
+    if explain:
+        lines.append(f"llmcluster: {rec.reason}")
     return lines
 
 
-def agent_restart_lines(run: dict[str, Any], t: float, *, attempt: int, restarts_left: int,
+def agent_restart_lines(run: Launch, t: float, *, attempt: int, restarts_left: int,
                         max_restarts: int) -> list[str]:  # fmt: skip
     """torchrun's elastic agent restarting its worker group (attempt ``attempt``)."""
-    a, w = glog("I", t, agent_pid(run), AGENT_API), glog("W", t, agent_pid(run), AGENT_API)
+    a, w = glog("I", t, run.agent_pid, AGENT_API), glog("W", t, run.agent_pid, AGENT_API)
     return [
         f"{w} [default] Worker group FAILED. {restarts_left + 1}/{max_restarts} "
         "attempts left; will restart worker group",
@@ -104,26 +125,44 @@ def agent_restart_lines(run: dict[str, Any], t: float, *, attempt: int, restarts
         f"{a} [default] Rendezvous'ing worker group",
         f"{a} [default] Rendezvous complete for workers. Result:",
         f"{a}   restart_count={attempt}",
-        f"{a}   master_addr={run['master_addr']}",
-        f"{a}   master_port={run['master_port']}",
+        f"{a}   master_addr={run.master_addr}",
+        f"{a}   master_port={run.master_port}",
         f"{a} [default] Starting worker group",
     ]
 
 
-def restart_lines(run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
-    """The elastic agent restarting the worker group from the last checkpoint."""
-    agent = agent_restart_lines(run, float(rec["time"]), attempt=rec["attempt"],
-                                restarts_left=rec["restarts_left"],
-                                max_restarts=rec["max_restarts"])  # fmt: skip
-    return [
-        *agent,
-        f"llmcluster: resuming from the checkpoint at step {rec['resume_step'] - 1}; "
-        f"{rec.get('replayed_steps', 0)} step(s) to replay, {duration(rec['lost_s'])} of work lost",
+def restart_lines(run: RunRecord, rec: RestartRecord, *, explain: bool = True) -> list[str]:
+    """The elastic agent restarting the worker group (with ``explain``: from which step)."""
+    lines = agent_restart_lines(run, rec.time, attempt=rec.attempt,
+                                restarts_left=rec.restarts_left,
+                                max_restarts=rec.max_restarts)  # fmt: skip
+    if explain:
+        lines.append(
+            f"llmcluster: resuming from the checkpoint at step {rec.resume_step - 1}; "
+            f"{plural(rec.replayed_steps, 'step')} to replay, {duration(rec.lost_s)} of work lost"
+        )
+    return lines
+
+
+def interrupt_lines(run: RunRecord, rec: SummaryRecord) -> list[str]:
+    """torchrun's agent forwarding Ctrl+C (or a SIGTERM) to node 0's workers, when the
+    summary says the run was interrupted; nothing otherwise."""
+    match = INTERRUPTED.match(rec.exit)
+    if match is None:
+        return []
+    name, agent = match[1], run.agent_pid
+    lines = [
+        f"{glog('W', rec.time, agent, AGENT_SIGNAL)} Received Signals.{name} death signal, "
+        "shutting down workers"
     ]
+    lines += [
+        f"{glog('W', rec.time, agent, MP_API)} Sending process {pid} closing signal {name}"
+        for _, pid in _node_pids(run, 0)
+    ]
+    return lines
 
 
-def summary_renderable(run: dict[str, Any] | None, rec: dict[str, Any], *,
-                       ascii_only: bool) -> Table:  # fmt: skip
+def summary_renderable(run: RunRecord | None, rec: SummaryRecord, *, ascii_only: bool) -> Table:
     """The final summary as a rich Table."""
     table = Table(
         title="Training summary",
@@ -134,28 +173,26 @@ def summary_renderable(run: dict[str, Any] | None, rec: dict[str, Any], *,
     table.add_column("what", style="bold")
     table.add_column("value")
     if run is not None:
-        model, gpu = run["model"], run["gpu"]
-        table.add_row("Run", f"{run['run_id']} (seed {run['seed']})")
-        table.add_row("Model", f"{model['name']} ({human_count(model['params'])} params)")
-        table.add_row("GPUs", f"{run['world_size']} x {gpu['name']} on {run['nnodes']} node(s)")
-        table.add_row("Strategy", f"{run['plan']['strategy']}, {run['plan']['precision']}")
-    table.add_row("Steps", str(rec["steps"]))
-    table.add_row(
-        "Final loss / PPL", f"{num(rec['final_loss'], '.4f')} / {num(rec['final_ppl'], '.2f')}"
-    )
-    table.add_row("Tokens trained", human_count(rec["tokens_total"]))
-    table.add_row("Simulated time", hms(rec["sim_seconds"]))
-    wall = rec["wall_seconds"]
+        model, gpu = run.model, run.gpu
+        table.add_row("Run", f"{run.run_id} (seed {run.seed})")
+        table.add_row("Model", f"{model.name} ({human_count(model.params)} params)")
+        table.add_row("GPUs", f"{run.world_size} x {gpu.name} on {plural(run.nnodes, 'node')}")
+        table.add_row("Strategy", f"{run.plan.strategy}, {run.plan.precision}")
+    table.add_row("Steps", str(rec.steps))
+    table.add_row("Final loss / PPL", f"{num(rec.final_loss, '.4f')} / {num(rec.final_ppl, '.2f')}")
+    table.add_row("Tokens trained", human_count(rec.tokens_total))
+    table.add_row("Simulated time", hms(rec.sim_seconds))
+    wall = rec.wall_seconds
     table.add_row("Wall time", f"{hms(wall)} ({wall:.0f}s)" if wall >= 60 else f"{wall:.1f}s")
-    table.add_row("Mean MFU", f"{100 * rec['mfu']:.1f}%")
-    table.add_row("Checkpoints", str(rec["checkpoints"]))
-    table.add_row("Restarts", f"{rec['restarts']} ({hms(rec['lost_s'])} lost)")
-    table.add_row("Dropped messages", str(rec["dropped_messages"]))
-    table.add_row("Exit", rec["exit"])
+    table.add_row("Mean MFU", f"{100 * rec.mfu:.1f}%")
+    table.add_row("Checkpoints", str(rec.checkpoints))
+    table.add_row("Restarts", f"{rec.restarts} ({hms(rec.lost_s)} lost)")
+    table.add_row("Dropped messages", str(rec.dropped_messages))
+    table.add_row("Exit", rec.exit)
     return table
 
 
-def summary_lines(run: dict[str, Any] | None, rec: dict[str, Any], *, width: int,
+def summary_lines(run: RunRecord | None, rec: SummaryRecord, *, width: int,
                   ascii_only: bool) -> list[str]:  # fmt: skip
     """The summary table as plain lines no wider than ``width``."""
     buffer = io.StringIO()

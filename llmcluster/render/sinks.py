@@ -16,15 +16,15 @@ import threading
 from typing import Any, Protocol
 
 from llmcluster.config import RunConfig
+from llmcluster.wire.records import Record, SummaryRecord, record_to_wire
 
-GRID_EVERY_STEPS = 10
 LIVE_REFRESH_PER_S = 8
 
 
 class Display(Protocol):
     """Shows records one by one; ``close`` restores the terminal."""
 
-    def show(self, record: dict[str, Any]) -> None: ...
+    def show(self, record: Record) -> None: ...
 
     def close(self) -> None: ...
 
@@ -39,82 +39,42 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def jsonl_line(record: Record) -> str:
+    """A record's compact JSON line (NaN and infinities become null)."""
+    return json.dumps(_json_safe(record_to_wire(record)), separators=(",", ":"))
+
+
 class JsonlDisplay:
-    """One JSON object per line on stdout (NaN and infinities become null)."""
+    """One JSON object per line on stdout."""
 
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stdout
 
-    def show(self, record: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(_json_safe(record), separators=(",", ":")) + "\n")
+    def show(self, record: Record) -> None:
+        self.stream.write(jsonl_line(record) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
         self.stream.flush()
 
 
-def record_lines(config: RunConfig, run: dict[str, Any] | None, record: dict[str, Any],
-                 width: int) -> list[str]:  # fmt: skip
-    """The log lines of one record in the configured style (ASCII only with ``--ascii``)."""
-    lines = _style_lines(config, run, record, width)
-    if config.ascii_only:
-        from llmcluster.render.fmt import ascii_safe
-
-        return [ascii_safe(line) for line in lines]
-    return lines
-
-
-def _style_lines(config: RunConfig, run: dict[str, Any] | None, record: dict[str, Any],
-                 width: int) -> list[str]:  # fmt: skip
-    from llmcluster import render
-
-    style, kind = render.STYLES[config.style], record.get("type")
-    if kind == "run":
-        if record.get("attempt", 0):  # a restarted worker group: the new communicator only
-            return render.nccl_init_lines(record, 0)
-        return [
-            *render.launcher_lines(record),
-            *render.nccl_init_lines(record, 0),
-            *render.gpu_detect_lines(record),
-            *style.preamble(record),
-        ]
-    if kind == "summary":
-        table = render.summary_lines(run, record, width=width, ascii_only=config.ascii_only)
-        return table if run is None else [*style.final_lines(run, record), *table]
-    if run is None:
-        return []
-    if kind == "step":
-        return style.step_line(run, record)
-    if kind == "ranks":
-        if record["step"] % GRID_EVERY_STEPS == 0 or record["step"] == 1:
-            return render.grid_lines(run, record, width=width, ascii_only=config.ascii_only)
-        return []
-    handlers = {
-        "phase": style.phase_lines,
-        "eval": style.eval_lines,
-        "checkpoint": style.checkpoint_lines,
-        "export": style.export_lines,
-        "failure": render.failure_lines,
-        "restart": render.restart_lines,
-    }
-    if kind in handlers:
-        return handlers[kind](run, record)
-    if kind == "log":
-        return [f"{record.get('level', 'INFO')}: {record.get('text', '')}"]
-    return []
+def _is_bench(config: RunConfig) -> bool:
+    return config.bench is not None
 
 
 class LogDisplay:
-    """The scrolling log: the chosen style's lines, the GPU grid every few steps."""
+    """The scrolling log: the chosen style's lines (the GPU grid every few steps in the
+    default style)."""
 
     def __init__(self, config: RunConfig, console: Any) -> None:
-        self.config, self.console = config, console
-        self.run: dict[str, Any] | None = None
+        from llmcluster.render.styles import make_style
 
-    def show(self, record: dict[str, Any]) -> None:
-        if record.get("type") == "run":
-            self.run = record
-        for line in record_lines(self.config, self.run, record, self.console.width):
+        self.config, self.console = config, console
+        self.style = make_style(config.style, width=console.width, ascii_only=config.ascii_only,
+                                bench=_is_bench(config))  # fmt: skip
+
+    def show(self, record: Record) -> None:
+        for line in self.style.lines(record):
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
@@ -151,13 +111,13 @@ class LiveDisplay:
                 self.state, width=self.console.width, ascii_only=self.config.ascii_only
             )
 
-    def show(self, record: dict[str, Any]) -> None:
+    def show(self, record: Record) -> None:
         with self.lock:
             self.state.update(record)
-        if record.get("type") == "summary":
+        if isinstance(record, SummaryRecord):
             self._finish(record)
 
-    def _finish(self, summary: dict[str, Any]) -> None:
+    def _finish(self, summary: SummaryRecord) -> None:
         from llmcluster.render.report import summary_renderable
 
         if self.live.is_started:
@@ -220,7 +180,7 @@ def make_display(config: RunConfig) -> Display:
     return LogDisplay(config, console)
 
 
-def show_records(config: RunConfig, records: list[dict[str, Any]]) -> None:
+def show_records(config: RunConfig, records: list[Record]) -> None:
     """Show records directly (the coordinator's fallback when no rank 0 is left)."""
     display: Display
     if config.output_format == "jsonl":

@@ -17,7 +17,6 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import zmq
 
@@ -28,7 +27,7 @@ from llmcluster.control.env import torchrun_env
 from llmcluster.control.link import CHECK_S, ControlLink, CoordinatorLost
 from llmcluster.control.procs import fork_child, reap, terminate_all
 from llmcluster.control.rundir import RunDir
-from llmcluster.render.launch import finish_lines, launcher_lines
+from llmcluster.render.launch import AgentLaunch, finish_lines, launcher_lines
 from llmcluster.render.report import agent_restart_lines
 from llmcluster.wire import AGENT_SRC, Kind, Message
 from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Spawn
@@ -191,21 +190,21 @@ class NodeAgent:
         if self.spec.announce:  # stderr, as torchrun's logging: stdout stays the ranks' own
             print(text, file=sys.stderr, flush=True)
 
-    def _agent_record(self, run_id: str, attempt: int) -> dict[str, Any]:
+    def _agent_record(self, run_id: str, attempt: int) -> AgentLaunch:
         config = self.config
         assert config is not None
-        return {
-            "start_time": self.sim_time,
-            "agent_pid": os.getpid(),
-            "nnodes": config.nnodes,
-            "nproc_per_node": config.nproc_per_node,
-            "world_size": config.ranks,
-            "master_addr": config.master_addr,
-            "master_port": config.master_port,
-            "run_id": run_id,
-            "max_restarts": config.max_restarts,
-            "attempt": attempt,
-        }
+        return AgentLaunch(
+            start_time=self.sim_time,
+            agent_pid=os.getpid(),
+            nnodes=config.nnodes,
+            nproc_per_node=config.nproc_per_node,
+            world_size=config.ranks,
+            master_addr=config.master_addr,
+            master_port=config.master_port,
+            run_id=run_id,
+            max_restarts=config.max_restarts,
+            attempt=attempt,
+        )
 
     def _announce_group(self, attempt: int, run_id: str) -> None:
         if not self.spec.announce or self.node == 0 or self.config is None:
@@ -214,7 +213,7 @@ class NodeAgent:
         if attempt == 0:
             lines = launcher_lines(run, group_rank=self.node)
         else:
-            lines = agent_restart_lines(run, run["start_time"], attempt=attempt,
+            lines = agent_restart_lines(run, run.start_time, attempt=attempt,
                                         restarts_left=self.config.max_restarts - attempt,
                                         max_restarts=self.config.max_restarts)  # fmt: skip
         self._say("\n".join(lines))
@@ -228,7 +227,7 @@ class NodeAgent:
             return
         waited = time.monotonic() - (self.group_done_at or time.monotonic())
         run = self._agent_record(run_id, 0)
-        self._say("\n".join(finish_lines(run, run["start_time"], round(waited, 6))))
+        self._say("\n".join(finish_lines(run, run.start_time, round(waited, 6))))
 
     def _spawn(self, spawn: Spawn, run_id: str) -> None:
         config = self.config

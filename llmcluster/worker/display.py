@@ -15,7 +15,7 @@ import zmq
 from llmcluster.config import RunConfig
 from llmcluster.render.sinks import make_display
 from llmcluster.telemetry.client import RecordClient
-from llmcluster.wire.records import SummaryRecord, record_to_wire
+from llmcluster.wire.records import SummaryRecord
 
 POLL_S = 0.1
 
@@ -39,7 +39,7 @@ class DisplayThread(threading.Thread):
         try:
             while not self._stopping.is_set():
                 for seq, record in client.receive(POLL_S):
-                    self._display.show(record_to_wire(record))
+                    self._display.show(record)
                     if isinstance(record, SummaryRecord):  # shown (and saved) before the ack:
                         closed = True  # the run ends once the display has acknowledged it
                         self._display.close()

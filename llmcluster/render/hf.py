@@ -1,0 +1,193 @@
+"""The HF Trainer's log (``--style hf``): the ``***** Running training *****`` block, tqdm's
+progress bar, a dict per logging step, eval dicts and ``save_pretrained``'s lines
+(``real-logs.md`` 2e).
+
+Like the Trainer, the renderer counts epochs in samples (``step x global batch`` over the
+dataset's examples), and like tqdm it measures elapsed time on the run's clock since
+training started (evaluations and saves included) and shows an exponentially smoothed
+rate, so the final bar agrees with ``train_runtime``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from llmcluster.render.base import Style, event_lines
+from llmcluster.render.fmt import duration, finite
+from llmcluster.wire.records import (
+    CheckpointRecord,
+    EvalRecord,
+    ExportRecord,
+    PhaseName,
+    PhaseRecord,
+    RunRecord,
+    StepRecord,
+    SummaryRecord,
+)
+
+TQDM_SMOOTHING = 0.3  # tqdm's default exponential moving average weight
+GRACEFUL_EXITS = ("completed", "exit-after-time")  # the training loop returned: train() reports
+MIN_BAR = 10
+
+
+def steps_per_epoch(run: RunRecord) -> int:
+    """Optimizer steps in one pass over the dataset's examples (at least 1)."""
+    return max(1, run.dataset.documents // run.plan.global_batch)
+
+
+def epoch_of(run: RunRecord, step: int) -> float:
+    """The Trainer's fractional ``epoch`` after ``step`` optimizer steps, rounded to 2."""
+    return round(step / steps_per_epoch(run), 2)
+
+
+def export_lines(rec: ExportRecord) -> list[str]:
+    """``save_pretrained``: the config, then one file or a sharded checkpoint with its index."""
+    path = rec.path
+    lines = [f"Configuration saved in {path}/config.json"]
+    if len(rec.files) > 1:
+        lines.append(
+            f"The model is bigger than the maximum size per checkpoint (5GB) and is going to "
+            f"be split in {len(rec.files)} checkpoint shards. You can find where each parameters "
+            f"has been saved in the index located at {path}/model.safetensors.index.json."
+        )
+    else:
+        lines.append(f"Model weights saved in {path}/model.safetensors")
+    return lines
+
+
+def _rate(seconds_per_it: float) -> str:
+    """tqdm's rate: ``2.10it/s`` when faster than one per second, else ``24.31s/it``."""
+    if not math.isfinite(seconds_per_it) or seconds_per_it <= 0:
+        return "?it/s"
+    if seconds_per_it < 1:
+        return f"{1 / seconds_per_it:5.2f}it/s"
+    return f"{seconds_per_it:5.2f}s/it"
+
+
+def _loss(value: float) -> float:
+    return round(value, 4) if finite(value) else float("nan")
+
+
+class HfStyle(Style):
+    """The HF Trainer: a dict per logging step, tqdm progress, eval dicts."""
+
+    name: ClassVar[str] = "hf"
+    example: ClassVar[str] = (
+        "{'loss': 3.4121, 'grad_norm': 0.8421, 'learning_rate': 0.000285, 'epoch': 0.03}"
+    )
+
+    def __init__(self, *, width: int = 120, ascii_only: bool = False) -> None:
+        super().__init__(width=width, ascii_only=ascii_only)
+        self.start_attempt()
+
+    def start_attempt(self) -> None:
+        self.train_start: float | None = None  # the simulated time training (re)started
+        self.train_end = 0.0  # the last step, evaluation or save of the training loop
+        self.last: tuple[int, float] | None = None  # tqdm's last update (n, time)
+        self.ema_s = float("nan")  # smoothed seconds per iteration
+        self.ema_weight = 0.0
+
+    def _update(self, n: int, t: float) -> None:
+        """tqdm's smoothed rate: an EMA of time per iteration, bias-corrected."""
+        if self.last is not None and n > self.last[0]:
+            per_it = (t - self.last[1]) / (n - self.last[0])
+            old = 0.0 if not self.ema_weight else self.ema_s * self.ema_weight
+            self.ema_weight = TQDM_SMOOTHING + (1 - TQDM_SMOOTHING) * self.ema_weight
+            self.ema_s = (TQDM_SMOOTHING * per_it + (1 - TQDM_SMOOTHING) * old) / self.ema_weight
+        self.last = (n, t)
+
+    def _bar(self, n: int, total: int, elapsed: float) -> str:
+        remaining = (total - n) * self.ema_s if n < total else 0.0
+        meta = f"| {n}/{total} [{duration(elapsed)}<{duration(remaining)}, {_rate(self.ema_s)}]"
+        percent = f"{100 * n // total:3d}%|"
+        width = max(MIN_BAR, self.width - len(percent) - len(meta) - 1)
+        filled = width * n // total
+        return f"{percent}{'█' * filled}{' ' * (width - filled)}{meta}"
+
+    def preamble(self, run: RunRecord) -> list[str]:
+        plan = run.plan
+        epochs = math.ceil(plan.total_steps / steps_per_epoch(run))
+        return [
+            "***** Running training *****",
+            f"  Num examples = {run.dataset.documents:,}",
+            f"  Num Epochs = {epochs:,}",
+            f"  Instantaneous batch size per device = {plan.micro_batch}",
+            f"  Total train batch size (w. parallel, distributed & accumulation) = "
+            f"{plan.global_batch:,}",
+            f"  Gradient Accumulation steps = {plan.grad_accum}",
+            f"  Total optimization steps = {plan.total_steps:,}",
+            f"  Number of trainable parameters = {run.model.params:,}",
+        ]
+
+    def step_line(self, run: RunRecord, step: StepRecord) -> list[str]:
+        n = step.step
+        if self.train_start is None:
+            self.train_start = step.time - step.step_time_s
+            self.last = (n - 1, self.train_start)
+        self._update(n, step.time)
+        self.train_end = step.time
+        record = {
+            "loss": _loss(step.loss),
+            "grad_norm": step.grad_norm,
+            "learning_rate": step.lr,
+            "epoch": epoch_of(run, n),
+        }
+        progress = self._bar(n, step.total_steps, step.time - self.train_start)
+        return [*event_lines(step), progress, str(record)]
+
+    def eval_lines(self, run: RunRecord, rec: EvalRecord) -> list[str]:
+        plan = run.plan
+        self.train_end = max(self.train_end, rec.time)
+        record = {
+            "eval_loss": _loss(rec.val_loss),
+            "eval_runtime": round(rec.eval_s, 4),
+            "eval_samples_per_second": round(plan.eval_iters * plan.global_batch / rec.eval_s, 3),
+            "eval_steps_per_second": round(plan.eval_iters / rec.eval_s, 3),
+            "epoch": epoch_of(run, rec.step),
+        }
+        return [str(record)]
+
+    def checkpoint_lines(self, run: RunRecord, rec: CheckpointRecord) -> list[str]:
+        self.train_end = max(self.train_end, rec.time)
+        path = f"{run.plan.checkpoint_dir}/checkpoint-{rec.step}"
+        return [f"Configuration saved in {path}/config.json",
+                f"Model weights saved in {path}/model.safetensors"]  # fmt: skip
+
+    def export_lines(self, run: RunRecord, rec: ExportRecord) -> list[str]:
+        return export_lines(rec)
+
+    def phase_lines(self, run: RunRecord, rec: PhaseRecord) -> list[str]:
+        plan = run.plan
+        if rec.name is PhaseName.EVAL:
+            return [
+                "***** Running Evaluation *****",
+                f"  Num examples = {plan.eval_iters * plan.global_batch:,}",
+                f"  Batch size = {plan.micro_batch}",
+            ]
+        if rec.name is PhaseName.CHECKPOINT:
+            return [f"Saving model checkpoint to {plan.checkpoint_dir}/checkpoint-{rec.step}"]
+        if rec.name is PhaseName.RESTORE:
+            return [
+                "  Continuing training from checkpoint, will skip to saved global_step",
+                f"  Continuing training from epoch {rec.step // steps_per_epoch(run)}",
+                f"  Continuing training from global step {rec.step}",
+            ]
+        return []  # init and export: the Trainer prints nothing until the step / save lines
+
+    def final_lines(self, run: RunRecord, rec: SummaryRecord) -> list[str]:
+        """``train_runtime`` from training's start to its last step, evaluation or save (as
+        the Trainer measures it), then tqdm's closing bar with the same elapsed time."""
+        if rec.exit not in GRACEFUL_EXITS:
+            return []
+        start = self.train_start
+        runtime = max(self.train_end - start, 1e-9) if start is not None else rec.sim_seconds
+        steps, loss = rec.steps, rec.final_loss
+        record = {
+            "train_runtime": round(runtime, 4),
+            "train_samples_per_second": round(steps * run.plan.global_batch / runtime, 3),
+            "train_steps_per_second": round(steps / runtime, 3),
+            "train_loss": loss if finite(loss) else float("nan"),
+            "epoch": epoch_of(run, steps),
+        }
+        return [str(record), self._bar(steps, max(steps, run.plan.total_steps), runtime)]
