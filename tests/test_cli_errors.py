@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cli, llmc_processes, run_cli
+from conftest import cli, own_processes, run_cli
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,7 @@ def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
     assert len(lines) == 1, done.stderr
     assert needle in lines[0] and "Traceback" not in done.stderr
     assert done.stdout == ""
-    assert llmc_processes() == []
+    assert own_processes() == []
 
 
 def test_rank_count_beyond_open_file_limit_is_refused() -> None:
@@ -52,7 +52,7 @@ def test_rank_count_beyond_open_file_limit_is_refused() -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "open files" in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert llmc_processes() == []
+    assert own_processes() == []
 
 
 def test_help_and_version_exit_0() -> None:
