@@ -352,15 +352,16 @@ def one_line(message: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
-def _fail(message: str) -> int:
-    print(f"llmcluster: error: {one_line(message)}", file=sys.stderr)
-    return 2
+def parse_or_fail(argv: Sequence[str]) -> Command | int:
+    """The validated Command, or exit code 2 after printing the one-line reason on stderr."""
+    try:
+        return parse(argv)
+    except (UsageError, ConfigError) as exc:
+        print(f"llmcluster: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmcluster`` command: parse, then execute; returns the exit code."""
-    try:
-        command = parse(list(sys.argv[1:] if argv is None else argv))
-    except (UsageError, ConfigError) as exc:
-        return _fail(str(exc))
-    return execute(command)
+    command = parse_or_fail(list(sys.argv[1:] if argv is None else argv))
+    return command if isinstance(command, int) else execute(command)
