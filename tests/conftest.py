@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -176,7 +177,9 @@ def records(stdout: str) -> list[dict[str, Any]]:
 
 
 class Running:
-    """A CLI process whose JSONL output is read line by line (wait on records, never sleeps)."""
+    """A CLI process whose JSONL output is read line by line (wait on records, never sleeps).
+
+    stderr is drained by a thread all along, so a chatty run never blocks on a full pipe."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
@@ -188,6 +191,11 @@ class Running:
             env={**os.environ, **(env or {})},
         )
         self.seen: list[dict[str, Any]] = []
+        self._stderr: list[str] = []
+        self._stderr_reader = threading.Thread(
+            target=lambda: self._stderr.extend(self.proc.stderr or ()), daemon=True
+        )
+        self._stderr_reader.start()
 
     def wait_for(self, predicate: Any, timeout_s: float = 30.0) -> dict[str, Any]:
         """Read records until ``predicate(record)`` holds (the pytest timeout bounds the read)."""
@@ -206,12 +214,32 @@ class Running:
         raise AssertionError("expected record did not arrive in time")
 
     def finish(self, timeout_s: float = 10.0) -> tuple[int, list[dict[str, Any]], str]:
-        """Wait for exit; return code, all records, stderr."""
-        out, err = self.proc.communicate(timeout=timeout_s)
-        self.seen.extend(records(out))
-        return self.proc.returncode, self.seen, err
+        """Wait for exit (killing the run after ``timeout_s``); return code, all records, stderr.
+
+        The rest of stdout is read through the same buffered stream as ``wait_for``, so no
+        line already buffered there is lost."""
+        assert self.proc.stdout is not None
+        watchdog = threading.Timer(timeout_s, self.proc.kill)
+        watchdog.start()
+        try:
+            rest = self.proc.stdout.read()
+            self.proc.wait(timeout=timeout_s)
+        finally:
+            watchdog.cancel()
+        self.seen.extend(records(rest))
+        return self.proc.returncode, self.seen, self.stderr_text(timeout_s)
+
+    def stderr_text(self, timeout_s: float = 10.0) -> str:
+        """Everything the run wrote to stderr (waits for the stream to end)."""
+        self._stderr_reader.join(timeout_s)
+        return "".join(self._stderr)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate(timeout=10)
+        self.proc.wait(timeout=10)
+        self._stderr_reader.join(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()

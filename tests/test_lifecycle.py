@@ -58,7 +58,9 @@ def _wait_step(run: Running, step: int) -> dict:
     return run.wait_for(lambda r: r["type"] == "step" and r["step"] >= step)
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_signal_stops_at_step_boundary_with_summary(sig: int, code: int, clean_table: None) -> None:
     run = Running("--ranks", "16", "--steps", "100000", "--format", "jsonl", "--speed", "200")
     try:

@@ -2,7 +2,8 @@
 
 Creates the run's private socket directory (0700, removed at exit), forks one
 node agent per node before any ZeroMQ context exists, then runs the coordinator
-loop in this process. Signals only set a flag; the loop decides what they mean.
+loop in this process. Signals (SIGINT, SIGTERM, SIGHUP) only set a flag, and so
+does a closed stdout (SIGPIPE); the loop decides what they mean.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import glob
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 
 from llmcluster import sim
@@ -24,6 +27,32 @@ from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name, outgo
 from llmcluster.worker.procs import fork_child
 
 LOCAL_RENDEZVOUS_TIMEOUT_S = 60.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def catch_stop_signals(received: list[int]) -> dict[int, object]:
+    """Stop signals append to ``received``; returns the previous handlers."""
+    return {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+            for sig in STOP_SIGNALS}  # fmt: skip
+
+
+def watch_stdout(received: list[int], done: threading.Event) -> None:
+    """Append SIGPIPE to ``received`` once stdout is closed (the reader of a pipe gone, a
+    hung-up terminal), so the run ends promptly, as a Unix tool does; a daemon thread."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLERR and POLLHUP are reported whatever the mask
+
+    def watch() -> None:
+        while not done.is_set():
+            if poller.poll(200):
+                received.append(signal.SIGPIPE)
+                return
+
+    threading.Thread(target=watch, name="stdout-watch", daemon=True).start()
 
 
 def process_start_wall() -> float:
@@ -68,10 +97,8 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
     speed = choose_speed(config, plan)
     run_id = secrets.token_hex(6)
     received: list[int] = []
-    previous = {
-        sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = catch_stop_signals(received)
+    watching = threading.Event()
     sweep_stale_dirs()
     work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-")
     os.chmod(work_dir, 0o700)
@@ -101,8 +128,10 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
             join_timeout_s=LOCAL_RENDEZVOUS_TIMEOUT_S,  # a rendezvous that never completes ends
         )
         coordinator.signals = received
+        watch_stdout(received, watching)
         return coordinator.run()
     finally:
+        watching.set()
         shutil.rmtree(work_dir, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -116,10 +145,8 @@ def run_coordinator(
 
     speed = choose_speed(config, plan)
     received: list[int] = []
-    previous = {
-        sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = catch_stop_signals(received)
+    watching = threading.Event()
     try:
         coordinator = Coordinator(
             config,
@@ -139,8 +166,10 @@ def run_coordinator(
               f"waiting for {config.nnodes} node(s) of {config.nproc_per_node} rank(s)",
               file=sys.stderr, flush=True)  # fmt: skip
         coordinator.signals = received
+        watch_stdout(received, watching)
         return coordinator.run()
     finally:
+        watching.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -162,6 +191,7 @@ def run_node(
         announce=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     try:
         return NodeAgent(spec).run()
     except KeyboardInterrupt:

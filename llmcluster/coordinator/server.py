@@ -38,7 +38,12 @@ RENDEZVOUS_SIM_CAP_S = 60.0
 RESTART_KILL_WAIT_S = 5.0
 DRAIN_DISPLAY_S = 1.0
 RESTART_OVERHEAD_S = 90.0  # detect, tear down, re-rendezvous, NCCL init (simulated)
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_CODES = {  # 128 + the signal, as a shell reports it; SIGPIPE: stdout was closed
+    signal.SIGHUP: 129,
+    signal.SIGINT: 130,
+    signal.SIGPIPE: 141,
+    signal.SIGTERM: 143,
+}
 
 
 @dataclass

@@ -75,16 +75,23 @@ class DisplayThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            receive_records(
-                self.ctx,
-                self.publish,
-                self.run_id,
-                self._display,
-                subscribed=self.subscribed,
-                stopping=self._stopping,
-            )
-        finally:
-            self._display.close()
+            try:
+                receive_records(
+                    self.ctx,
+                    self.publish,
+                    self.run_id,
+                    self._display,
+                    subscribed=self.subscribed,
+                    stopping=self._stopping,
+                )
+            finally:
+                self._display.close()
+        except OSError:  # stdout closed (| head, a hung-up terminal): the coordinator ends the run
+            from llmcluster.render.sinks import silence_stdout, stdout_closed
+
+            if not stdout_closed():
+                raise
+            silence_stdout()
 
     def stop(self) -> None:
         """Ask the thread to finish and wait for the terminal to be restored."""
