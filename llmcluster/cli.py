@@ -135,9 +135,10 @@ def _seed(value: int | None) -> int:
 def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
     for flag, value in (("--model", args.model), ("--gpu", args.gpu), ("--dataset", args.dataset)):
         if value is not None and not value.strip():
-            raise ConfigError(f"{flag} must name a catalog entry (see --list), got ''")
-    if any(not spec.strip() for spec in args.inject):
-        raise ConfigError("--inject needs a fault such as kill:rank=1,step=5, got ''")
+            raise ConfigError(f"{flag} must name a catalog entry (see --list), got {value!r}")
+    for spec in args.inject:
+        if not spec.strip(" ;"):
+            raise ConfigError(f"--inject needs a fault such as kill:rank=1,step=5, got {spec!r}")
     config = RunConfig(
         ranks=ranks,
         nproc_per_node=args.nproc_per_node,

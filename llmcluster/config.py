@@ -194,6 +194,8 @@ class RunConfig:
             )
         if self.output_format == "jsonl" and self.ui == "live":
             raise ConfigError("--ui live and --format jsonl contradict each other; pick one")
+        if self.output_format == "jsonl" and self.style != "default":
+            raise ConfigError("--style shapes the text log and --format jsonl has none; pick one")
         if self.output_format == "jsonl" and self.record_path:
             raise ConfigError("--record saves what the terminal showed; it needs --format log")
         if self.record_path and not self.record_path.endswith(RECORD_SUFFIXES):
