@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import secrets
 import socket
@@ -237,13 +238,15 @@ def _port_from(value: int | None, *, flag: str, highest: int) -> int:
     return check_port(value, flag=flag, highest=highest)
 
 
-def _nnodes(text: str) -> int:
+def _nnodes(text: str | None) -> int:
+    flag = "--nnodes" if text is not None else "NNODES"
+    text = text if text is not None else env_text("NNODES", "1")
     low, colon, high = text.partition(":")
     if not re.fullmatch(r"[0-9]{1,4}", low) or (colon and not re.fullmatch(r"[0-9]{1,4}", high)):
-        raise ConfigError(f"--nnodes must be N or MIN:MAX, got {text!r}")
+        raise ConfigError(f"{flag} must be N or MIN:MAX, got {text!r}")
     count = int(high or low)
     if not 1 <= int(low) <= count <= MAX_NNODES:
-        raise ConfigError(f"--nnodes must be between 1 and {MAX_NNODES} (MIN <= MAX), got {text!r}")
+        raise ConfigError(f"{flag} must be between 1 and {MAX_NNODES} (MIN <= MAX), got {text!r}")
     return count
 
 
@@ -259,11 +262,13 @@ def _coordinator(args: argparse.Namespace) -> CoordinatorRun:
         raise ConfigError(
             "--token (or LLMCLUSTER_TOKEN) is required when binding to a non-loopback address"
         )
-    nnodes = _nnodes(args.nnodes or env_text("NNODES", "1"))
+    nnodes = _nnodes(args.nnodes)
     config = _run_config(args, ranks=nnodes * args.nproc_per_node)
     plan = _plan(config)
     wildcard = bind in ("0.0.0.0", "*", "::")  # what ranks on every node see as MASTER_ADDR
-    master = (env_text("MASTER_ADDR", "") or socket.gethostname()) if wildcard else bind
+    master = bind
+    if wildcard:
+        master = check_address(env_text("MASTER_ADDR", socket.gethostname()), flag="MASTER_ADDR")
     config = dataclasses.replace(config, master_addr=master, master_port=port)
     return CoordinatorRun(config, plan, bind, port, token, args.join_timeout)
 
@@ -362,7 +367,29 @@ def parse_or_fail(argv: Sequence[str]) -> Command | int:
         return 2
 
 
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _stderr_to_devnull() -> None:
+    """Started with stderr closed (2>&-): what goes there is dropped, as by any Unix tool."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull != 2:
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process's stderr
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmcluster`` command: parse, then execute; returns the exit code."""
+    if not _fd_open(2):
+        _stderr_to_devnull()
+    if not _fd_open(1) or sys.stdout is None:  # stdout closed (>&-): refuse to run, as ls does
+        print("llmcluster: error: stdout is closed; nothing to show the run on", file=sys.stderr)
+        return 2
     command = parse_or_fail(list(sys.argv[1:] if argv is None else argv))
     return command if isinstance(command, int) else execute(command)
