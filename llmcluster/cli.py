@@ -172,21 +172,20 @@ def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
 
 
 def _plan(config: RunConfig) -> sim.RunPlan:
-    """The run's plan (raises ConfigError when it cannot be made); names resolved in config."""
+    """The run's plan, with every --inject checked against it; ConfigError if it cannot be."""
     from llmcluster.sim.faults import build_setup, parse_faults
 
     try:
-        setup = build_setup(config)
         faults = parse_faults(config.inject, config.ranks)
     except ConfigError:
         raise
-    except OverflowError:
+    except (OverflowError, ValueError):  # int() of an infinite or NaN value
         raise ConfigError("--inject values must be finite numbers") from None
-    except ValueError as exc:  # PlanError: unknown name, or nothing fits
+    try:
+        setup = build_setup(config)
+    except ValueError as exc:  # PlanError: an unknown name, or nothing fits
         if config.model and str(exc).startswith("no catalog model fits"):
             raise ConfigError(_model_hint(config)) from None
-        if "NaN" in str(exc):
-            raise ConfigError("--inject values must be finite numbers") from None
         raise ConfigError(str(exc)) from None
     total = setup.plan.total_steps
     for fault in faults:

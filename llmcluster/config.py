@@ -1,7 +1,8 @@
 """Run configuration: one frozen dataclass built once by the CLI and passed down explicitly.
 
-Also holds the small parsers the CLI shares (durations like ``2m30s``) and the
-validation that does not need the simulation catalog.
+Also holds the small parsers and checks the CLI shares (durations like ``2m30s``,
+ports, addresses, tokens, the ``--record`` target), each raising a one-line
+ConfigError that names the flag or environment variable and what it accepts.
 """
 
 from __future__ import annotations
