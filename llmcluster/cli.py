@@ -253,9 +253,26 @@ def _loopback(address: str) -> bool:
     return address in ("localhost", "::1") or address.startswith("127.")
 
 
+def _check_listen(bind: str, port: int) -> None:
+    """ConfigError unless a TCP listener can be opened on ``bind``:``port`` (then closed)."""
+    host = "0.0.0.0" if bind == "*" else bind.strip("[]")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"--bind/--port: cannot listen on {bind}:{port} ({reason})") from None
+
+
 def _coordinator(args: argparse.Namespace) -> CoordinatorRun:
     bind = check_address(args.bind, flag="--bind")
     port = _port_from(args.port, flag="--port", highest=65534)  # the records port is port + 1
+    for listen in (port, port + 1):
+        _check_listen(bind, listen)
     token = check_token(args.token)
     if not _loopback(bind) and not token:
         raise ConfigError(
@@ -288,8 +305,12 @@ def _node(args: argparse.Namespace) -> NodeRun:
             "--heartbeat-timeout must be between 0.1 and 3600 seconds, "
             f"got {args.heartbeat_timeout:g}"
         )
+    try:  # the agent routes to it over IPv4 (its own address on that route is what peers dial)
+        socket.gethostbyname(check_address(address, flag=flag))
+    except OSError:
+        raise ConfigError(f"{flag}: cannot resolve {address!r} to an IPv4 address") from None
     return NodeRun(
-        master_addr=check_address(address, flag=flag),
+        master_addr=address,
         master_port=_port_from(args.master_port, flag="--master-port", highest=65535),
         node_rank=-1 if node_rank == "auto" else int(node_rank),
         token=check_token(args.token),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import resource
+import socket
 import subprocess
 import sys
 
@@ -122,10 +123,12 @@ def test_contradictory_or_out_of_range_flags(args: list[str], needle: str) -> No
         (["node", "--master-port", "0"], {}, "--master-port"),
         (["node", "--heartbeat-timeout", "-5"], {}, "--heartbeat-timeout"),
         (["node", "--master-addr", ""], {}, "--master-addr"),
+        (["node", "--master-addr", "no-such-host.invalid"], {}, "--master-addr"),
         (["coordinator", "--port", "65535"], {}, "65534"),
         (["coordinator", "--port", "70000"], {}, "--port"),
         (["coordinator", "--port", "0"], {}, "--port"),
         (["coordinator", "--nnodes", "3:2"], {}, "--nnodes"),
+        (["coordinator", "--bind", "192.0.2.1", "--token", "t"], {}, "cannot listen"),
         (["--record", "/nonexistent/dir/x.svg"], {}, "--record"),
         (["--inject", "kill:rank=3,step=500", "--steps", "3"], {}, "--steps"),
         (["--inject", "kill:rank=inf,step=2"], {}, "--inject"),
@@ -195,3 +198,18 @@ def test_the_default_style_header_shows_the_seed() -> None:
                    "--seed", "12345")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert re.search(r"\| training 1 steps?,.*seed 12345", done.stdout), done.stdout[:2000]
+
+
+def test_a_coordinator_port_in_use_is_refused_up_front() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flag_port in (port, port - 1):  # the control port, or the records port (+1)
+            done = run_cli("coordinator", "--port", str(flag_port), "--join-timeout", "2",
+                           timeout=20)  # fmt: skip
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.splitlines() == [
+                f"llmcluster: error: --bind/--port: cannot listen on 127.0.0.1:{port} "
+                "(Address already in use)"
+            ]
