@@ -12,7 +12,6 @@ import glob
 import os
 import re
 import secrets
-import select
 import shutil
 import signal
 import sys
@@ -39,16 +38,11 @@ def catch_stop_signals(received: list[int]) -> dict[int, object]:
 def watch_stdout(received: list[int], done: threading.Event) -> None:
     """Append SIGPIPE to ``received`` once stdout is closed (the reader of a pipe gone, a
     hung-up terminal), so the run ends promptly, as a Unix tool does; a daemon thread."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        return
-    poller = select.poll()
-    poller.register(fd, 0)  # POLLERR and POLLHUP are reported whatever the mask
+    from llmcluster.render.sinks import stdout_closed
 
     def watch() -> None:
-        while not done.is_set():
-            if poller.poll(200):
+        while not done.wait(0.2):
+            if stdout_closed():
                 received.append(signal.SIGPIPE)
                 return
 

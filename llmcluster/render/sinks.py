@@ -228,8 +228,8 @@ def stdout_closed() -> bool:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are always reported
         return bool(poller.poll(0))
-    except (AttributeError, OSError, ValueError):
-        return True
+    except (AttributeError, OSError, ValueError):  # no file descriptor to tell (a test's capture)
+        return False
 
 
 def silence_stdout() -> None:
