@@ -57,6 +57,15 @@ special = st.sampled_from(
 values = st.one_of(text, numbers, special)
 
 
+def _environment_safe(value: str) -> bool:
+    """What an environment variable can hold: bytes without NUL, read as surrogate escapes."""
+    try:
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
 @st.composite
 def command_lines(draw: st.DrawFn) -> tuple[list[str], dict[str, str]]:
     name = draw(st.sampled_from(sorted(PARSERS)))
@@ -67,7 +76,8 @@ def command_lines(draw: st.DrawFn) -> tuple[list[str], dict[str, str]]:
     switches = _flags(parser, valued=False)
     if switches:
         argv += draw(st.lists(st.sampled_from(switches), max_size=2))
-    env = draw(st.dictionaries(st.sampled_from(ENV_INPUTS), st.one_of(text, numbers, special),
+    env = draw(st.dictionaries(st.sampled_from(ENV_INPUTS),
+                               st.one_of(text, numbers, special).filter(_environment_safe),
                                max_size=3))  # fmt: skip
     return argv, env
 
