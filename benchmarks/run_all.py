@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(HERE))
 import baselines  # noqa: E402  (sibling scripts)
 import step_latency  # noqa: E402
 
+MARK = "LLMCLUSTER_BENCH_MARK"  # identifies the processes of the run being measured
 SOURCE = "shared/reference/perf-anchors.md (2-vCPU EPYC, torch 2.13 gloo, Open MPI 4.1.4)"
 BASELINES = {
     "ready_s": {8: {"torchrun+gloo": 6.91, "mpirun+mpi4py": 0.94},
@@ -63,13 +65,16 @@ def ready_s(ranks: int, repeats: int) -> float:
     return statistics.median(values)
 
 
-def _llmc_pids() -> list[int]:
+def _pids_marked(mark: str) -> list[int]:
+    """Processes of the run started with ``mark`` in its environment (its agents and ranks
+    inherit it), never other runs on the same machine."""
+    needle = f"{MARK}={mark}".encode()
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                with open(f"/proc/{entry}/comm") as comm:
-                    if comm.read().startswith("llmc-"):
+                with open(f"/proc/{entry}/environ", "rb") as environ:
+                    if needle in environ.read().split(b"\0"):
                         pids.append(int(entry))
             except OSError:
                 continue
@@ -87,9 +92,10 @@ def _smaps_pss_mib(pid: int) -> float:
     return 0.0
 
 
-def _running(args: list[str]) -> subprocess.Popen[str]:
+def _running(args: list[str], mark: str = "") -> subprocess.Popen[str]:
     return subprocess.Popen([*LLMC, *args, "--format", "jsonl"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+                            stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, MARK: mark})  # fmt: skip
 
 
 def _wait_step(proc: subprocess.Popen[str], step: int) -> None:
@@ -108,11 +114,13 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 def pss(ranks: int) -> dict[str, float]:
     """PSS per rank (median) and in total, during training."""
-    proc = _running(["--ranks", str(ranks), "--steps", "100000", "--speed", "1e6"])
+    mark = uuid.uuid4().hex
+    proc = _running(["--ranks", str(ranks), "--steps", "100000", "--speed", "1e6"], mark)
     try:
         _wait_step(proc, 3)
         ranks_pss = []
-        for pid in _llmc_pids():
+        run_pids = [pid for pid in _pids_marked(mark) if pid != proc.pid]
+        for pid in run_pids:
             try:
                 with open(f"/proc/{pid}/comm") as comm:
                     is_rank = comm.read().startswith("llmc-rank")
@@ -120,7 +128,7 @@ def pss(ranks: int) -> dict[str, float]:
                 continue
             if is_rank:
                 ranks_pss.append(_smaps_pss_mib(pid))
-        total = sum(_smaps_pss_mib(pid) for pid in _llmc_pids()) + _smaps_pss_mib(proc.pid)
+        total = sum(_smaps_pss_mib(pid) for pid in run_pids) + _smaps_pss_mib(proc.pid)
     finally:
         _stop(proc)
     return {"per_rank_mib": statistics.median(ranks_pss), "total_mib": total}
@@ -150,10 +158,11 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 def demo_cpu(ranks: int, seconds: float) -> float:
     """CPU-seconds per wall-second of a default demo (auto speed), all its processes."""
-    proc = _running(["--ranks", str(ranks), "--seed", "1"])
+    mark = uuid.uuid4().hex
+    proc = _running(["--ranks", str(ranks), "--seed", "1"], mark)
     try:
         _wait_step(proc, 2)
-        pids = [proc.pid, *_llmc_pids()]
+        pids = _pids_marked(mark)  # the coordinator, its agents and ranks
         before, started = _cpu_seconds(pids), time.monotonic()
         time.sleep(seconds)  # measuring a fixed window is the point here
         used = _cpu_seconds(pids) - before

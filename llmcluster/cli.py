@@ -1,7 +1,8 @@
-"""Command line: torchrun-flavoured flags -> RunConfig, then launch or bench.
+"""Command line: torchrun-flavoured flags -> a validated Command, then launch or bench.
 
-Usage errors print one line (``llmcluster: error: ...``) and exit 2; nothing is
-started before the whole configuration has been checked.
+``parse(argv)`` checks everything (flags, environment defaults, paths, the plan)
+and returns a frozen Command without starting anything; ``execute`` runs it.
+Usage errors print one line (``llmcluster: error: ...``) and exit 2.
 """
 
 from __future__ import annotations
@@ -9,355 +10,365 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import secrets
 import socket
 import sys
-import time
 from collections.abc import Sequence
-from typing import NoReturn
 
-from llmcluster import __version__
+from llmcluster import sim
+from llmcluster.cli_flags import (
+    HelpShown,
+    UsageError,
+    build_bench_parser,
+    build_coordinator_parser,
+    build_node_parser,
+    build_parser,
+    join_dash_values,
+)
 from llmcluster.config import (
-    ALGORITHMS,
-    FORMATS,
-    UIS,
+    MAX_NNODES,
+    BenchSettings,
     ConfigError,
     RunConfig,
-    parse_duration,
+    check_address,
+    check_port,
+    check_record_target,
+    check_token,
+    env_text,
 )
+from llmcluster.setup import checked_plan
+
+SUBCOMMANDS = ("bench", "coordinator", "node")
+SEED_RANGE = 2**31  # a fresh seed when --seed is not given: small enough to retype
 
 
-class UsageError(Exception):
-    """Raised instead of argparse's exit so the message stays on one line."""
+@dataclasses.dataclass(frozen=True)
+class Printed:
+    """``--help`` or ``--version`` already printed its text."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+@dataclasses.dataclass(frozen=True)
+class ShowList:
+    """``--list``: the catalog."""
 
 
-def _int(text: str) -> int:
+@dataclasses.dataclass(frozen=True)
+class LocalRun:
+    """A whole run on this machine."""
+
+    config: RunConfig
+    plan: sim.RunPlan
+
+
+@dataclasses.dataclass(frozen=True)
+class CoordinatorRun:
+    """``llmcluster coordinator``: serve remote node agents over TCP."""
+
+    config: RunConfig
+    plan: sim.RunPlan
+    bind: str
+    port: int
+    token: str
+    join_timeout_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRun:
+    """``llmcluster node``: one node agent joining a coordinator."""
+
+    master_addr: str
+    master_port: int
+    node_rank: int  # -1: assigned on join
+    token: str
+    join_timeout_s: float
+    heartbeat_timeout_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRun:
+    """``llmcluster bench``: allreduce over the fabric, nccl-tests style."""
+
+    config: RunConfig  # with the bench workload
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowSchema:
+    """``llmcluster schema``: the JSON Schema of the JSONL records."""
+
+
+Command = Printed | ShowList | ShowSchema | LocalRun | CoordinatorRun | NodeRun | BenchRun
+
+
+def _parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    return parser.parse_args(join_dash_values(parser, argv))
+
+
+def parse(argv: Sequence[str]) -> Command:
+    """Validate a command line and its environment defaults; raise UsageError or ConfigError."""
+    args_list = list(argv)
+    if args_list[:1] == ["schema"]:
+        if args_list[1:]:
+            raise UsageError(f"schema takes no arguments, got {' '.join(args_list[1:])!r}")
+        return ShowSchema()
+    command = args_list[0] if args_list[:1] and args_list[0] in SUBCOMMANDS else "run"
+    rest = args_list[1:] if command != "run" else args_list
     try:
-        return int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if command == "bench":
+            return _bench(_parse_args(build_bench_parser(), rest))
+        if command == "node":
+            return _node(_parse_args(build_node_parser(), rest))
+        parser = build_coordinator_parser() if command == "coordinator" else build_parser()
+        args = _parse_args(parser, rest)
+    except HelpShown:
+        return Printed()
+    if args.list:
+        return ShowList()
+    if command == "coordinator":
+        return _coordinator(args)
+    config = _run_config(args, ranks=args.ranks)
+    return LocalRun(config, checked_plan(config))
 
 
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+def _seed(value: int | None) -> int:
+    return secrets.randbelow(SEED_RANGE) if value is None else value
 
 
-def _speed(text: str) -> float | None:
-    return None if text.strip().lower() == "auto" else _float(text)
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _start_time(text: str) -> float:
-    """``--start-time``: an ISO 8601 time (local time unless it says), or ``-2h``-style."""
-    import datetime
-
-    value = text.strip()
-    if value.startswith("-"):
-        try:
-            return time.time() - parse_duration(value[1:])
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    try:
-        return datetime.datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an ISO time like 2026-11-30T09:00 or a relative one like -2h, got {text!r}"
-        ) from None
-
-
-def _size(text: str) -> int:
-    units = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30}
-    lowered = text.strip().lower()
-    number = lowered.rstrip("kmgb")
-    unit = lowered[len(number) :]
-    try:
-        return int(float(number) * units[unit])
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(
-            f"expected a size like 16M or 4096, got {text!r}"
-        ) from None
-
-
-def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ranks", "-n", type=_int, default=64, help="GPU ranks (processes)")
-    parser.add_argument(
-        "--nproc-per-node", "--nproc_per_node", type=_int, default=8, help="ranks per node"
+def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
+    for flag, value in (("--model", args.model), ("--gpu", args.gpu), ("--dataset", args.dataset)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{flag} must name a catalog entry (see --list), got {value!r}")
+    for spec in args.inject:
+        if not spec.strip(" ;"):
+            raise ConfigError(f"--inject needs a fault such as kill:rank=1,step=5, got {spec!r}")
+    config = RunConfig(
+        ranks=ranks,
+        nproc_per_node=args.nproc_per_node,
+        steps=args.steps,
+        seed=_seed(args.seed),
+        model=args.model,
+        gpu=args.gpu,
+        dataset=args.dataset,
+        speed=args.speed,
+        exit_after_s=args.exit_after_time,
+        algorithm=args.algorithm,
+        output_format=args.output_format,
+        ui=args.ui,
+        style=args.style,
+        ascii_only=args.ascii_only,
+        no_color=args.no_color,
+        max_restarts=args.max_restarts,
+        inject=tuple(args.inject),
+        chaos=args.chaos,
+        grad_bucket_bytes=args.grad_bucket,
+        record_path=args.record_path,
+        start_time=args.start_time,
+        start_at_launch=args.start_at_launch,
     )
-    parser.add_argument("--algorithm", choices=ALGORITHMS, default="hierarchical")
-    parser.add_argument("--seed", type=_int, default=0, help="reproduce a run exactly")
+    config.validate()
+    if config.record_path:
+        check_record_target(config.record_path)
+    from llmcluster.control.limits import check_capacity
+
+    check_capacity(config.ranks, config.nnodes)
+    return config
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser (training run) with the ``bench`` subcommand."""
-    from llmcluster.render.styles import STYLES  # the one registry of style names
-
-    parser = _Parser(
-        prog="llmcluster",
-        description="Imitate a distributed LLM training run with real processes and collectives.",
+def _resolved(config: RunConfig, plan: sim.RunPlan) -> RunConfig:
+    """Ranks rebuild the identical plan from the resolved names without re-running the picks."""
+    return dataclasses.replace(
+        config, model=plan.model.name, gpu=plan.gpu.name, dataset=plan.dataset.name
     )
-    parser.add_argument("--version", action="version", version=f"llmcluster {__version__}")
-    _add_cluster_flags(parser)
-    parser.add_argument("--steps", type=_int, default=None, help="training steps (default 250)")
-    parser.add_argument("--model", default=None, help="model name (see --list)")
-    parser.add_argument("--gpu", default=None, help="GPU type (see --list)")
-    parser.add_argument("--dataset", default=None, help="dataset name (see --list)")
-    parser.add_argument(
-        "--speed",
-        "--speed-factor",
-        type=_speed,
-        default=None,
-        help="simulated s per wall s, or auto (the default: a watchable pace)",
-    )
-    parser.add_argument("--exit-after-time", type=_duration, default=None, metavar="DURATION")
-    parser.add_argument(
-        "--start-time",
-        type=_start_time,
-        default=None,
-        metavar="TIME",
-        help="where the simulated timeline begins: an ISO time or -2h "
-        "(default: far enough back that no timestamp is in the future)",
-    )
-    parser.add_argument(
-        "--start-at-launch",
-        action="store_true",
-        help="begin the timeline now (later records are stamped in the future)",
-    )
-    parser.add_argument("--format", dest="output_format", choices=FORMATS, default="log")
-    parser.add_argument("--ui", choices=UIS, default="auto")
-    parser.add_argument("--style", choices=list(STYLES), default="default")
-    parser.add_argument("--ascii", dest="ascii_only", action="store_true")
-    parser.add_argument("--no-color", action="store_true")
-    parser.add_argument("--max-restarts", type=_int, default=3)
-    parser.add_argument(
-        "--inject",
-        action="append",
-        default=[],
-        metavar="FAULT",
-        help="inject a fault, e.g. kill:rank=17,step=40  hang:rank=3,step=25  "
-        "straggler:rank=5,slowdown=1.3  throttle:gpu=12  nan:step=60  spike:step=80",
-    )
-    parser.add_argument("--chaos", type=_float, default=0.0, metavar="RATE",
-                        help="random rank failures per step (e.g. 0.01)")  # fmt: skip
-    parser.add_argument("--grad-bucket", type=_size, default=0, metavar="SIZE")
-    parser.add_argument("--record", dest="record_path", default=None, metavar="FILE")
-    parser.add_argument("--list", action="store_true", help="list models, GPUs, datasets, styles")
-    return parser
 
 
-def build_bench_parser() -> argparse.ArgumentParser:
-    """``llmcluster bench``: the collectives alone, nccl-tests style."""
-    parser = _Parser(prog="llmcluster bench", description="Benchmark allreduce over the fabric.")
-    _add_cluster_flags(parser)
-    parser.set_defaults(ranks=8, algorithm="hierarchical")
-    parser.add_argument("--min-bytes", "-b", type=_size, default=8)
-    parser.add_argument("--max-bytes", "-e", type=_size, default=16 << 20)
-    parser.add_argument("--factor", "-f", type=_int, default=2)
-    parser.add_argument("--iters", type=_int, default=20)
-    parser.add_argument("--warmup", type=_int, default=5)
-    parser.add_argument("--json", action="store_true", help="print JSON rows instead of the table")
-    return parser
+def _port_from(value: int | None, *, flag: str, highest: int) -> int:
+    if value is None:
+        text = env_text("MASTER_PORT", "29500")
+        if not re.fullmatch(r"[0-9]{1,5}", text):
+            raise ConfigError(f"MASTER_PORT must be a port number 1-{highest}, got {text!r}")
+        return check_port(int(text), flag="MASTER_PORT", highest=highest)
+    return check_port(value, flag=flag, highest=highest)
 
 
-def _fail(message: str) -> int:
-    print(f"llmcluster: error: {message}", file=sys.stderr)
-    return 2
-
-
-def build_coordinator_parser() -> argparse.ArgumentParser:
-    """``llmcluster coordinator``: rendezvous, health and telemetry for remote node agents."""
-    parser = build_parser()
-    parser.prog = "llmcluster coordinator"
-    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", "--master-port", dest="port", type=_int,
-                        default=int(os.environ.get("MASTER_PORT", "29500")))  # fmt: skip
-    parser.add_argument("--nnodes", default=os.environ.get("NNODES", "1"), help="N or MIN:MAX")
-    _add_remote_flags(parser)
-    return parser
-
-
-def build_node_parser() -> argparse.ArgumentParser:
-    """``llmcluster node``: a node agent that joins a coordinator and runs its local ranks."""
-    parser = _Parser(prog="llmcluster node", description="Join a coordinator as one node.")
-    parser.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR", "127.0.0.1"))
-    parser.add_argument("--master-port", type=_int,
-                        default=int(os.environ.get("MASTER_PORT", "29500")))  # fmt: skip
-    parser.add_argument("--node-rank", default=os.environ.get("NODE_RANK", "auto"),
-                        help="this node's rank, or auto (assigned on join)")  # fmt: skip
-    parser.add_argument("--heartbeat-timeout", type=_float, default=3.0)
-    _add_remote_flags(parser)
-    return parser
-
-
-def _add_remote_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--token", default=os.environ.get("LLMCLUSTER_TOKEN", ""),
-                        help="shared secret (env LLMCLUSTER_TOKEN)")  # fmt: skip
-    parser.add_argument("--join-timeout", type=_duration, default=120.0, metavar="DURATION")
-
-
-def _nnodes(text: str) -> int:
-    low, _, high = text.partition(":")
-    try:
-        count = int(high or low)
-    except ValueError:
-        raise ConfigError(f"--nnodes must be N or MIN:MAX, got {text!r}") from None
-    if not 1 <= count <= 512:
-        raise ConfigError(f"--nnodes must be between 1 and 512, got {count}")
+def _nnodes(text: str | None) -> int:
+    flag = "--nnodes" if text is not None else "NNODES"
+    text = text if text is not None else env_text("NNODES", "1")
+    low, colon, high = text.partition(":")
+    if not re.fullmatch(r"[0-9]{1,4}", low) or (colon and not re.fullmatch(r"[0-9]{1,4}", high)):
+        raise ConfigError(f"{flag} must be N or MIN:MAX, got {text!r}")
+    count = int(high or low)
+    if not 1 <= int(low) <= count <= MAX_NNODES:
+        raise ConfigError(f"{flag} must be between 1 and {MAX_NNODES} (MIN <= MAX), got {text!r}")
     return count
-
-
-def _join_dash_values(args: list[str]) -> list[str]:
-    """``--start-time -2h`` as ``--start-time=-2h``: argparse takes a leading dash for a flag."""
-    out: list[str] = []
-    for arg in args:
-        if out and out[-1] == "--start-time" and arg.startswith("-"):
-            out[-1] = f"--start-time={arg}"
-        else:
-            out.append(arg)
-    return out
 
 
 def _loopback(address: str) -> bool:
     return address in ("localhost", "::1") or address.startswith("127.")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``llmcluster`` command; returns the exit code."""
-    args_list = _join_dash_values(list(sys.argv[1:] if argv is None else argv))
-    command = args_list[0] if args_list[:1] in (["bench"], ["coordinator"], ["node"]) else "run"
-    if args_list[:1] == ["schema"]:
-        return _schema(args_list[1:])
+def _check_listen(bind: str, port: int) -> None:
+    """ConfigError unless a TCP listener can be opened on ``bind``:``port`` (then closed)."""
+    host = "0.0.0.0" if bind == "*" else bind.strip("[]")
     try:
-        if command == "bench":
-            return _bench(build_bench_parser().parse_args(args_list[1:]))
-        if command == "node":
-            return _node(build_node_parser().parse_args(args_list[1:]))
-        parser = build_coordinator_parser() if command == "coordinator" else build_parser()
-        args = parser.parse_args(args_list[1:] if command == "coordinator" else args_list)
-        if command == "coordinator":
-            args.ranks = _nnodes(args.nnodes) * args.nproc_per_node
-            if not _loopback(args.bind) and not args.token:
-                raise ConfigError(
-                    "--token (or LLMCLUSTER_TOKEN) is required when binding to a "
-                    "non-loopback address"
-                )
-    except UsageError as exc:
-        return _fail(str(exc))
-    except ConfigError as exc:
-        return _fail(str(exc))
-    if args.list:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"--bind/--port: cannot listen on {bind}:{port} ({reason})") from None
+
+
+def _coordinator(args: argparse.Namespace) -> CoordinatorRun:
+    bind = check_address(args.bind, flag="--bind")
+    port = _port_from(args.port, flag="--port", highest=65534)  # the records port is port + 1
+    for listen in (port, port + 1):
+        _check_listen(bind, listen)
+    token = check_token(args.token)
+    if not _loopback(bind) and not token:
+        raise ConfigError(
+            "--token (or LLMCLUSTER_TOKEN) is required when binding to a non-loopback address"
+        )
+    nnodes = _nnodes(args.nnodes)
+    config = _run_config(args, ranks=nnodes * args.nproc_per_node)
+    plan = checked_plan(config)
+    wildcard = bind in ("0.0.0.0", "*", "::")  # what ranks on every node see as MASTER_ADDR
+    master = bind
+    if wildcard:
+        master = check_address(env_text("MASTER_ADDR", socket.gethostname()), flag="MASTER_ADDR")
+    config = dataclasses.replace(config, master_addr=master, master_port=port)
+    return CoordinatorRun(config, plan, bind, port, token, args.join_timeout)
+
+
+def _node(args: argparse.Namespace) -> NodeRun:
+    address = (
+        args.master_addr if args.master_addr is not None else env_text("MASTER_ADDR", "127.0.0.1")
+    )
+    flag = "--master-addr" if args.master_addr is not None else "MASTER_ADDR"
+    node_rank = args.node_rank if args.node_rank is not None else env_text("NODE_RANK", "auto")
+    rank_flag = "--node-rank" if args.node_rank is not None else "NODE_RANK"
+    if node_rank != "auto" and not re.fullmatch(r"[0-9]{1,4}", node_rank):
+        raise ConfigError(f"{rank_flag} must be auto or 0-{MAX_NNODES - 1}, got {node_rank!r}")
+    if node_rank != "auto" and int(node_rank) >= MAX_NNODES:
+        raise ConfigError(f"{rank_flag} must be auto or 0-{MAX_NNODES - 1}, got {node_rank}")
+    if not 0.1 <= args.heartbeat_timeout <= 3600:
+        raise ConfigError(
+            "--heartbeat-timeout must be between 0.1 and 3600 seconds, "
+            f"got {args.heartbeat_timeout:g}"
+        )
+    try:  # the agent routes to it over IPv4 (its own address on that route is what peers dial)
+        socket.gethostbyname(check_address(address, flag=flag))
+    except OSError:
+        raise ConfigError(f"{flag}: cannot resolve {address!r} to an IPv4 address") from None
+    return NodeRun(
+        master_addr=address,
+        master_port=_port_from(args.master_port, flag="--master-port", highest=65535),
+        node_rank=-1 if node_rank == "auto" else int(node_rank),
+        token=check_token(args.token),
+        join_timeout_s=args.join_timeout,
+        heartbeat_timeout_s=args.heartbeat_timeout,
+    )
+
+
+def _bench(args: argparse.Namespace) -> BenchRun:
+    bench = BenchSettings(min_bytes=args.min_bytes, max_bytes=args.max_bytes,
+                          factor=args.factor, iters=args.iters, warmup=args.warmup,
+                          json=args.json)  # fmt: skip
+    config = RunConfig(ranks=args.ranks, nproc_per_node=args.nproc_per_node,
+                       algorithm=args.algorithm, seed=_seed(args.seed), bench=bench)  # fmt: skip
+    config.validate()
+    if not 2 <= bench.factor <= 1024:
+        raise ConfigError(f"--factor must be between 2 and 1024, got {bench.factor}")
+    if not 1 <= bench.iters <= 100_000:
+        raise ConfigError(f"--iters must be between 1 and 100000, got {bench.iters}")
+    if not 0 <= bench.warmup <= 100_000:
+        raise ConfigError(f"--warmup must be between 0 and 100000, got {bench.warmup}")
+    if not 4 <= bench.min_bytes <= bench.max_bytes <= 1 << 30:
+        raise ConfigError(
+            "sizes must satisfy 4 <= --min-bytes <= --max-bytes <= 1G, "
+            f"got {bench.min_bytes} and {bench.max_bytes}"
+        )
+    from llmcluster.control.limits import check_capacity
+
+    check_capacity(config.ranks, config.nnodes)
+    return BenchRun(config)
+
+
+def execute(command: Command) -> int:
+    """Run a validated command; returns the exit code."""
+    if isinstance(command, Printed):
+        return 0
+    if isinstance(command, ShowList):
         from llmcluster.listing import print_listing
 
         print_listing()
         return 0
-    try:
-        config = RunConfig(
-            ranks=args.ranks,
-            nproc_per_node=args.nproc_per_node,
-            steps=args.steps,
-            seed=args.seed,
-            model=args.model,
-            gpu=args.gpu,
-            dataset=args.dataset,
-            speed=args.speed,
-            exit_after_s=args.exit_after_time,
-            start_time=args.start_time,
-            start_at_launch=args.start_at_launch,
-            algorithm=args.algorithm,
-            output_format=args.output_format,
-            ui=args.ui,
-            style=args.style,
-            ascii_only=args.ascii_only,
-            no_color=args.no_color,
-            max_restarts=args.max_restarts,
-            inject=tuple(args.inject),
-            chaos=args.chaos,
-            grad_bucket_bytes=args.grad_bucket,
-            record_path=args.record_path,
-        )
-        config.validate()
-        from llmcluster.control.limits import check_capacity
+    if isinstance(command, ShowSchema):
+        import json
 
-        check_capacity(config.ranks, config.nnodes)
-        from llmcluster.sim.faults import build_setup
+        from llmcluster.wire.records import records_json_schema
 
-        plan = build_setup(config).plan
-    except (ConfigError, ValueError) as exc:
-        return _fail(str(exc))
-    # ranks rebuild the identical plan from the resolved names without re-running the picks
-    config = dataclasses.replace(
-        config, model=plan.model.name, gpu=plan.gpu.name, dataset=plan.dataset.name
-    )
-    if command == "coordinator":  # what ranks on every node see as MASTER_ADDR/MASTER_PORT
-        wildcard = args.bind in ("0.0.0.0", "*", "::")
-        master = (os.environ.get("MASTER_ADDR") or socket.gethostname()) if wildcard else args.bind
-        config = dataclasses.replace(config, master_addr=master, master_port=args.port)
-    if command == "coordinator":
+        print(json.dumps(records_json_schema(), indent=2))
+        return 0
+    if isinstance(command, BenchRun):
+        from llmcluster.launch.bench import run_bench
+
+        return run_bench(command.config)
+    if isinstance(command, NodeRun):
+        from llmcluster.launch.remote import run_node
+
+        return run_node(**dataclasses.asdict(command))
+    if isinstance(command, CoordinatorRun):
         from llmcluster.launch.remote import run_coordinator
 
         return run_coordinator(
-            config, plan, bind=args.bind, port=args.port,
-            token=args.token, join_timeout_s=args.join_timeout,
+            _resolved(command.config, command.plan), command.plan, bind=command.bind,
+            port=command.port, token=command.token, join_timeout_s=command.join_timeout_s,
         )  # fmt: skip
     from llmcluster.launch.local import run_local
 
-    return run_local(config, plan)
+    return run_local(_resolved(command.config, command.plan), command.plan)
 
 
-def _schema(rest: list[str]) -> int:
-    """``llmcluster schema``: the JSON Schema of one ``--format jsonl`` line."""
-    if rest:
-        return _fail(f"schema takes no arguments, got {' '.join(rest)!r}")
-    import json
-
-    from llmcluster.wire.records import records_json_schema
-
-    print(json.dumps(records_json_schema(), indent=2))
-    return 0
+def one_line(message: str) -> str:
+    """The message with control characters escaped, so it stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from llmcluster.config import BenchSettings
-    from llmcluster.launch.bench import run_bench
-
-    bench = BenchSettings(min_bytes=args.min_bytes, max_bytes=args.max_bytes, factor=args.factor,
-                          iters=args.iters, warmup=args.warmup, json=args.json)  # fmt: skip
-    config = RunConfig(ranks=args.ranks, nproc_per_node=args.nproc_per_node,
-                       algorithm=args.algorithm, seed=args.seed, bench=bench)  # fmt: skip
+def parse_or_fail(argv: Sequence[str]) -> Command | int:
+    """The validated Command, or exit code 2 after printing the one-line reason on stderr."""
     try:
-        config.validate()
-        bench.validate()
-        return run_bench(config)
-    except ConfigError as exc:
-        print(f"llmcluster bench: error: {exc}", file=sys.stderr)
+        return parse(argv)
+    except (UsageError, ConfigError) as exc:
+        print(f"llmcluster: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
 
 
-def _node(args: argparse.Namespace) -> int:
-    from llmcluster.launch.remote import run_node
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
-    if args.node_rank != "auto" and not args.node_rank.isdigit():
-        return _fail(f"--node-rank must be a number or auto, got {args.node_rank!r}")
-    return run_node(
-        master_addr=args.master_addr,
-        master_port=args.master_port,
-        node_rank=-1 if args.node_rank == "auto" else int(args.node_rank),
-        token=args.token,
-        join_timeout_s=args.join_timeout,
-        heartbeat_timeout_s=args.heartbeat_timeout,
-    )
+
+def _stderr_to_devnull() -> None:
+    """Started with stderr closed (2>&-): what goes there is dropped, as by any Unix tool."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull != 2:
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process's stderr
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llmcluster`` command: parse, then execute; returns the exit code."""
+    if not _fd_open(2):
+        _stderr_to_devnull()
+    if not _fd_open(1) or sys.stdout is None:  # stdout closed (>&-): refuse to run, as ls does
+        print("llmcluster: error: stdout is closed; nothing to show the run on", file=sys.stderr)
+        return 2
+    command = parse_or_fail(list(sys.argv[1:] if argv is None else argv))
+    return command if isinstance(command, int) else execute(command)

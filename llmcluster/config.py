@@ -1,11 +1,13 @@
 """Run configuration: one frozen dataclass built once by the CLI and passed down explicitly.
 
-Also holds the small parsers the CLI shares (durations like ``2m30s``) and the
-validation that does not need the simulation catalog.
+Also holds the small parsers and checks the CLI shares (durations like ``2m30s``,
+ports, addresses, tokens, the ``--record`` target), each raising a one-line
+ConfigError that names the flag or environment variable and what it accepts.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -14,6 +16,9 @@ ALGORITHMS = ("ring", "tree", "hierarchical")
 FORMATS = ("log", "jsonl")
 UIS = ("auto", "live", "log")
 MAX_RANKS = 4096
+MAX_NNODES = 512
+MAX_DURATION_S = 366 * 86400.0
+RECORD_SUFFIXES = (".svg", ".html", ".txt")
 SILENCE_SCALE_RANKS = 256
 TARGET_WALL_STEP_S = 0.5  # --speed auto: a demo shows a step about every half second
 
@@ -25,8 +30,10 @@ class ConfigError(ValueError):
 
 
 def parse_duration(text: str) -> float:
-    """Parse ``90``, ``30s``, ``2m30s``, ``1h``, ``250ms`` into seconds (> 0)."""
+    """Parse ``90``, ``30s``, ``2m30s``, ``1h``, ``250ms`` into seconds (> 0, at most a year)."""
     text = text.strip().lower()
+    if text.startswith("-"):
+        raise ConfigError(f"duration must be positive (e.g. 30s, 2m30s, 1h), got {text!r}")
     if re.fullmatch(r"\d+(\.\d+)?", text):
         seconds = float(text)
     else:
@@ -41,7 +48,65 @@ def parse_duration(text: str) -> float:
             raise ConfigError(f"invalid duration {text!r} (examples: 30s, 2m30s, 1h)")
     if seconds <= 0:
         raise ConfigError(f"duration must be positive, got {text!r}")
+    if not seconds <= MAX_DURATION_S:
+        raise ConfigError(f"duration must be at most 366 days, got {text!r}")
     return seconds
+
+
+def env_text(name: str, default: str) -> str:
+    """An environment variable's value, or ``default`` when it is unset or empty."""
+    return os.environ.get(name) or default
+
+
+def check_port(port: int, *, flag: str, highest: int = 65535) -> int:
+    """``port`` if it is in 1..highest, else ConfigError naming ``flag``."""
+    if not 1 <= port <= highest:
+        why = " (the records port is --port + 1)" if highest < 65535 else ""
+        raise ConfigError(f"{flag} must be between 1 and {highest}{why}, got {port}")
+    return port
+
+
+_ADDRESS = re.compile(r"[A-Za-z0-9._:-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]|\*", re.ASCII)
+
+
+def check_address(address: str, *, flag: str) -> str:
+    """A host name, IPv4/IPv6 address or ``*``; ConfigError naming ``flag`` otherwise."""
+    if not _ADDRESS.fullmatch(address):
+        raise ConfigError(f"{flag} must be a host name or IP address, got {address!r}")
+    return address
+
+
+def check_token(token: str | None) -> str:
+    """``--token`` or LLMCLUSTER_TOKEN: printable text of at most 1024 characters, or none."""
+    flag = "--token"
+    if token is None:
+        token, flag = env_text("LLMCLUSTER_TOKEN", ""), "LLMCLUSTER_TOKEN"
+        if not token:
+            return ""
+    if not token:
+        raise ConfigError("--token must not be empty (omit it for no token)")
+    if not token.isprintable() or len(token) > 1024 or not token.strip():
+        raise ConfigError(f"{flag} must be 1-1024 printable characters")
+    return token
+
+
+def check_record_target(path: str) -> None:
+    """ConfigError unless ``--record`` names a file that can be written when the run ends."""
+    try:
+        target = os.path.abspath(path)
+        folder = os.path.dirname(target)
+        is_dir, folder_ok, exists = (
+            os.path.isdir(target), os.path.isdir(folder), os.path.exists(target)
+        )  # fmt: skip
+        writable = os.access(target if exists else folder, os.W_OK | (0 if exists else os.X_OK))
+    except (ValueError, UnicodeError):  # an embedded NUL, an unencodable name
+        raise ConfigError(f"--record: {path!r} is not a valid file name") from None
+    if is_dir:
+        raise ConfigError(f"--record must name a file, {path!r} is a directory")
+    if not folder_ok:
+        raise ConfigError(f"--record: directory {folder!r} does not exist")
+    if not writable:
+        raise ConfigError(f"--record: {path!r} is not writable")
 
 
 @dataclass(frozen=True)
@@ -54,13 +119,6 @@ class BenchSettings:
     iters: int = 20
     warmup: int = 5
     json: bool = False
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the flag and its accepted range."""
-        if self.factor < 2 or self.iters < 1 or self.warmup < 0:
-            raise ConfigError("--factor must be >= 2, --iters >= 1 and --warmup >= 0")
-        if not 4 <= self.min_bytes <= self.max_bytes <= 1 << 30:
-            raise ConfigError("sizes must satisfy 4 <= --min-bytes <= --max-bytes <= 1G")
 
 
 @dataclass(frozen=True)
@@ -153,15 +211,21 @@ class RunConfig:
         if not 0 <= self.max_restarts <= 100:
             raise ConfigError(f"--max-restarts must be between 0 and 100, got {self.max_restarts}")
         if not 0 <= self.grad_bucket_bytes <= 1 << 30:
-            raise ConfigError("--grad-bucket must be between 0 and 1GiB")
+            raise ConfigError(
+                f"--grad-bucket must be between 0 and 1G, got {self.grad_bucket_bytes}"
+            )
         if self.start_time is not None and self.start_at_launch:
             raise ConfigError("--start-time and --start-at-launch contradict each other; pick one")
         if self.output_format == "jsonl" and self.ui == "live":
             raise ConfigError("--ui live and --format jsonl contradict each other; pick one")
+        if self.output_format == "jsonl" and self.style != "default":
+            raise ConfigError("--style shapes the text log and --format jsonl has none; pick one")
         if self.output_format == "jsonl" and self.record_path:
             raise ConfigError("--record saves what the terminal showed; it needs --format log")
-        if self.record_path and not self.record_path.endswith((".svg", ".html", ".txt")):
+        if self.record_path and not self.record_path.endswith(RECORD_SUFFIXES):
             raise ConfigError("--record must name a .svg, .html or .txt file")
+        if self.exit_after_s is not None and not 0 < self.exit_after_s <= MAX_DURATION_S:
+            raise ConfigError("--exit-after-time must be positive and at most 366 days")
         if not 0.0 <= self.chaos <= 1.0:
             raise ConfigError(
                 f"--chaos must be a failure rate per step in [0, 1], got {self.chaos:g}"

@@ -1,4 +1,11 @@
-"""Shared fixtures: run the CLI, watch the process table, reap orphans.
+"""Shared fixtures: run the CLI, watch this test's own processes, reap orphans.
+
+Every test gets a fresh marker, ``LLMCLUSTER_TEST_MARK=<uuid>``, in the environment
+of whatever it starts; a process belongs to the test when its ``/proc/PID/environ``
+carries that marker (agents and ranks forked from a marked coordinator inherit the
+exec-time environment, so they carry it too), or when it is a child this process
+forked itself without exec. Nothing is ever identified by its name, so a demo
+running beside the suite is left alone.
 
 The test process makes itself a child subreaper, so that processes orphaned by
 a killed coordinator are re-parented to it and can be seen and reaped here
@@ -11,25 +18,20 @@ import contextlib
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 PR_SET_CHILD_SUBREAPER = 36
-MARK = f"LLMCLUSTER_TEST_SESSION={os.getpid()}-{time.time_ns()}"
-os.environ[MARK.split("=")[0]] = MARK.split("=")[1]  # inherited by every process we start
-
-
-def _ours(pid: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return MARK.encode() in f.read().split(b"\0")
-    except OSError:
-        return False
+MARK = "LLMCLUSTER_TEST_MARK"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,6 +46,14 @@ def _plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def test_mark(monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test's marker, set in the environment every process it starts inherits."""
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv(MARK, mark)
+    return mark
+
+
 def reap_zombies() -> None:
     """Collect any exited child (orphans re-parented to this subreaper included)."""
     while True:
@@ -55,48 +65,90 @@ def reap_zombies() -> None:
             return
 
 
-def llmc_processes() -> list[tuple[int, str, str]]:
-    """Live processes of any run (comm llmc-*), as (pid, comm, state)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        state = stat[stat.rindex(")") + 2]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        zombie_of_ours = state == "Z" and ppid == os.getpid()
-        if comm.startswith("llmc-") and (zombie_of_ours or _ours(entry)):
-            found.append((int(entry), comm, state))
-    return found
+@dataclass(frozen=True)
+class Proc:
+    """One live process as /proc shows it."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    mark: str | None  # its LLMCLUSTER_TEST_MARK, None when it has none (or is a zombie)
 
 
-def wait_until_clean(timeout_s: float = 5.0) -> list[tuple[int, str, str]]:
-    """Reap and poll until no llmc-* process is left (returns what is left on timeout)."""
+def _read_proc(pid: int) -> Proc | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:  # gone, or another user's
+        return None
+    prefix = MARK.encode() + b"="
+    marks = [item[len(prefix) :].decode() for item in environ if item.startswith(prefix)]
+    after = stat[stat.rindex(")") + 2 :].split()
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    return Proc(pid, comm, after[0], int(after[1]), marks[-1] if marks else None)
+
+
+def processes_marked(mark: str) -> list[Proc]:
+    """Live processes whose environment carries ``mark``, and zombies they have not reaped."""
+    table = [p for p in map(_read_proc, _pids()) if p is not None]
+    marked = [p for p in table if p.mark == mark]
+    parents = {p.pid for p in marked}
+    return marked + [p for p in table if p.state == "Z" and p.ppid in parents]
+
+
+def _pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def own_processes() -> list[Proc]:
+    """The current test's processes: marked with its marker, or forked here without exec."""
+    me = os.getpid()
+    inherited = _read_proc(me)
+    mine = processes_marked(os.environ[MARK])
+    seen = {p.pid for p in mine}
+    forked = [
+        p
+        for p in map(_read_proc, _pids())
+        if p is not None
+        and p.pid not in seen
+        and p.ppid == me
+        and (p.state == "Z" or (inherited is not None and p.mark == inherited.mark))
+    ]
+    return [p for p in mine + forked if p.pid != me]
+
+
+def wait_until_clean(timeout_s: float = 5.0) -> list[Proc]:
+    """Reap and poll until none of this test's processes is left (returns those left)."""
     deadline = time.monotonic() + timeout_s
     while True:
         reap_zombies()
-        left = llmc_processes()
+        left = own_processes()
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
 
 
-@pytest.fixture
-def clean_table() -> Iterator[None]:
-    """Assert that a test leaves no process of any run behind, and kill what it left."""
-    assert wait_until_clean(5.0) == [], "processes of an earlier run were still alive"
+@contextlib.contextmanager
+def owned_table() -> Iterator[None]:
+    """Assert that the body leaves none of this test's processes behind; kill what it left."""
+    assert wait_until_clean(5.0) == [], "processes of this test were alive before it started"
     yield
     left = wait_until_clean(5.0)
-    for pid, _, _ in left:
+    for proc in left:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
+            os.kill(proc.pid, signal.SIGKILL)
     wait_until_clean(2.0)
     assert left == [], f"processes left behind: {left}"
+
+
+@pytest.fixture
+def clean_table(test_mark: str) -> Iterator[None]:
+    """The test leaves none of its processes behind (others' processes are not looked at)."""
+    with owned_table():
+        yield
 
 
 def cli(*args: str) -> list[str]:
@@ -125,17 +177,25 @@ def records(stdout: str) -> list[dict[str, Any]]:
 
 
 class Running:
-    """A CLI process whose JSONL output is read line by line (wait on records, never sleeps)."""
+    """A CLI process whose JSONL output is read line by line (wait on records, never sleeps).
 
-    def __init__(self, *args: str) -> None:
+    stderr is drained by a thread all along, so a chatty run never blocks on a full pipe."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             cli(*args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         self.seen: list[dict[str, Any]] = []
+        self._stderr: list[str] = []
+        self._stderr_reader = threading.Thread(
+            target=lambda: self._stderr.extend(self.proc.stderr or ()), daemon=True
+        )
+        self._stderr_reader.start()
 
     def wait_for(self, predicate: Any, timeout_s: float = 30.0) -> dict[str, Any]:
         """Read records until ``predicate(record)`` holds (the pytest timeout bounds the read)."""
@@ -154,12 +214,32 @@ class Running:
         raise AssertionError("expected record did not arrive in time")
 
     def finish(self, timeout_s: float = 10.0) -> tuple[int, list[dict[str, Any]], str]:
-        """Wait for exit; return code, all records, stderr."""
-        out, err = self.proc.communicate(timeout=timeout_s)
-        self.seen.extend(records(out))
-        return self.proc.returncode, self.seen, err
+        """Wait for exit (killing the run after ``timeout_s``); return code, all records, stderr.
+
+        The rest of stdout is read through the same buffered stream as ``wait_for``, so no
+        line already buffered there is lost."""
+        assert self.proc.stdout is not None
+        watchdog = threading.Timer(timeout_s, self.proc.kill)
+        watchdog.start()
+        try:
+            rest = self.proc.stdout.read()
+            self.proc.wait(timeout=timeout_s)
+        finally:
+            watchdog.cancel()
+        self.seen.extend(records(rest))
+        return self.proc.returncode, self.seen, self.stderr_text(timeout_s)
+
+    def stderr_text(self, timeout_s: float = 10.0) -> str:
+        """Everything the run wrote to stderr (waits for the stream to end)."""
+        self._stderr_reader.join(timeout_s)
+        return "".join(self._stderr)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate(timeout=10)
+        self.proc.wait(timeout=10)
+        self._stderr_reader.join(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()

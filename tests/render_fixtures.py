@@ -14,7 +14,7 @@ from typing import Any
 
 from llmcluster.config import RunConfig
 from llmcluster.coordinator.describe import run_record
-from llmcluster.sim.faults import build_setup
+from llmcluster.setup import build_setup
 from llmcluster.wire.records import (
     CheckpointRecord,
     Collective,

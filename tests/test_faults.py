@@ -95,9 +95,9 @@ def test_killed_node_agent_takes_its_ranks_and_the_run_restarts(clean_table: Non
 
 
 def _agents() -> list[tuple[int, str]]:
-    from conftest import llmc_processes
+    from conftest import own_processes
 
-    return [(pid, name) for pid, name, _ in llmc_processes() if name.startswith("llmc-agent")]
+    return [(p.pid, p.comm) for p in own_processes() if p.comm.startswith("llmc-agent")]
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import os
 
 import msgpack
 import numpy as np
 import zmq
-from conftest import Running
+from conftest import Running, own_processes
 
 from llmcluster.comm.frames import pack_header, run_tag
 from llmcluster.wire import Kind, Message, encode
@@ -52,7 +51,8 @@ def test_fuzzing_every_socket_changes_nothing(clean_table: None) -> None:
         run.wait_for(lambda r: r["type"] == "step" and r["step"] >= 2)
         pids = [run.proc.pid, *run_record["pids"]]
         coordinator = glob.glob(f"/tmp/llmcluster-{run.proc.pid}-*/control")
-        inboxes = [p for p in glob.glob("/tmp/llmcluster-*-node-*/r*") if os.path.exists(p)]
+        ours = {p.pid for p in own_processes()}  # this run's agents, not other runs on the host
+        inboxes = [path for pid in ours for path in glob.glob(f"/tmp/llmcluster-{pid}-node-*/r*")]
         assert coordinator and len(inboxes) >= 8 and pids
         rng = np.random.default_rng(7)
         frames = garbage_frames(rng, run_record["run_id"], 1200)

@@ -8,7 +8,7 @@ import stat
 import time
 
 import pytest
-from conftest import Running, llmc_processes, records, run_cli, wait_until_clean
+from conftest import Running, own_processes, records, run_cli, wait_until_clean
 
 FAST = ("--speed", "1000000")  # simulated seconds per wall second: steps take milliseconds
 
@@ -58,7 +58,9 @@ def _wait_step(run: Running, step: int) -> dict:
     return run.wait_for(lambda r: r["type"] == "step" and r["step"] >= step)
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_signal_stops_at_step_boundary_with_summary(sig: int, code: int, clean_table: None) -> None:
     run = Running("--ranks", "16", "--steps", "100000", "--format", "jsonl", "--speed", "200")
     try:
@@ -82,7 +84,7 @@ def test_kill_9_coordinator_leaves_nothing(clean_table: None) -> None:
     run = Running("--ranks", "16", "--steps", "100000", "--format", "jsonl", "--speed", "200")
     try:
         _wait_step(run, 1)
-        assert len(llmc_processes()) >= 16 + 2
+        assert len(own_processes()) >= 16 + 2
         killed = time.monotonic()
         run.proc.kill()
         left = wait_until_clean(3.0)

@@ -24,7 +24,7 @@ from llmcluster.coordinator.state import (
     ShowUnshown,
     Tick,
 )
-from llmcluster.sim.faults import build_setup
+from llmcluster.setup import build_setup
 from llmcluster.wire import AGENT_SRC, Kind, Message
 from llmcluster.wire.messages import (
     AgentExit,
@@ -63,6 +63,7 @@ class Harness:
             run_id=RUN,
             speed=100.0,
             launch_wall=1_000.0,
+            start_time=1_000.0,
             join_timeout_s=60.0,
             publish_endpoint="ipc://hub",
         )
@@ -350,7 +351,9 @@ def test_rendezvous_timeout_names_the_missing_node() -> None:
 
 def test_a_wrong_or_non_ascii_token_is_refused_without_a_crash() -> None:
     h = Harness()
-    h.machine.settings = Settings(run_id=RUN, speed=1.0, launch_wall=0.0, token="sécret")
+    h.machine.settings = Settings(
+        run_id=RUN, speed=1.0, launch_wall=0.0, start_time=0.0, token="sécret"
+    )
     for token in ("wrong", "sécrer", ""):
         h.message(b"a", Kind.AGENT_JOIN, AgentJoin(node=0, host="h", pid=1, token=token), AGENT_SRC)
     assert h.machine.refused == 3 and h.machine.agents == {}

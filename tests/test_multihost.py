@@ -21,12 +21,16 @@ import pytest
 NETNS = Path(__file__).parent / "netns" / "netns-hosts.sh"
 PREFIX = f"lt{os.getpid() % 10000}-"
 COORD = "10.213.0.10"
-ENV = {**os.environ, "NETNS_PREFIX": PREFIX}
 LLMC = [sys.executable, "-m", "llmcluster"]
 
 
+def _env() -> dict[str, str]:
+    """The environment now (it carries the current test's LLMCLUSTER_TEST_MARK)."""
+    return {**os.environ, "NETNS_PREFIX": PREFIX}
+
+
 def _netns(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(NETNS), *args], env=ENV, capture_output=True, text=True,
+    return subprocess.run(["bash", str(NETNS), *args], env=_env(), capture_output=True, text=True,
                           timeout=120, check=check)  # fmt: skip
 
 
@@ -45,7 +49,7 @@ def hosts() -> Iterator[None]:
 
 
 def _start(host: str, *args: str, stdout: int = subprocess.PIPE) -> subprocess.Popen[str]:
-    return subprocess.Popen(["bash", str(NETNS), "exec", host, *LLMC, *args], env=ENV,
+    return subprocess.Popen(["bash", str(NETNS), "exec", host, *LLMC, *args], env=_env(),
                             stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True)  # fmt: skip
 

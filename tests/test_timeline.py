@@ -10,7 +10,7 @@ from conftest import Running, records, run_cli
 
 from llmcluster import sim
 from llmcluster.config import RunConfig
-from llmcluster.sim.faults import build_setup
+from llmcluster.setup import build_setup
 
 
 @pytest.mark.timeout(120)

@@ -1,8 +1,8 @@
 """Owned child processes: fork with a parent-death signal, a name in ``ps``, and reaping.
 
 Every process of a run is created here. A child gets ``PR_SET_PDEATHSIG`` (SIGKILL
-when its parent dies), ignores terminal SIGINT (the coordinator decides how a run
-stops), closes the file descriptors it inherited (ZeroMQ sockets of its parent),
+when its parent dies), ignores terminal SIGINT and SIGHUP (the coordinator decides
+how a run stops), closes the file descriptors it inherited (ZeroMQ sockets of its parent),
 and calls ``os._exit`` so no parent finaliser runs twice.
 """
 
@@ -70,6 +70,7 @@ def fork_child(
         signal.set_wakeup_fd(-1)  # the parent's wake-up channel is not ours
         _close_inherited_fds()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         set_process_name(name)

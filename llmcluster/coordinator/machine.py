@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 from llmcluster import sim
 from llmcluster.config import RunConfig
-from llmcluster.control.procs import signal_name
 from llmcluster.coordinator.health import silent_node, silent_rank
 from llmcluster.coordinator.rendezvous import Rendezvous
 from llmcluster.coordinator.reports import Reports
@@ -39,7 +38,6 @@ from llmcluster.coordinator.state import (
 )
 from llmcluster.wire import AGENT_SRC, Kind, Message
 from llmcluster.wire.messages import (
-    STEP_REDUCTION_VALUES,
     AgentExit,
     Done,
     Exit,
@@ -53,7 +51,7 @@ from llmcluster.wire.messages import (
 from llmcluster.wire.messages import (
     Phase as PhaseReport,
 )
-from llmcluster.wire.records import FailureRecord, LogRecord, ReadyRecord, Record
+from llmcluster.wire.records import LogRecord, ReadyRecord, Record
 
 HEARTBEAT_S = 1.0
 DRAIN_DISPLAY_S = 1.0  # a failure report gets this long to reach the screen before the kill
@@ -257,27 +255,16 @@ class Coordinator(Rendezvous):
     def _fail(self, reason: str, rank: int, exitcode: int) -> None:
         if self.phase in (Phase.ABORTING, Phase.OVER, Phase.RESTARTING, Phase.FINISHING):
             return
-        peer = self.ranks.get(rank)
-        info = peer.info if peer is not None else None
-        self.say(f"failure at step {self.reports.merged_step + 1}: {reason}")
+        step = self.reports.merged_step + 1
+        self.say(f"failure at step {step}: {reason}")
         self.publish(
-            FailureRecord(
+            self.failure_record(
+                rank,
+                exitcode,
+                reason,
+                step=step,
                 time=self.progress.sim_time,
-                rank=rank,
-                local_rank=info.local_rank if info else self.config.local_rank_of(rank),
-                node=info.node if info else self.config.node_of(rank),
-                host=info.host if info else "",
-                pid=info.pid if info else 0,
-                exitcode=exitcode,
-                signal=signal_name(exitcode),
-                reason=reason,
                 seq=self.progress.last_seq + 1,
-                op="ALLREDUCE",
-                numel=STEP_REDUCTION_VALUES,
-                timeout_ms=int(self.config.collective_timeout_s * 1000),
-                step=self.reports.merged_step + 1,
-                attempt=self.attempt,
-                max_restarts=self.config.max_restarts,
             )
         )
         self.wait_for_seq = self.published

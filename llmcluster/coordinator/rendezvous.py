@@ -14,12 +14,20 @@ import hmac
 from llmcluster import sim
 from llmcluster.config import RunConfig
 from llmcluster.control.env import env_mismatches
+from llmcluster.control.procs import signal_name
 from llmcluster.coordinator.describe import run_record
 from llmcluster.coordinator.state import Action, AgentPeer, RankPeer, Say, Settings
 from llmcluster.telemetry.merge import RankInfo
 from llmcluster.wire import Kind, Message
-from llmcluster.wire.messages import AgentJoin, AgentWelcome, Book, Join, Spawn
-from llmcluster.wire.records import RunRecord
+from llmcluster.wire.messages import (
+    STEP_REDUCTION_VALUES,
+    AgentJoin,
+    AgentWelcome,
+    Book,
+    Join,
+    Spawn,
+)
+from llmcluster.wire.records import FailureRecord, RunRecord
 
 
 class Rendezvous:
@@ -164,6 +172,31 @@ class Rendezvous:
             pids=[i.pid for i in infos],
             env=[self.ranks[r].env for r in range(config.ranks)],
             agent_pid=self.settings.agent_pid,
+        )
+
+    def failure_record(self, rank: int, exitcode: int, reason: str, *, step: int, time: float,
+                       seq: int) -> FailureRecord:  # fmt: skip
+        """The root cause, as torchrun's ChildFailedError names it (the rank's own join
+        info where it joined, else where torchrun's mapping puts it)."""
+        peer = self.ranks.get(rank)
+        info = peer.info if peer is not None else None
+        return FailureRecord(
+            time=time,
+            rank=rank,
+            local_rank=info.local_rank if info else self.config.local_rank_of(rank),
+            node=info.node if info else self.config.node_of(rank),
+            host=info.host if info else "",
+            pid=info.pid if info else 0,
+            exitcode=exitcode,
+            signal=signal_name(exitcode),
+            reason=reason,
+            seq=seq,
+            op="ALLREDUCE",
+            numel=STEP_REDUCTION_VALUES,
+            timeout_ms=int(self.config.collective_timeout_s * 1000),
+            step=step,
+            attempt=self.attempt,
+            max_restarts=self.config.max_restarts,
         )
 
     def node_lost(self, node: int) -> None:

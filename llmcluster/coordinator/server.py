@@ -49,7 +49,7 @@ from llmcluster.wire.records import Record
 CONTROL_BATCH = 256  # bounded, so heartbeats go out even under a join storm
 POLL_MS = 100
 CONTROL_HWM = 100_000  # queued control messages per peer before ZeroMQ drops (never blocks)
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129, signal.SIGPIPE: 141}
 
 
 class NodeSupervisor(Protocol):

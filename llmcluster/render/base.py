@@ -181,7 +181,7 @@ class Style:
             f"{mem.optimizer_gb:.1f}, activations {mem.activations_gb:.1f})",
             f"{t} | training {plural(plan.total_steps, 'step')}, "
             f"{human_count(plan.total_tokens)} tokens; eval every {plan.eval_interval}, "
-            f"checkpoint every {plan.checkpoint_interval}",
+            f"checkpoint every {plan.checkpoint_interval}; seed {run.seed}",
         ]
         return prefixed(self.prefix(run), lines)
 

@@ -3,7 +3,8 @@
 ``make_display(config)`` picks the sink: ``jsonl`` (one JSON object per line), the
 scrolling ``log`` (plain text, no ANSI when piped or with NO_COLOR), or the ``live``
 dashboard on a terminal. ``--record FILE.svg|.html|.txt`` saves what was shown.
-``show_records`` lets the coordinator print what no rank 0 was left to show.
+``show_records`` lets the coordinator print what no rank 0 was left to show. A closed
+stdout (``| head``, a hung-up terminal) is silenced, never a traceback: the run ends.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import sys
 import threading
 from typing import Any, Protocol
@@ -180,15 +182,40 @@ def make_display(config: RunConfig) -> Display:
     return LogDisplay(config, console)
 
 
+def stdout_closed() -> bool:
+    """Whether stdout's reader is gone (a pipe's far end closed, a terminal hung up)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are always reported
+        return bool(poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no file descriptor to tell (a test's capture)
+        return False
+
+
+def silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so what is still buffered or written later goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+    finally:
+        os.close(devnull)
+
+
 def show_records(config: RunConfig, records: list[Record]) -> None:
     """Show records directly (the coordinator's fallback when no rank 0 is left)."""
+    if stdout_closed():
+        silence_stdout()
+        return
     display: Display
     if config.output_format == "jsonl":
         display = JsonlDisplay()
     else:
         display = LogDisplay(config, make_console(config))
     try:
-        for record in records:
-            display.show(record)
-    finally:
-        display.close()
+        try:
+            for record in records:
+                display.show(record)
+        finally:
+            display.close()
+    except OSError:  # closed while writing (EPIPE, or EIO from a hung-up terminal)
+        silence_stdout()

@@ -10,13 +10,15 @@ natural ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from llmcluster.config import ConfigError, RunConfig
-from llmcluster.sim.catalog import load_catalog
-from llmcluster.sim.plan import make_plan
 from llmcluster.sim.rng import Stream, generator
 from llmcluster.sim.runplan import Event, RunPlan
+
+
+class FaultError(ValueError):
+    """An ``--inject`` value that cannot be carried out; one line naming what is wrong."""
+
 
 KEYS = {
     "kill": {"rank": True, "step": True},
@@ -45,33 +47,33 @@ def _number(kind: str, key: str, text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ConfigError(f"--inject {kind}: {key} must be a number, got {text!r}") from None
+        raise FaultError(f"--inject {kind}: {key} must be a number, got {text!r}") from None
 
 
 def parse_fault(text: str) -> Fault:
-    """Parse ``kind:key=value,...``; raises ConfigError naming what is wrong."""
+    """Parse ``kind:key=value,...``; raises FaultError naming what is wrong."""
     kind, _, rest = text.strip().partition(":")
     if kind not in KEYS:
-        raise ConfigError(f"--inject: unknown fault {kind!r} (expected {', '.join(KEYS)})")
+        raise FaultError(f"--inject: unknown fault {kind!r} (expected {', '.join(KEYS)})")
     values: dict[str, float] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq or key not in KEYS[kind]:
             allowed = ", ".join(KEYS[kind])
-            raise ConfigError(f"--inject {kind}: unknown or malformed {item!r} (keys: {allowed})")
+            raise FaultError(f"--inject {kind}: unknown or malformed {item!r} (keys: {allowed})")
         values[key] = _number(kind, key, value)
     missing = [k for k, required in KEYS[kind].items() if required and k not in values]
     if missing:
-        raise ConfigError(f"--inject {kind}: missing {', '.join(missing)}")
+        raise FaultError(f"--inject {kind}: missing {', '.join(missing)}")
     rank = int(values.get("rank", values.get("gpu", -1)))
     step = int(values.get("step", 1))
     first = 0 if kind in ("kill", "hang") else 1  # step 0: in rendezvous, before the barrier
     if step < first:
-        raise ConfigError(f"--inject {kind}: step must be >= {first}, got {step}")
+        raise FaultError(f"--inject {kind}: step must be >= {first}, got {step}")
     default_value = {"straggler": 1.3, "spike": 0.8}.get(kind, 0.0)
     value = values.get("slowdown", values.get("size", default_value))
     if kind == "straggler" and not 1.0 < value <= 10.0:
-        raise ConfigError(f"--inject straggler: slowdown must be in (1, 10], got {value:g}")
+        raise FaultError(f"--inject straggler: slowdown must be in (1, 10], got {value:g}")
     return Fault(kind, rank, step, value, int(values.get("steps", 0)))
 
 
@@ -81,7 +83,7 @@ def parse_faults(specs: list[str] | tuple[str, ...], ranks: int) -> tuple[Fault,
     for fault in faults:
         targets_rank = "rank" in KEYS[fault.kind] or "gpu" in KEYS[fault.kind]
         if targets_rank and not 0 <= fault.rank < ranks:
-            raise ConfigError(
+            raise FaultError(
                 f"--inject {fault.kind}: rank must be between 0 and {ranks - 1}, got {fault.rank}"
             )
     return tuple(faults)
@@ -124,29 +126,3 @@ def fault_events(plan: RunPlan, faults: tuple[Fault, ...]) -> tuple[Event, ...]:
         elif fault.kind == "oom":
             events.append(Event("oom", fault.step, fault.rank))
     return tuple(events)
-
-
-@dataclass(frozen=True)
-class RunSetup:
-    """The plan with injected and chaos events applied, and the process faults to carry out."""
-
-    plan: RunPlan
-    process_faults: tuple[Fault, ...]
-
-
-def build_setup(config: RunConfig) -> RunSetup:
-    """What every process of the run derives from the config (identically, from the seed)."""
-    plan = make_plan(
-        load_catalog(),
-        seed=config.seed,
-        world_size=config.ranks,
-        nproc_per_node=config.nproc_per_node,
-        steps=config.steps,
-        model=config.model,
-        gpu=config.gpu,
-        dataset=config.dataset,
-    )
-    faults = parse_faults(tuple(config.inject), config.ranks) + chaos_faults(plan, config.chaos)
-    events = tuple(sorted(plan.events + fault_events(plan, faults), key=lambda e: (e.step, e.kind)))
-    plan = replace(plan, events=events)
-    return RunSetup(plan, process_faults(plan, faults))

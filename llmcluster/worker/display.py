@@ -13,9 +13,9 @@ import threading
 import zmq
 
 from llmcluster.config import RunConfig
-from llmcluster.render.sinks import make_display
+from llmcluster.render.sinks import make_display, silence_stdout, stdout_closed
 from llmcluster.telemetry.client import RecordClient
-from llmcluster.wire.records import SummaryRecord
+from llmcluster.wire.records import Record, SummaryRecord
 
 POLL_S = 0.1
 
@@ -39,7 +39,7 @@ class DisplayThread(threading.Thread):
         try:
             while not self._stopping.is_set():
                 for seq, record in client.receive(POLL_S):
-                    self._display.show(record)
+                    self._show(record)
                     if isinstance(record, SummaryRecord):  # shown (and saved) before the ack:
                         closed = True  # the run ends once the display has acknowledged it
                         self._display.close()
@@ -50,6 +50,16 @@ class DisplayThread(threading.Thread):
             client.close()
             if not closed:
                 self._display.close()
+
+    def _show(self, record: Record) -> None:
+        """Show one record; a closed stdout (``| head``, a hung-up terminal) is silenced and
+        the records still acknowledged, so the run (told by its stdout watch) ends promptly."""
+        try:
+            self._display.show(record)
+        except OSError:
+            if not stdout_closed():
+                raise
+            silence_stdout()
 
     def stop(self) -> None:
         """Ask the thread to finish and wait for the terminal to be restored."""

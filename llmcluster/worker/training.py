@@ -22,7 +22,8 @@ import numpy as np
 from llmcluster import sim
 from llmcluster.comm import Communicator
 from llmcluster.control.link import ControlLink
-from llmcluster.sim.faults import Fault, build_setup
+from llmcluster.setup import build_setup
+from llmcluster.sim.faults import Fault
 from llmcluster.wire import Kind
 from llmcluster.wire.messages import Phase, PhaseState, RankStats, Stats
 from llmcluster.wire.records import PhaseName
