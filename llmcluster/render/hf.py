@@ -33,7 +33,12 @@ MIN_BAR = 10
 
 def steps_per_epoch(run: RunRecord) -> int:
     """Optimizer steps in one pass over the dataset's examples (at least 1)."""
-    return max(1, run.dataset.documents // run.plan.global_batch)
+    return max(1, examples(run) // run.plan.global_batch)
+
+
+def examples(run: RunRecord) -> int:
+    """``len(train_dataset)``: the packed sequences of one epoch (documents if unknown)."""
+    return run.plan.samples_per_epoch or run.dataset.documents
 
 
 def epoch_of(run: RunRecord, step: int) -> float:
@@ -110,7 +115,7 @@ class HfStyle(Style):
         epochs = math.ceil(plan.total_steps / steps_per_epoch(run))
         return [
             "***** Running training *****",
-            f"  Num examples = {run.dataset.documents:,}",
+            f"  Num examples = {examples(run):,}",
             f"  Num Epochs = {epochs:,}",
             f"  Instantaneous batch size per device = {plan.micro_batch}",
             f"  Total train batch size (w. parallel, distributed & accumulation) = "
