@@ -85,6 +85,7 @@ class Style:
     def __init__(self, *, width: int = 120, ascii_only: bool = False) -> None:
         self.width, self.ascii_only = width, ascii_only
         self.run: RunRecord | None = None
+        self.failed_rank = -1  # the last failure's rank (its agent does not stop it again)
 
     # ---- the entry point -------------------------------------------------------------------
     def lines(self, record: Record) -> list[str]:
@@ -137,11 +138,12 @@ class Style:
 
     def failure_lines(self, run: RunRecord, rec: FailureRecord) -> list[str]:
         """torchrun and NCCL reporting a dead rank."""
+        self.failed_rank = rec.rank
         return failure_lines(run, rec, tee=self.tee, explain=self.explains)
 
     def restart_lines(self, run: RunRecord, rec: RestartRecord) -> list[str]:
         """torchrun restarting the worker group."""
-        return restart_lines(run, rec, explain=self.explains)
+        return restart_lines(run, rec, failed_rank=self.failed_rank, explain=self.explains)
 
     def log_lines(self, run: RunRecord, rec: LogRecord) -> list[str]:
         """A warning or error from the run."""

@@ -43,7 +43,7 @@ def glog(level: str, t: float, pid: int, where: str) -> str:
 def c10_glog(level: str, t: float, where: str) -> str:
     """A c10 (C++) log prefix: ``[E1122 14:03:07.123456789 ProcessGroupNCCL.cpp:616]``."""
     stamp = time.strftime("%H:%M:%S", clock(t))
-    month_day = f"{clock(t).tm_mon}{clock(t).tm_mday:02d}"
+    month_day = f"{clock(t).tm_mon:02d}{clock(t).tm_mday:02d}"
     return f"[{level}{month_day} {stamp}.{int((t % 1) * 1e9):09d} {where}]"
 
 

@@ -53,37 +53,58 @@ def _node_pids(run: RunRecord, node: int) -> list[tuple[int, int]]:
                                                            run.world_size))]  # fmt: skip
 
 
-def failure_lines(run: RunRecord, rec: FailureRecord, *, tee: bool = False,
-                  explain: bool = True) -> list[str]:  # fmt: skip
-    """Watchdog lines (tee'd by torchrun with ``tee``), the agent tearing the group down, the
-    ChildFailedError box and (with ``explain``) llmcluster's one-line reason."""
-    t, rank, timeout = rec.time, rec.rank, rec.timeout_ms
+def _watchdog_lines(run: RunRecord, rec: FailureRecord, *, tee: bool) -> list[str]:
+    """The surviving neighbours' NCCL watchdogs, each at its own time: it entered the
+    collective a little apart from the others and fires one timeout later."""
     work = (
         f"WorkNCCL(SeqNum={rec.seq}, OpType={rec.op}, NumelIn={rec.numel}, "
-        f"NumelOut={rec.numel}, Timeout(ms)={timeout})"
+        f"NumelOut={rec.numel}, Timeout(ms)={rec.timeout_ms})"
     )
     lines = []
-    for other in _witness(run, rank):
+    for other in _witness(run, rec.rank):
+        skew_s = (other * 7919 + rec.seq * 104729) % 97 / 1000.0  # its own arrival, ms apart
+        t = rec.time + skew_s
         prefix = tee_prefix(other % run.nproc_per_node) if tee else ""
-        stamp = c10_glog("E", t, "ProcessGroupNCCL.cpp:629")
         lines.append(
-            f"{prefix}[rank{other}]:{stamp} [Rank {other}] Watchdog caught collective operation "
-            f"timeout: {work} ran for {timeout + 81} milliseconds before timing out."
+            f"{prefix}[rank{other}]:{c10_glog('E', t, 'ProcessGroupNCCL.cpp:629')} [Rank {other}] "
+            f"Watchdog caught collective operation timeout: {work} ran for "
+            f"{rec.timeout_ms + 40 + int(skew_s * 1000)} milliseconds before timing out."
         )
         lines.append(
-            f"{prefix}[rank{other}]:{c10_glog('E', t, 'ProcessGroupNCCL.cpp:695')} [Rank {other}] "
-            "To avoid data inconsistency, we are taking the entire process down."
+            f"{prefix}[rank{other}]:{c10_glog('E', t + 0.05, 'ProcessGroupNCCL.cpp:695')} "
+            f"[Rank {other}] To avoid data inconsistency, we are taking the entire process down."
         )
-    agent, pid = run.agent_pid, rec.pid
+    return lines
+
+
+def hung(rec: FailureRecord) -> bool:
+    """A rank that went silent (its peers' watchdogs fire) rather than one that died."""
+    return "stopped answering" in rec.reason or "watchdog" in rec.reason
+
+
+def restarts_after(rec: FailureRecord) -> bool:
+    """The elastic agent restarts the worker group after this failure."""
+    return rec.attempt < rec.max_restarts
+
+
+def failure_lines(run: RunRecord, rec: FailureRecord, *, tee: bool = False,
+                  explain: bool = True) -> list[str]:  # fmt: skip
+    """What torchrun prints when a worker fails: the peers' watchdogs for a hang, the agent's
+    ``failed (exitcode ...)`` line; when no restart is left, the group's teardown and the
+    ChildFailedError box (and with ``explain``, llmcluster's one-line reason)."""
+    t, rank, agent, pid = rec.time, rec.rank, run.agent_pid, rec.pid
+    lines = _watchdog_lines(run, rec, tee=tee) if hung(rec) else []
+    lines.append(
+        f"{glog('E', t, agent, MP_FAILED)} failed (exitcode: {rec.exitcode}) local_rank: "
+        f"{rec.local_rank} (pid: {pid}) of binary: /usr/bin/python3"
+    )
+    if restarts_after(rec):  # the agent's restart lines follow with the restart record
+        return [*lines, f"llmcluster: {rec.reason}"] if explain else lines
     for other, other_pid in _node_pids(run, rec.node):
         if other != rank:
             lines.append(
                 f"{glog('W', t, agent, MP_API)} Sending process {other_pid} closing signal SIGTERM"
             )
-    lines.append(
-        f"{glog('E', t, agent, MP_FAILED)} failed (exitcode: {rec.exitcode}) local_rank: "
-        f"{rec.local_rank} (pid: {pid}) of binary: /usr/bin/python3"
-    )
     signal = rec.signal or ""
     traceback = (
         f"Signal {SIGNALS.get(signal, -rec.exitcode)} ({signal}) received by PID {pid}"
@@ -115,14 +136,25 @@ def failure_lines(run: RunRecord, rec: FailureRecord, *, tee: bool = False,
 
 
 def agent_restart_lines(run: Launch, t: float, *, attempt: int, restarts_left: int,
-                        max_restarts: int) -> list[str]:  # fmt: skip
-    """torchrun's elastic agent restarting its worker group (attempt ``attempt``)."""
+                        max_restarts: int, stopping: tuple[int, ...] = (),
+                        host: str = "") -> list[str]:  # fmt: skip
+    """torchrun's elastic agent restarting its worker group: the FAILED line (the count
+    before the restart is spent), stopping its workers (``stopping``: their pids), the next
+    round of the c10d rendezvous, and the new group (``restart_count=attempt``)."""
     a, w = glog("I", t, run.agent_pid, AGENT_API), glog("W", t, run.agent_pid, AGENT_API)
+    node = f"{host or 'localhost'}_{run.agent_pid}_0"
     return [
         f"{w} [default] Worker group FAILED. {restarts_left + 1}/{max_restarts} "
         "attempts left; will restart worker group",
         f"{a} [default] Stopping worker group",
+        *(
+            f"{glog('W', t, run.agent_pid, MP_API)} Sending process {pid} closing signal SIGTERM"
+            for pid in stopping
+        ),
         f"{a} [default] Rendezvous'ing worker group",
+        f"{a} The node '{node}' attempts to join the next round of the rendezvous '{run.run_id}'.",
+        f"{a} The node '{node}' has joined round {attempt} of the rendezvous '{run.run_id}' as "
+        f"rank 0 in a world of size {run.nnodes}.",
         f"{a} [default] Rendezvous complete for workers. Result:",
         f"{a}   restart_count={attempt}",
         f"{a}   master_addr={run.master_addr}",
@@ -131,11 +163,16 @@ def agent_restart_lines(run: Launch, t: float, *, attempt: int, restarts_left: i
     ]
 
 
-def restart_lines(run: RunRecord, rec: RestartRecord, *, explain: bool = True) -> list[str]:
-    """The elastic agent restarting the worker group (with ``explain``: from which step)."""
+def restart_lines(run: RunRecord, rec: RestartRecord, *, failed_rank: int = -1,
+                  explain: bool = True) -> list[str]:  # fmt: skip
+    """The elastic agent of node 0 restarting the worker group (its live workers are
+    stopped; with ``explain``: from which step the run resumes)."""
+    stopping = tuple(pid for r, pid in _node_pids(run, 0) if r != failed_rank)
+    host = run.real_hosts[0] if run.real_hosts else ""
     lines = agent_restart_lines(run, rec.time, attempt=rec.attempt,
                                 restarts_left=rec.restarts_left,
-                                max_restarts=rec.max_restarts)  # fmt: skip
+                                max_restarts=rec.max_restarts, stopping=stopping,
+                                host=host)  # fmt: skip
     if explain:
         lines.append(
             f"llmcluster: resuming from the checkpoint at step {rec.resume_step - 1}; "
