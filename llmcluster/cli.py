@@ -104,6 +104,64 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_int, default=0, help="reproduce a run exactly")
 
 
+def _std(text: str) -> str:
+    """A ``--redirects``/``--tee`` value, checked by torch's own parser (its message)."""
+    from llmcluster.worker.logspec import std_from_str
+
+    try:
+        std_from_str(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _ranks_filter(text: str) -> str:
+    from llmcluster.worker.logspec import parse_ranks_filter
+
+    try:
+        parse_ranks_filter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _add_log_flags(parser: argparse.ArgumentParser) -> None:
+    """torchrun's log options, spelled as torchrun spells them, defaults from its PET_* vars."""
+    env = os.environ.get
+    parser.add_argument(
+        "--log-dir",
+        "--log_dir",
+        default=env("PET_LOG_DIR") or None,
+        help="base directory for per-rank log files (torchrun's)",
+    )
+    parser.add_argument(
+        "-r",
+        "--redirects",
+        type=_std,
+        default=env("PET_REDIRECTS", "0"),
+        help="redirect std streams into log files: 0-3 or e.g. 0:1,3:2",
+    )
+    parser.add_argument(
+        "-t",
+        "--tee",
+        type=_std,
+        default=env("PET_TEE", "0"),
+        help="tee std streams into log files and the console",
+    )
+    parser.add_argument(
+        "--local-ranks-filter",
+        "--local_ranks_filter",
+        type=_ranks_filter,
+        default=env("PET_LOCAL_RANKS_FILTER", ""),
+        help="only show these local ranks' logs in the console, e.g. 0,3",
+    )
+    parser.add_argument(
+        "--role",
+        default=env("PET_ROLE", "default"),
+        help="the workers' role: the [<role><local_rank>]: prefix",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (training run) with the ``bench`` subcommand."""
     parser = _Parser(
@@ -156,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grad-bucket", type=_size, default=0, metavar="SIZE")
     parser.add_argument("--record", dest="record_path", default=None, metavar="FILE")
     parser.add_argument("--list", action="store_true", help="list models, GPUs, datasets, styles")
+    _add_log_flags(parser)
     return parser
 
 
@@ -288,6 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             chaos=args.chaos,
             grad_bucket_bytes=args.grad_bucket,
             record_path=args.record_path,
+            log_dir=args.log_dir,
+            redirects=args.redirects,
+            tee=args.tee,
+            local_ranks_filter=args.local_ranks_filter,
+            role=args.role,
         )
         config.validate()
         from llmcluster.control.limits import check_capacity

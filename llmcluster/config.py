@@ -6,6 +6,7 @@ validation that does not need the simulation catalog.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -95,6 +96,12 @@ class RunConfig:
     bench: BenchSettings | None = None  # the bench workload instead of training
     start_time: float | None = None  # --start-time: where the simulated timeline begins
     start_at_launch: bool = False  # the timeline begins now (records run into the future)
+    # torchrun's log options (worker.logspec): nothing asked keeps every rank on the console
+    log_dir: str | None = None
+    redirects: str = "0"
+    tee: str = "0"
+    local_ranks_filter: str = ""
+    role: str = "default"
 
     @property
     def silence_tolerance_s(self) -> float:
@@ -167,5 +174,7 @@ class RunConfig:
             raise ConfigError(
                 f"--chaos must be a failure rate per step in [0, 1], got {self.chaos:g}"
             )
+        if self.log_dir and os.path.isfile(self.log_dir):  # torch's NotADirectoryError
+            raise ConfigError(f"log_dir: {self.log_dir} is a file")
         if not 1 <= self.master_port <= 65535:
             raise ConfigError(f"--master-port must be between 1 and 65535, got {self.master_port}")

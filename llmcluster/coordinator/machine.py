@@ -172,7 +172,8 @@ class Coordinator(Rendezvous):
             ):
                 self._finish(wall)
         elif isinstance(body, Failure):
-            self._fail(f"rank {body.rank}: {body.reason}", body.rank, body.exitcode)
+            self._fail(f"rank {body.rank}: {body.reason}", body.rank, body.exitcode,
+                       error_file=body.error_file)  # fmt: skip
         elif isinstance(body, AgentExit):
             self._rank_exited(body)
 
@@ -242,7 +243,8 @@ class Coordinator(Rendezvous):
             peer.exited = True
         if peer is not None and peer.done:
             return
-        self._fail(f"rank {body.rank} (pid {body.pid}) exited", body.rank, body.exitcode)
+        self._fail(f"rank {body.rank} (pid {body.pid}) exited", body.rank, body.exitcode,
+                   error_file=body.error_file)  # fmt: skip
 
     def _agent_lost(self, event: AgentLost) -> None:
         if self.phase in (Phase.OVER, Phase.ABORTING, Phase.FINISHING) or (
@@ -253,7 +255,7 @@ class Coordinator(Rendezvous):
         first = self.config.node_ranks(event.node)[0]
         self._fail(event.reason, first, event.exitcode)
 
-    def _fail(self, reason: str, rank: int, exitcode: int) -> None:
+    def _fail(self, reason: str, rank: int, exitcode: int, *, error_file: str = "") -> None:
         if self.phase in (Phase.ABORTING, Phase.OVER, Phase.RESTARTING, Phase.FINISHING):
             return
         peer = self.ranks.get(rank)
@@ -277,6 +279,7 @@ class Coordinator(Rendezvous):
                 step=self.reports.merged_step + 1,
                 attempt=self.attempt,
                 max_restarts=self.config.max_restarts,
+                error_file=error_file,
             )
         )
         self.wait_for_seq = self.published

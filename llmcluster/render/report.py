@@ -85,7 +85,7 @@ def failure_lines(run: dict[str, Any], rec: dict[str, Any]) -> list[str]:
         f"  host      : {rec['host']}",
         f"  rank      : {rank} (local_rank: {rec['local_rank']})",
         f"  exitcode  : {rec['exitcode']} (pid: {apid})",
-        "  error_file: <N/A>",
+        f"  error_file: {rec.get('error_file') or '<N/A>'}",
         f"  traceback : {traceback}",
         "=" * BOX_WIDTH,
         f"llmcluster: {rec['reason']}",

@@ -25,6 +25,7 @@ from llmcluster.sim.faults import Fault, build_setup
 from llmcluster.wire import Kind
 from llmcluster.wire.messages import Phase, PhaseState, RankStats, Stats
 from llmcluster.wire.records import PhaseName
+from llmcluster.worker.nccl_log import NcclLog
 
 SAMPLE_SIM_S = 15.0  # a phase reports a telemetry sample every ~15 simulated seconds
 MAX_SAMPLES = 8
@@ -37,6 +38,7 @@ class RankHost(Protocol):
     link: ControlLink
     mesh: Any
     stop_requested: bool
+    nccl: NcclLog | None  # the rank's NCCL debug output (a COLL line per collective)
 
     def sleep(self, seconds: float) -> None: ...
 
@@ -98,8 +100,11 @@ class Training:
                 (np.array([work.compute_s, 1.0 if host.stop_requested else 0.0]), "max"),
             ]
         )
+        self._nccl(3, "float64", "sum", "step")
+        self._nccl(2, "float64", "max", "step_max")
         if self.bucket is not None:  # a real gradient bucket over the chosen algorithm
             self.comm.allreduce(self.bucket, "sum", algorithm=spec.config.algorithm)
+            self._nccl(self.bucket.size, "float32", "sum", "bucket")
         done = time.time()
         # the exposed part of the modelled allreduce completes the simulated step
         host.sleep(cost.exposed_s / spec.speed - (done - arrive))
@@ -130,6 +135,13 @@ class Training:
         )
         host.link.send(Kind.STATS, Stats(rank=spec.rank, step=step, stats=self.last))
         return bool(agreed[1] > 0)
+
+    def _nccl(self, count: int, datatype: str, op: str, buffer: str) -> None:
+        """One allreduce done: NCCL's COLL line (when NCCL_DEBUG_SUBSYS asks for it)."""
+        if self.host.nccl is not None:
+            self.host.nccl.collective(
+                name="AllReduce", count=count, datatype=datatype, op=op, buffer=buffer
+            )
 
     def carry_out_faults(self, step: int) -> None:
         """Injected process faults, for real: the i-th fires in restart attempt i."""
@@ -167,6 +179,7 @@ class Training:
         mean = self.comm.allreduce(
             np.array([0.0 if value is None else value]), "mean", algorithm=spec.config.algorithm
         )
+        self._nccl(1, "float64", "mean", "phase")
         if spec.rank == 0:
             val_loss = float(mean[0]) if value is not None else None
             link.send(
