@@ -25,6 +25,7 @@ from llmcluster.config import (
     RunConfig,
     parse_duration,
 )
+from llmcluster.worker.logspec import parse_ranks_filter, prepare_log_dir, std_from_str
 
 
 class UsageError(Exception):
@@ -106,8 +107,6 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
 
 def _std(text: str) -> str:
     """A ``--redirects``/``--tee`` value, checked by torch's own parser (its message)."""
-    from llmcluster.worker.logspec import std_from_str
-
     try:
         std_from_str(text)
     except ValueError as exc:
@@ -116,8 +115,6 @@ def _std(text: str) -> str:
 
 
 def _ranks_filter(text: str) -> str:
-    from llmcluster.worker.logspec import parse_ranks_filter
-
     try:
         parse_ranks_filter(text)
     except ValueError as exc:
@@ -354,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             role=args.role,
         )
         config.validate()
+        if config.log_dir:
+            prepare_log_dir(config.log_dir)
         from llmcluster.control.limits import check_capacity
 
         check_capacity(config.ranks, config.nnodes)

@@ -6,7 +6,6 @@ validation that does not need the simulation catalog.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -174,7 +173,5 @@ class RunConfig:
             raise ConfigError(
                 f"--chaos must be a failure rate per step in [0, 1], got {self.chaos:g}"
             )
-        if self.log_dir and os.path.isfile(self.log_dir):  # torch's NotADirectoryError
-            raise ConfigError(f"log_dir: {self.log_dir} is a file")
         if not 1 <= self.master_port <= 65535:
             raise ConfigError(f"--master-port must be between 1 and 65535, got {self.master_port}")

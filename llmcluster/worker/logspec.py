@@ -83,14 +83,6 @@ class LogsSpec:
     role: str = "default"
     prefix_template: str | None = None  # TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE
 
-    def validate(self) -> None:
-        """Raise ValueError with torch's own message for a malformed value."""
-        std_from_str(self.redirects)
-        std_from_str(self.tee)
-        parse_ranks_filter(self.local_ranks_filter)
-        if self.log_dir and os.path.isfile(self.log_dir):
-            raise ValueError(f"log_dir: {self.log_dir} is a file")
-
     @property
     def makes_files(self) -> bool:
         """A log dir, a redirect or a tee was asked: the per-node directory tree exists."""
@@ -156,6 +148,16 @@ def reify(spec: LogsSpec, attempt_dir: str | None, ranks: list[int]) -> list[Ran
             )
         )
     return out
+
+
+def prepare_log_dir(log_dir: str) -> None:
+    """Create ``--log-dir`` at launch, as ``DefaultLogsSpecs`` does (ValueError: one line)."""
+    if os.path.isfile(log_dir):
+        raise ValueError(f"log_dir: {log_dir} is a file")
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"log_dir: cannot create {log_dir}: {exc.strerror}") from None
 
 
 def make_run_dir(log_dir: str | None, run_id: str) -> str:
