@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
@@ -18,6 +19,7 @@ from nccl_formats import (
     nccl_kind,
 )
 
+from llmcluster.comm import CollectiveTimeout
 from llmcluster.render.nccl import NcclRank, coll_line, init_lines, prefix
 from llmcluster.worker import nccl_env
 from llmcluster.worker.errors import record_exception, record_signal_death
@@ -33,6 +35,7 @@ from llmcluster.worker.logspec import (
     to_map,
 )
 from llmcluster.worker.nccl_env import Level, Subsys
+from llmcluster.worker.rank import Rank
 
 
 # ---- the regexes judge real lines first -------------------------------------------------------
@@ -207,3 +210,23 @@ def test_signal_death_adds_error_code(tmp_path: str) -> None:
     with open(path) as f:
         data = json.load(f)
     assert data["message"]["message"] == "ValueError: boom" and data["message"]["errorCode"] == -6
+
+
+def test_a_failing_rank_prints_its_traceback_and_writes_its_error_file(
+    tmp_path: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = os.path.join(tmp_path, "error.json")
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", path)
+    rank = SimpleNamespace(spec=SimpleNamespace(rank=6))
+    try:
+        raise CollectiveTimeout(src=5, seq=9, waited_s=30.0)
+    except CollectiveTimeout as exc:
+        assert Rank._record_error(rank, exc) == path  # type: ignore[arg-type]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "[rank6]: Traceback (most recent call last):"
+    assert all(TRACEBACK_LINE.match(line) for line in err)
+    assert err[-1].endswith("CollectiveTimeout: no message from rank 5 for collective 9 in 30.0s")
+    with open(path) as f:
+        data = json.load(f)
+    jsonschema.validate(data, ERROR_FILE_SCHEMA)
+    assert data["message"]["message"].startswith("CollectiveTimeout: no message from rank 5")

@@ -173,9 +173,8 @@ class Rank:
         except CoordinatorLost as lost:
             print(f"[rank{spec.rank}]: llmcluster: {lost}; exiting", file=sys.stderr, flush=True)
             return 1
-        except Exception as exc:
-            error_file = self._record_error(exc)
-            self.report_failure(f"{type(exc).__name__}: {exc}", 1, error_file)
+        except Exception as exc:  # the agent reports the exit, naming the error file
+            self._record_error(exc)
             return 1
         finally:
             self._close()
