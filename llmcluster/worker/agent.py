@@ -3,7 +3,9 @@
 Like torchrun's elastic agent, it owns its local worker group: it starts the
 ranks for an attempt when the coordinator says SPAWN, reports each rank's exit
 (code or signal) as it happens, terminates the group on KILL or EXIT, and kills
-its ranks and leaves by itself when the coordinator goes silent.
+its ranks and leaves by itself when the coordinator goes silent. With torchrun's log
+options it gives each rank its files (``logspec``), tails the tee'd ones to its console
+(``tail``) and writes the error.json of a rank killed by a signal (``errors``).
 """
 
 from __future__ import annotations
