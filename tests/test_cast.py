@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
+import pyte
 from rich.console import Console
 from rich.table import Table
 
@@ -36,7 +36,6 @@ def test_header_and_events_follow_asciicast_v2(tmp_path: str) -> None:
 
 
 def test_replayed_cast_reproduces_the_text_record(tmp_path: str) -> None:
-    pyte = pytest.importorskip("pyte")
     path = os.path.join(tmp_path, "run.cast")
     table = Table(title="Training summary")
     table.add_column("what")
