@@ -38,6 +38,7 @@ from llmcluster.config import (
     env_text,
 )
 from llmcluster.setup import checked_plan
+from llmcluster.worker.logspec import prepare_log_dir
 
 SUBCOMMANDS = ("bench", "coordinator", "node")
 SEED_RANGE = 2**31  # a fresh seed when --seed is not given: small enough to retype
@@ -164,8 +165,18 @@ def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
         record_path=args.record_path,
         start_time=args.start_time,
         start_at_launch=args.start_at_launch,
+        log_dir=args.log_dir,
+        redirects=args.redirects,
+        tee=args.tee,
+        local_ranks_filter=args.local_ranks_filter,
+        role=args.role,
     )
     config.validate()
+    if config.log_dir:
+        try:
+            prepare_log_dir(config.log_dir)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if config.record_path:
         check_record_target(config.record_path)
     from llmcluster.control.limits import check_capacity

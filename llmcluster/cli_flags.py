@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
 import sys
 import time
 from typing import NoReturn
@@ -25,6 +26,7 @@ from llmcluster.config import (
 )
 from llmcluster.render.styles import STYLES
 from llmcluster.sim.plan import DEFAULT_STEPS
+from llmcluster.worker.logspec import parse_ranks_filter, std_from_str
 
 MAX_SIZE_BYTES = 1 << 40
 
@@ -172,6 +174,60 @@ def _add_cluster_flags(parser: argparse.ArgumentParser, *, ranks: int) -> None:
                         "printed in the run header)")  # fmt: skip
 
 
+def _std(text: str) -> str:
+    """A ``--redirects``/``--tee`` value, checked by torch's own parser (its message)."""
+    try:
+        std_from_str(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _ranks_filter(text: str) -> str:
+    try:
+        parse_ranks_filter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _add_log_flags(parser: argparse.ArgumentParser) -> None:
+    """torchrun's log options, spelled as torchrun spells them, defaults from its PET_* vars."""
+    env = os.environ.get
+    parser.add_argument(
+        "--log-dir",
+        "--log_dir",
+        default=env("PET_LOG_DIR") or None,
+        help="base directory for per-rank log files (torchrun's)",
+    )
+    parser.add_argument(
+        "-r",
+        "--redirects",
+        type=_std,
+        default=env("PET_REDIRECTS", "0"),
+        help="redirect std streams into log files: 0-3 or e.g. 0:1,3:2",
+    )
+    parser.add_argument(
+        "-t",
+        "--tee",
+        type=_std,
+        default=env("PET_TEE", "0"),
+        help="tee std streams into log files and the console",
+    )
+    parser.add_argument(
+        "--local-ranks-filter",
+        "--local_ranks_filter",
+        type=_ranks_filter,
+        default=env("PET_LOCAL_RANKS_FILTER", ""),
+        help="only show these local ranks' logs in the console, e.g. 0,3",
+    )
+    parser.add_argument(
+        "--role",
+        default=env("PET_ROLE", "default"),
+        help="the workers' role: the [<role><local_rank>]: prefix",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (a training run on this machine)."""
     parser = _Parser(
@@ -186,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"llmcluster {__version__}")
+    _add_log_flags(parser)
     _add_cluster_flags(parser, ranks=64)
     parser.add_argument(
         "--steps", type=_int, default=None, help=f"training steps (default: {DEFAULT_STEPS})"

@@ -18,7 +18,7 @@ UIS = ("auto", "live", "log")
 MAX_RANKS = 4096
 MAX_NNODES = 512
 MAX_DURATION_S = 366 * 86400.0
-RECORD_SUFFIXES = (".svg", ".html", ".txt")
+RECORD_SUFFIXES = (".svg", ".html", ".txt", ".cast")
 SILENCE_SCALE_RANKS = 256
 TARGET_WALL_STEP_S = 0.5  # --speed auto: a demo shows a step about every half second
 
@@ -152,6 +152,12 @@ class RunConfig:
     bench: BenchSettings | None = None  # the bench workload instead of training
     start_time: float | None = None  # --start-time: where the simulated timeline begins
     start_at_launch: bool = False  # the timeline begins now (records run into the future)
+    # torchrun's log options (worker.logspec): nothing asked keeps every rank on the console
+    log_dir: str | None = None
+    redirects: str = "0"
+    tee: str = "0"
+    local_ranks_filter: str = ""
+    role: str = "default"
 
     @property
     def silence_tolerance_s(self) -> float:
@@ -223,7 +229,7 @@ class RunConfig:
         if self.output_format == "jsonl" and self.record_path:
             raise ConfigError("--record saves what the terminal showed; it needs --format log")
         if self.record_path and not self.record_path.endswith(RECORD_SUFFIXES):
-            raise ConfigError("--record must name a .svg, .html or .txt file")
+            raise ConfigError("--record must name a .svg, .html, .txt or .cast file")
         if self.exit_after_s is not None and not 0 < self.exit_after_s <= MAX_DURATION_S:
             raise ConfigError("--exit-after-time must be positive and at most 366 days")
         if not 0.0 <= self.chaos <= 1.0:

@@ -98,7 +98,7 @@ def test_unknown_style_and_model_are_usage_errors() -> None:
         (["--format", "jsonl", "--ui", "live"], "contradict"),
         (["--format", "jsonl", "--record", "x.svg"], "--record"),
         (["--format", "jsonl", "--style", "megatron"], "--style"),
-        (["--record", "x.png"], ".svg, .html or .txt"),
+        (["--record", "x.png"], ".svg, .html, .txt or .cast"),
         (["--chaos", "2"], "--chaos"),
     ],
 )

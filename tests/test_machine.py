@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from llmcluster import sim
 from llmcluster.config import RunConfig
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.state import (
@@ -146,6 +147,22 @@ class Harness:
             body = Stats(rank=rank, step=step, stats=stats)
             self.message(self.rank_id(rank), Kind.STATS, body, rank)
 
+    def samples(self, step: int, phase: PhaseName) -> int:
+        """Every rank's GPU samples during ``phase`` after ``step``; returns how many each."""
+        count = sim.phase_samples(self.machine.plan, phase.value, step)
+        for index in range(count):
+            for rank in range(self.config.ranks):
+                stats = RankStats(loss=5.0, local_loss=5.0, tokens=0, grad_norm=1.0,
+                                  compute_s=0.0, step_time_s=15.0, comm_s=0.0,
+                                  exposed_comm_s=0.0, arrive=1000.0, wait_ms=0.0, util=5.0,
+                                  temp_c=50.0, power_w=120.0, mem_used_gb=50.0,
+                                  mem_total_gb=80.0, sm_clock_mhz=1900, throttled=False,
+                                  seq=step, dropped=0)  # fmt: skip
+                body = Stats(rank=rank, step=step, stats=stats, phase=phase, sample=index,
+                             phase_elapsed_s=15.0 * (index + 1))  # fmt: skip
+                self.message(self.rank_id(rank), Kind.STATS, body, rank)
+        return count
+
     def published(self) -> list[object]:
         return [a.record for a in self.actions if isinstance(a, Publish)]  # type: ignore[union-attr]
 
@@ -203,12 +220,14 @@ def test_steps_merge_in_rank_order_and_phases_follow_their_step() -> None:
     assert "phase" not in h.types()  # held back: step 1 is not merged yet
     h.step(1)
     assert h.types()[-3:] == ["step", "ranks", "phase"]
-    h.message(
-        h.rank_id(0),
-        Kind.PHASE,
-        PhaseReport(rank=0, step=1, name=PhaseName.EVAL, state=PhaseState.END, val_loss=5.1),
-        0,
-    )
+    begun = h.published()[-1]
+    end = PhaseReport(rank=0, step=1, name=PhaseName.EVAL, state=PhaseState.END, val_loss=5.1)
+    h.message(h.rank_id(0), Kind.PHASE, end, 0)
+    assert h.types()[-1] == "phase"  # held: the phase's samples are not all in yet
+    count = h.samples(1, PhaseName.EVAL)
+    samples = h.published()[-1 - count : -1]
+    assert [r.phase for r in samples] == [PhaseName.EVAL] * count
+    assert [r.time - begun.time for r in samples] == [15.0 * (i + 1) for i in range(count)]
     evaluation = h.published()[-1]
     assert evaluation.TYPE == "eval" and evaluation.val_ppl == pytest.approx(math.exp(5.1))
     ranks = next(r for r in h.published() if r.TYPE == "ranks")

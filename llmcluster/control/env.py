@@ -20,6 +20,7 @@ def torchrun_env(
     run_id: str,
     restart_count: int,
     max_restarts: int,
+    role: str = "default",
 ) -> dict[str, str]:
     """Environment variables exactly as torchrun's elastic agent sets them for one worker."""
     values = {
@@ -30,7 +31,7 @@ def torchrun_env(
         "GROUP_RANK": group_rank,
         "ROLE_RANK": rank,
         "ROLE_WORLD_SIZE": world_size,
-        "ROLE_NAME": "default",
+        "ROLE_NAME": role,
         "MASTER_ADDR": master_addr,
         "MASTER_PORT": master_port,
         "TORCHELASTIC_RUN_ID": run_id,

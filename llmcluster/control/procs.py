@@ -51,13 +51,28 @@ def _close_inherited_fds() -> None:
                 os.close(fd)
 
 
+def _redirect(fd: int, path: str) -> None:
+    """Point ``fd`` at ``path`` (truncated; os.devnull drops the stream), line-buffered."""
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(target, fd)
+    os.close(target)
+    stream = sys.stdout if fd == 1 else sys.stderr
+    if hasattr(stream, "reconfigure"):
+        stream.reconfigure(line_buffering=True)  # a tail sees each line as it is printed
+
+
 def fork_child(
     target: Callable[[], int],
     *,
     name: str,
     env: dict[str, str] | None = None,
+    stdout: str = "",
+    stderr: str = "",
 ) -> int:
-    """Fork a child that runs ``target()`` and exits with its return code; return its pid."""
+    """Fork a child that runs ``target()`` and exits with its return code; return its pid.
+
+    ``stdout``/``stderr``: a file the child's stream goes to (torchrun's redirects), or ""
+    to keep the parent's."""
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -69,6 +84,9 @@ def fork_child(
         _die_with_parent(parent)
         signal.set_wakeup_fd(-1)  # the parent's wake-up channel is not ours
         _close_inherited_fds()
+        for fd, path in ((1, stdout), (2, stderr)):
+            if path:
+                _redirect(fd, path)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

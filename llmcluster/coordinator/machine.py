@@ -162,7 +162,7 @@ class Coordinator(Rendezvous):
             if self.phase in (Phase.RENDEZVOUS, Phase.TRAINING, Phase.STOPPING):
                 self.publish_all(self.reports.stats(body, self.infos()))
         elif isinstance(body, PhaseReport):
-            self.publish_all(self.reports.phase(body))
+            self.publish_all(self.reports.phase(body, self.infos()))
         elif isinstance(body, Done):
             self.ranks[body.rank].done = True
             if self.phase in (Phase.TRAINING, Phase.STOPPING) and all(
@@ -170,7 +170,8 @@ class Coordinator(Rendezvous):
             ):
                 self._finish(wall)
         elif isinstance(body, Failure):
-            self._fail(f"rank {body.rank}: {body.reason}", body.rank, body.exitcode)
+            self._fail(f"rank {body.rank}: {body.reason}", body.rank, body.exitcode,
+                       error_file=body.error_file)  # fmt: skip
         elif isinstance(body, AgentExit):
             self._rank_exited(body)
 
@@ -193,7 +194,7 @@ class Coordinator(Rendezvous):
             )
         )
         self.reports.accepting = True
-        self.publish_all(self.reports.release())
+        self.publish_all(self.reports.release(self.infos()))
 
     def publish_all(self, records: list[Record]) -> None:
         for record in records:
@@ -241,7 +242,8 @@ class Coordinator(Rendezvous):
             peer.exited = True
         if peer is not None and peer.done:
             return
-        self._fail(f"rank {body.rank} (pid {body.pid}) exited", body.rank, body.exitcode)
+        self._fail(f"rank {body.rank} (pid {body.pid}) exited", body.rank, body.exitcode,
+                   error_file=body.error_file)  # fmt: skip
 
     def _agent_lost(self, event: AgentLost) -> None:
         if self.phase in (Phase.OVER, Phase.ABORTING, Phase.FINISHING) or (
@@ -252,7 +254,7 @@ class Coordinator(Rendezvous):
         first = self.config.node_ranks(event.node)[0]
         self._fail(event.reason, first, event.exitcode)
 
-    def _fail(self, reason: str, rank: int, exitcode: int) -> None:
+    def _fail(self, reason: str, rank: int, exitcode: int, *, error_file: str = "") -> None:
         if self.phase in (Phase.ABORTING, Phase.OVER, Phase.RESTARTING, Phase.FINISHING):
             return
         step = self.reports.merged_step + 1
@@ -265,6 +267,7 @@ class Coordinator(Rendezvous):
                 step=step,
                 time=self.progress.sim_time,
                 seq=self.progress.last_seq + 1,
+                error_file=error_file,
             )
         )
         self.wait_for_seq = self.published

@@ -175,7 +175,7 @@ class Rendezvous:
         )
 
     def failure_record(self, rank: int, exitcode: int, reason: str, *, step: int, time: float,
-                       seq: int) -> FailureRecord:  # fmt: skip
+                       seq: int, error_file: str = "") -> FailureRecord:  # fmt: skip
         """The root cause, as torchrun's ChildFailedError names it (the rank's own join
         info where it joined, else where torchrun's mapping puts it)."""
         peer = self.ranks.get(rank)

@@ -30,6 +30,10 @@ class Reports:
         self.rank_dropped: dict[int, int] = {}  # per rank, this attempt
         self.earlier_dropped = 0  # ranks' drops in earlier attempts
         self.accepting = False  # the first barrier is behind us: phases may be published
+        self.plan = plan
+        self.phase_starts: dict[tuple[PhaseName, int], float] = {}  # open phases' start times
+        self.sampled: dict[tuple[PhaseName, int], int] = {}  # samples published per phase
+        self.early_samples: list[tuple[Stats, list[RankStats]]] = []  # before their phase
 
     def rank_ready(self, rank: int) -> bool:
         """``rank`` passed the first barrier; True once every rank has."""
@@ -48,8 +52,8 @@ class Reports:
         stats = [pending[r] for r in range(self.world_size)]
         progress = self.progress
         if body.phase is not None:
-            return [merge_sample(step=body.step, phase=body.phase, stats=stats, infos=infos,
-                                 sim_time=progress.sim_time + body.phase_elapsed_s)]  # fmt: skip
+            self.early_samples.append((body, stats))
+            return self._samples(infos)
         merged = progress.step(body.step, stats, infos, self.algorithm)
         out: list[Record] = []
         if merged.disagreeing:
@@ -57,22 +61,49 @@ class Reports:
                     "disagree with rank 0 after allreduce")  # fmt: skip
             out.append(LogRecord(level="ERROR", text=text, time=progress.sim_time))
         self.merged_step = body.step
-        return [*out, merged.step, merged.ranks, *self.release()]
+        return [*out, merged.step, merged.ranks, *self.release(infos)]
 
-    def phase(self, body: Phase) -> list[Record]:
-        """A phase rank 0 began or ended (held until its step has been published)."""
+    def phase(self, body: Phase, infos: Sequence[RankInfo] = ()) -> list[Record]:
+        """A phase rank 0 began or ended: held until its step has been published, and its end
+        until every sample of it has been (so the records' order and times never depend on
+        which socket delivered first)."""
+        key = (body.name, body.step)
         if not self.accepting or body.step > self.merged_step:
             self.held.append(body)
             return []
         if body.state is PhaseState.BEGIN:
-            return [self.progress.phase_begins(body.name, body.step)]
+            begun = self.progress.phase_begins(body.name, body.step)
+            self.phase_starts[key], self.sampled[key] = begun.time, 0
+            return [begun, *self._samples(infos)]
+        expected = sim.phase_samples(self.plan, body.name.value, body.step)
+        if key not in self.phase_starts or self.sampled.get(key, 0) < expected:
+            self.held.append(body)
+            return []
+        del self.phase_starts[key]
         record = self.progress.phase_ends(body.name, body.step, body.val_loss)
         return [record] if record is not None else []
 
-    def release(self) -> list[Record]:
-        """Phase reports whose step has now been published."""
+    def _samples(self, infos: Sequence[RankInfo]) -> list[Record]:
+        """Merged samples whose phase has begun, at the phase's start + their elapsed time."""
+        out: list[Record] = []
+        waiting = []
+        for body, stats in self.early_samples:
+            assert body.phase is not None
+            key = (body.phase, body.step)
+            start = self.phase_starts.get(key)
+            if start is None:
+                waiting.append((body, stats))
+                continue
+            out.append(merge_sample(step=body.step, phase=body.phase, stats=stats, infos=infos,
+                                    sim_time=start + body.phase_elapsed_s))  # fmt: skip
+            self.sampled[key] += 1
+        self.early_samples = waiting
+        return [*out, *self.release(infos)] if out else out
+
+    def release(self, infos: Sequence[RankInfo] = ()) -> list[Record]:
+        """Phase reports that can now be published (their step, or their samples, are in)."""
         held, self.held = self.held, []
-        return [record for body in held for record in self.phase(body)]
+        return [record for body in held for record in self.phase(body, infos)]
 
     @property
     def ranks_dropped(self) -> int:
@@ -86,5 +117,8 @@ class Reports:
         self.ready.clear()
         self.pending.clear()
         self.held.clear()
+        self.early_samples.clear()
+        self.phase_starts.clear()
+        self.sampled.clear()
         self.accepting = False
         self.merged_step = self.progress.resume_step - 1

@@ -126,7 +126,7 @@ def failure_lines(run: RunRecord, rec: FailureRecord, *, tee: bool = False,
         f"  host      : {rec.host}",
         f"  rank      : {rank} (local_rank: {rec.local_rank})",
         f"  exitcode  : {rec.exitcode} (pid: {pid})",
-        "  error_file: <N/A>",
+        f"  error_file: {rec.error_file or '<N/A>'}",
         f"  traceback : {traceback}",
         "=" * BOX_WIDTH,
     ]

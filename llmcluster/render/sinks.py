@@ -13,11 +13,13 @@ import json
 import math
 import os
 import select
+import shutil
 import sys
 import threading
 from typing import Any, Protocol
 
 from llmcluster.config import RunConfig
+from llmcluster.render.cast import CastWriter
 from llmcluster.wire.records import Record, SummaryRecord, record_to_wire
 
 LIVE_REFRESH_PER_S = 8
@@ -140,7 +142,9 @@ def _save_recording(config: RunConfig, console: Any) -> None:
     path = config.record_path
     if not path:
         return
-    if path.endswith(".svg"):
+    if isinstance(console.file, _Tee):  # .cast: recorded as it was shown
+        console.file.close()
+    elif path.endswith(".svg"):
         console.save_svg(path, title="llmcluster")
     elif path.endswith(".html"):
         console.save_html(path)
@@ -148,20 +152,54 @@ def _save_recording(config: RunConfig, console: Any) -> None:
         console.save_text(path)
 
 
+class _Tee:
+    """The terminal, and an asciicast recording of everything written to it."""
+
+    def __init__(self, terminal: Any, cast: CastWriter) -> None:
+        self.terminal, self.cast = terminal, cast
+
+    def write(self, data: str) -> int:
+        self.cast.write(data)
+        return self.terminal.write(data)
+
+    def flush(self) -> None:
+        self.cast.flush()
+        self.terminal.flush()
+
+    def isatty(self) -> bool:
+        return bool(self.terminal.isatty())
+
+    def fileno(self) -> int:
+        return int(self.terminal.fileno())
+
+    def close(self) -> None:
+        self.cast.close()
+
+
 def make_console(config: RunConfig, *, file: Any = None) -> Any:
-    """A rich Console honouring --no-color, NO_COLOR, --ascii, --record and a non-TTY stdout."""
+    """A rich Console honouring --no-color, NO_COLOR, --ascii, --record and a non-TTY stdout;
+    ``--record FILE.cast`` records what it shows, with its timing, as asciicast v2."""
     from rich.console import Console
 
     no_color = config.no_color or "NO_COLOR" in os.environ
+    target = file or sys.stdout
+    casting = bool(config.record_path and config.record_path.endswith(".cast"))
+    width = None
+    if casting:
+        size = shutil.get_terminal_size()
+        width = size.columns
+        target = _Tee(target, CastWriter(config.record_path or "", width=size.columns,
+                                         height=size.lines, title="llmcluster"))  # fmt: skip
     return Console(
-        file=file or sys.stdout,
+        file=target,
+        width=width,
         no_color=no_color,
         color_system=None if no_color else "auto",
         highlight=False,
         emoji=False,
         safe_box=True,
         legacy_windows=False,
-        record=bool(config.record_path),
+        record=bool(config.record_path) and not casting,
     )
 
 

@@ -37,7 +37,7 @@ from llmcluster.sim.throughput import (
     step_metrics,
     step_time_model_s,
 )
-from llmcluster.sim.timeline import phase_seconds, run_span_s
+from llmcluster.sim.timeline import phase_samples, phase_seconds, run_span_s
 from llmcluster.sim.training import GlobalStep, global_step
 
 __all__ = [
@@ -72,6 +72,7 @@ __all__ = [
     "make_plan",
     "oom_message",
     "oom_traceback",
+    "phase_samples",
     "phase_seconds",
     "rank_step",
     "rank_telemetry",

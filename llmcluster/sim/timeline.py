@@ -4,6 +4,8 @@ far back a timeline must start so that no record is ever stamped in the future."
 
 from __future__ import annotations
 
+import math
+
 from llmcluster.sim.export import export_info
 from llmcluster.sim.phases import (
     checkpoint_info,
@@ -16,6 +18,8 @@ from llmcluster.sim.phases import (
 from llmcluster.sim.runplan import RunPlan
 from llmcluster.sim.throughput import step_time_model_s
 
+SAMPLE_SIM_S = 15.0  # a GPU sample every ~15 simulated seconds of a phase
+MAX_SAMPLES = 8
 STEP_TIME_MARGIN = 1.6  # stragglers, throttling and exposed communication stretch a step
 
 PHASE_NAMES = ("init", "restore", "eval", "checkpoint", "export")
@@ -34,6 +38,11 @@ def phase_seconds(plan: RunPlan, name: str, step: int) -> float:
     if name == "export":
         return export_info(plan).export_s
     raise ValueError(f"unknown phase {name!r}")
+
+
+def phase_samples(plan: RunPlan, name: str, step: int) -> int:
+    """How many GPU samples every rank reports during phase ``name`` after ``step``."""
+    return max(1, min(MAX_SAMPLES, math.ceil(phase_seconds(plan, name, step) / SAMPLE_SIM_S)))
 
 
 def run_span_s(plan: RunPlan, *, max_restarts: int) -> float:

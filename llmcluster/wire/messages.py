@@ -82,6 +82,7 @@ class AgentExit:
     rank: int = rank_field()
     pid: int = num(0)
     exitcode: int = num(-128, 255)
+    error_file: str = ""  # the rank's error.json (torchrun's reply file), "" if none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +144,7 @@ class Failure:
     rank: int = rank_field()
     reason: str
     exitcode: int = num(-128, 255)
+    error_file: str = ""  # the error.json it wrote, "" if none
 
 
 @dataclass(frozen=True, kw_only=True)

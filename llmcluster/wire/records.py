@@ -238,6 +238,7 @@ class FailureRecord(Record):
     step: int = num(0)
     attempt: int = num(0)
     max_restarts: int = num(0)
+    error_file: str = ""  # the failed rank's error.json, "" when none was written (<N/A>)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,7 +3,9 @@
 Like torchrun's elastic agent, it owns its local worker group: it starts the
 ranks for an attempt when the coordinator says SPAWN, reports each rank's exit
 (code or signal) as it happens, terminates the group on KILL or EXIT, and kills
-its ranks and leaves by itself when the coordinator goes silent.
+its ranks and leaves by itself when the coordinator goes silent. With torchrun's log
+options it gives each rank its files (``logspec``), tails the tee'd ones to its console
+(``tail``) and writes the error.json of a rank killed by a signal (``errors``).
 """
 
 from __future__ import annotations
@@ -25,16 +27,23 @@ from llmcluster.comm.shm import create_region
 from llmcluster.config import RunConfig
 from llmcluster.control.env import torchrun_env
 from llmcluster.control.link import CHECK_S, ControlLink, CoordinatorLost
-from llmcluster.control.procs import fork_child, reap, terminate_all
+from llmcluster.control.procs import fork_child, reap, signal_name, terminate_all
 from llmcluster.control.rundir import RunDir
+from llmcluster.render.fmt import glog
 from llmcluster.render.launch import AgentLaunch, finish_lines, launcher_lines
 from llmcluster.render.report import agent_restart_lines
 from llmcluster.wire import AGENT_SRC, Kind, Message
 from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Spawn
+from llmcluster.worker import logspec
+from llmcluster.worker.errors import ERROR_FILE_VAR, record_signal_death
 from llmcluster.worker.rank import Rank, RankSpec, shm_capacity
+from llmcluster.worker.tail import Tailed, TailLog
 
 JOIN_FIRST_WAIT_S = 2.0  # a busy coordinator (hundreds of agents) may take a while to welcome
 JOIN_MAX_WAIT_S = 8.0
+MP_API = "torch/distributed/elastic/multiprocessing/api.py"
+LOG_DIR_AT, REPLY_FILE_AT = f"{MP_API}:322", f"{MP_API}:396"  # _make_log_dir, reify
+PREFIX_TEMPLATE_VAR = "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,10 @@ class NodeAgent:
         self.group_done_at: float | None = None  # when the last local rank exited
         self.sim_time = 0.0  # the simulated clock at the current attempt's start
         self.run_dir = RunDir("node-")  # the local ranks' inboxes
+        self.log_run_dir: str | None = None  # <log_dir>/<run_id>_<random>, made at first spawn
+        self.rank_logs: dict[int, logspec.RankLogs] = {}  # global rank -> its streams
+        self.tail: TailLog | None = None  # the tee of this attempt's files
+        self.stopping = False  # exits caused by stopping the group are not failures
 
     def run(self) -> int:
         """Serve until EXIT; returns the agent's exit code."""
@@ -109,6 +122,7 @@ class NodeAgent:
             wake_write.close()
             terminate_all(list(self.children))
             self.children.clear()
+            self._stop_tail()
             link.close()
             ctx.term()
             self.run_dir.remove()
@@ -150,13 +164,70 @@ class NodeAgent:
 
     def _report_exit(self, link: ControlLink, pid: int, exitcode: int) -> None:
         rank = self.children.pop(pid)
-        link.send(Kind.AGENT_EXIT, AgentExit(rank=rank, pid=pid, exitcode=exitcode))
+        error_file = self._error_file(rank, pid, exitcode)
+        link.send(
+            Kind.AGENT_EXIT, AgentExit(rank=rank, pid=pid, exitcode=exitcode, error_file=error_file)
+        )
         if not self.children:
             self.group_done_at = time.monotonic()
+            self._stop_tail()
+
+    def _error_file(self, rank: int, pid: int, exitcode: int) -> str:
+        """The failed rank's error.json: its own, or (killed by a signal) the agent's."""
+        logs = self.rank_logs.get(rank)
+        if logs is None or not logs.error_file or exitcode == 0 or self.stopping:
+            return ""
+        if exitcode < 0:
+            name = signal_name(exitcode) or ""
+            return record_signal_death(logs.error_file, exitcode=exitcode, pid=pid,
+                                       signal_name=name)  # fmt: skip
+        return logs.error_file if os.path.isfile(logs.error_file) else ""
 
     def _stop_group(self, link: ControlLink) -> None:
-        for pid, exitcode in terminate_all(list(self.children)).items():
-            self._report_exit(link, pid, exitcode)
+        self.stopping = True
+        try:
+            for pid, exitcode in terminate_all(list(self.children)).items():
+                self._report_exit(link, pid, exitcode)
+        finally:
+            self.stopping = False
+        self._stop_tail()
+
+    def _stop_tail(self) -> None:
+        """Drain and stop the tee once the ranks that wrote the files are gone."""
+        if self.tail is not None:
+            self.tail.stop()
+            self.tail = None
+
+    def _log(self, level: str, where: str, text: str) -> None:
+        """A torch.distributed logging line of this agent (stderr, as Python logging's)."""
+        print(f"{glog(level, self.sim_time, os.getpid(), where)} {text}", file=sys.stderr,
+              flush=True)  # fmt: skip
+
+    def _log_destinations(self, run_id: str, attempt: int, ranks: list[int]) -> None:
+        """torch's ``DefaultLogsSpecs.reify``: this attempt's directories and every rank's
+        streams (console, /dev/null or a file)."""
+        config = self.config
+        assert config is not None
+        spec = logspec.LogsSpec(
+            log_dir=config.log_dir,
+            redirects=config.redirects,
+            tee=config.tee,
+            local_ranks_filter=config.local_ranks_filter,
+            role=config.role,
+            prefix_template=os.environ.get(PREFIX_TEMPLATE_VAR),
+        )
+        attempt_dir = None
+        if spec.makes_files:
+            if self.log_run_dir is None:
+                self.log_run_dir = logspec.make_run_dir(config.log_dir, run_id)
+                self._log("I", LOG_DIR_AT, f"log directory set to: {self.log_run_dir}")
+            attempt_dir = logspec.make_attempt_dir(self.log_run_dir, attempt, len(ranks))
+        streams = logspec.reify(spec, attempt_dir, ranks)
+        self.rank_logs = dict(zip(ranks, streams, strict=True))
+        for logs in streams:
+            if logs.error_file:
+                reply = f"Setting worker{logs.local_rank} reply file to: {logs.error_file}"
+                self._log("I", REPLY_FILE_AT, reply)
 
     def _handle(self, link: ControlLink, msg: Message) -> int | None:
         body = msg.body
@@ -240,6 +311,7 @@ class NodeAgent:
             self.board = create_board(len(local))
         else:  # nothing of the last attempt's words may look current to the new ranks
             clear_board(self.board)
+        self._log_destinations(run_id, spawn.attempt, list(local))
         for local_rank, rank in enumerate(local):
             inbox = [f"ipc://{self.run_dir.path}/r{rank}"]
             if self.spec.tcp_host:
@@ -260,6 +332,7 @@ class NodeAgent:
                 speed=spawn.speed,
                 shm=self.shm,
                 board=self.board,
+                plan_host=self.spec.tcp_host is None and config.nnodes > 1,
             )
             env = torchrun_env(
                 rank=rank,
@@ -272,9 +345,23 @@ class NodeAgent:
                 run_id=run_id,
                 restart_count=spec.attempt,
                 max_restarts=config.max_restarts,
+                role=config.role,
             )
-            pid = fork_child(lambda s=spec: Rank(s).run(), name=f"llmc-rank{rank}", env=env)
+            logs = self.rank_logs[rank]
+            if logs.error_file:
+                env[ERROR_FILE_VAR] = logs.error_file
+            pid = fork_child(
+                lambda s=spec: Rank(s).run(),
+                name=f"llmc-rank{rank}",
+                env=env,
+                stdout=logs.stdout,
+                stderr=logs.stderr,
+            )
             self.children[pid] = rank
+        streams = self.rank_logs.values()
+        tailed = [Tailed(logs.stdout, logs.prefix, 1) for logs in streams if logs.tee_stdout]
+        tailed += [Tailed(logs.stderr, logs.prefix, 2) for logs in streams if logs.tee_stderr]
+        self.tail = TailLog(tailed).start() if tailed else None
 
 
 def reachable(endpoint: str, control: str) -> str:

@@ -13,6 +13,7 @@ import os
 import secrets
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,13 @@ from llmcluster.comm.shm import ShmArena
 from llmcluster.config import RunConfig
 from llmcluster.control.env import TORCHRUN_VARS
 from llmcluster.control.link import ControlLink, CoordinatorLost
+from llmcluster.render.nccl import NcclRank
 from llmcluster.wire import Kind, Message
 from llmcluster.wire.messages import Book, Done, Exit, Failure, Join, RankOnly
 from llmcluster.worker.bench import print_bench, rank_bench
 from llmcluster.worker.display import DisplayThread
+from llmcluster.worker.errors import record_error, record_exception
+from llmcluster.worker.nccl_log import NcclLog
 from llmcluster.worker.training import RankDied, Training
 
 RENDEZVOUS_TIMEOUT_S = 60.0
@@ -67,6 +71,7 @@ class RankSpec:
     speed: float  # simulated seconds per wall second
     shm: Any = None  # the node's shared region (an inherited mmap) for large collectives
     board: Any = None  # the node's board (an inherited mmap) for the step's tiny reductions
+    plan_host: bool = False  # every node on one machine: NCCL names the plan's host, not ours
 
 
 class Rank:
@@ -96,6 +101,8 @@ class Rank:
         )
         self.mesh.reset(spec.attempt)
         self.display: DisplayThread | None = None
+        self.nccl: NcclLog | None = None
+        self.started = time.monotonic()
 
     # ---- control --------------------------------------------------------------------------
     def handle(self, messages: list[Message]) -> None:
@@ -159,17 +166,30 @@ class Rank:
             return 0
         except RankExit as leave:
             return leave.code
-        except RankDied as death:
-            self.report_failure(death.reason, death.exitcode)
+        except RankDied as death:  # its traceback is on stderr already
+            error_file = record_error(death.reason, death.callstack)
+            self.report_failure(death.reason, death.exitcode, error_file)
             return death.exitcode
         except CollectiveTimeout as timeout:
-            self.report_failure(f"watchdog: {timeout}", 1)
+            error_file = self._record_error(timeout)
+            self.report_failure(f"watchdog: {timeout}", 1, error_file)
             return 1
         except CoordinatorLost as lost:
             print(f"[rank{spec.rank}]: llmcluster: {lost}; exiting", file=sys.stderr, flush=True)
             return 1
+        except Exception as exc:  # the agent reports the exit, naming the error file
+            self._record_error(exc)
+            return 1
         finally:
             self._close()
+
+    def _record_error(self, exc: BaseException) -> str:
+        """The rank's own traceback on its stderr (``[rankN]: `` per line, as torch prints it)
+        and its error.json (torch's ``@record``); returns the file's path or ""."""
+        lines = traceback.format_exc().rstrip("\n").split("\n")
+        print("\n".join(f"[rank{self.spec.rank}]: {line}" for line in lines), file=sys.stderr,
+              flush=True)  # fmt: skip
+        return record_exception(exc)
 
     def _rendezvous(self, training: Training | None) -> Communicator:
         """Join, get the address book, pass the first barrier (a fault injected at step 0
@@ -198,11 +218,34 @@ class Rank:
             arena = ShmArena(spec.shm, len(local), shm_capacity(spec.config))
         board = NodeBoard(spec.board, len(local)) if spec.board is not None else None
         comm = Communicator(self.mesh, rank=spec.rank, topology=topology, shm=arena, board=board)
+        booked = time.monotonic()
         if training is not None:
             training.carry_out_faults(0)
         comm.barrier()
+        if training is not None:
+            self._nccl_init(training, booked - self.started, time.monotonic() - self.started)
         self.link.send(Kind.READY, RankOnly(rank=spec.rank))
         return comm
+
+    def _nccl_init(self, training: Training, bootstrap_s: float, total_s: float) -> None:
+        """The communicator is up: this rank's NCCL init lines, as NCCL_DEBUG asks."""
+        spec, plan = self.spec, training.plan
+        me = NcclRank(
+            rank=spec.rank,
+            local_rank=spec.local_rank,
+            node=spec.node,
+            host=plan.node_names[spec.node] if spec.plan_host else spec.host,
+            pid=os.getpid(),
+            world_size=spec.config.ranks,
+            nproc_per_node=spec.config.nproc_per_node,
+            nnodes=spec.config.nnodes,
+            intra_node_link=plan.gpu.intra_node_link,
+            nccl=plan.versions["nccl"],
+            cuda=plan.versions["cuda"],
+            comm_seed=f"{spec.run_id}/{spec.attempt}",
+        )
+        self.nccl = NcclLog(me, os.environ)
+        self.nccl.init(bootstrap_s=bootstrap_s, total_s=total_s)
 
     def _finish_display(self) -> None:
         """Rank 0 stays until its display has shown the summary (or the run is over)."""
@@ -211,14 +254,17 @@ class Rank:
             display.join(0.1)
             self.serve()
 
-    def report_failure(self, reason: str, exitcode: int) -> None:
+    def report_failure(self, reason: str, exitcode: int, error_file: str = "") -> None:
         """Tell the coordinator the root cause before exiting."""
+        failure = Failure(
+            rank=self.spec.rank, reason=reason, exitcode=exitcode, error_file=error_file
+        )
         with contextlib.suppress(zmq.ZMQError):
-            self.link.send(
-                Kind.FAILURE, Failure(rank=self.spec.rank, reason=reason, exitcode=exitcode)
-            )
+            self.link.send(Kind.FAILURE, failure)
 
     def _close(self) -> None:
+        if self.nccl is not None:
+            self.nccl.close()
         if self.display is not None:
             self.display.stop()
         self.mesh.close()

@@ -27,17 +27,15 @@ from llmcluster.sim.faults import Fault
 from llmcluster.wire import Kind
 from llmcluster.wire.messages import Phase, PhaseState, RankStats, Stats
 from llmcluster.wire.records import PhaseName
-
-SAMPLE_SIM_S = 15.0  # a phase reports a telemetry sample every ~15 simulated seconds
-MAX_SAMPLES = 8
+from llmcluster.worker.nccl_log import NcclLog
 
 
 class RankDied(Exception):
     """This rank's process dies of an error a real one would (torch's OOM): report and exit."""
 
-    def __init__(self, reason: str, exitcode: int) -> None:
+    def __init__(self, reason: str, callstack: str, exitcode: int) -> None:
         super().__init__(reason)
-        self.reason, self.exitcode = reason, exitcode
+        self.reason, self.callstack, self.exitcode = reason, callstack, exitcode
 
 
 class RankHost(Protocol):
@@ -47,6 +45,7 @@ class RankHost(Protocol):
     link: ControlLink
     mesh: Any
     stop_requested: bool
+    nccl: NcclLog | None  # the rank's NCCL debug output (a COLL line per collective)
 
     def sleep(self, seconds: float) -> None: ...
 
@@ -102,8 +101,11 @@ class Training:
                 (np.array([work.compute_s, 1.0 if host.stop_requested else 0.0]), "max"),
             ]
         )
+        self._nccl(3, "float64", "sum", "step")
+        self._nccl(2, "float64", "max", "step_max")
         if self.bucket is not None:  # a real gradient bucket over the chosen algorithm
             self.comm.allreduce(self.bucket, "sum", algorithm=spec.config.algorithm)
+            self._nccl(self.bucket.size, "float32", "sum", "bucket")
         done = time.time()
         # the exposed part of the modelled allreduce completes the simulated step
         host.sleep(cost.exposed_s / spec.speed - (done - arrive))
@@ -135,6 +137,13 @@ class Training:
         host.link.send(Kind.STATS, Stats(rank=spec.rank, step=step, stats=self.last))
         return bool(agreed[1] > 0)
 
+    def _nccl(self, count: int, datatype: str, op: str, buffer: str) -> None:
+        """One allreduce done: NCCL's COLL line (when NCCL_DEBUG_SUBSYS asks for it)."""
+        if self.host.nccl is not None:
+            self.host.nccl.collective(
+                name="AllReduce", count=count, datatype=datatype, op=op, buffer=buffer
+            )
+
     def carry_out_faults(self, step: int) -> None:
         """Injected process faults, for real: the i-th fires in restart attempt i."""
         attempt = self.spec.attempt
@@ -149,10 +158,11 @@ class Training:
             sim.fatal_event(self.plan, self.spec.rank, fault.step) if fault.kind == "oom" else None
         )
         if oom is not None:  # torch's traceback, then the uncaught exception's exit code
-            for line in sim.oom_traceback(self.plan, oom):
+            callstack = sim.oom_traceback(self.plan, oom)
+            for line in callstack:
                 print(f"[rank{self.spec.rank}]: {line}", file=sys.stderr)
             sys.stderr.flush()
-            raise RankDied(sim.oom_message(self.plan, oom), 1)
+            raise RankDied(sim.oom_message(self.plan, oom), "\n".join(callstack), 1)
         while True:  # hang: alive, silent, deaf to the coordinator (like a stuck CUDA kernel)
             time.sleep(3600)
 
@@ -171,7 +181,7 @@ class Training:
         sim_s = sim.phase_seconds(self.plan, name.value, step)
         if spec.rank == 0:
             link.send(Kind.PHASE, Phase(rank=0, step=step, name=name, state=PhaseState.BEGIN))
-        slices = max(1, min(MAX_SAMPLES, math.ceil(sim_s / SAMPLE_SIM_S)))
+        slices = sim.phase_samples(self.plan, name.value, step)
         wall = sim.wall_seconds(name.value, sim_s, spec.speed, auto=spec.config.speed is None)
         for index in range(slices):
             host.sleep(wall / slices)
@@ -179,6 +189,7 @@ class Training:
         mean = self.comm.allreduce(
             np.array([0.0 if value is None else value]), "mean", algorithm=spec.config.algorithm
         )
+        self._nccl(1, "float64", "mean", "phase")
         if spec.rank == 0:
             val_loss = float(mean[0]) if value is not None else None
             link.send(

@@ -1,0 +1,180 @@
+"""Every rank's own streams in torchrun's layout, NCCL_DEBUG honoured by each rank (real runs)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Iterator
+
+import jsonschema
+import pytest
+from conftest import records, run_cli
+from nccl_formats import ERROR_FILE_SCHEMA, TRACEBACK_LINE, nccl_kind
+
+FAST = ("--speed", "2000")
+CONSOLE_PREFIX = re.compile(r"^\[default(\d+)\]:")
+
+
+@pytest.fixture(autouse=True)
+def _no_nccl_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith(("NCCL_", "PET_", "TORCHELASTIC_")):
+            monkeypatch.delenv(name)
+    yield
+
+
+def _rank_files(log_dir: str, attempt: int, name: str) -> list[str]:
+    return sorted(glob.glob(f"{log_dir}/*_*/attempt_{attempt}/*/{name}"))
+
+
+def _lines(path: str) -> list[str]:
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+def test_tee_with_local_ranks_filter_shows_exactly_those_ranks(
+    tmp_path: str, clean_table: None
+) -> None:
+    done = run_cli(
+        "--ranks", "8", "--nproc-per-node", "4", "--steps", "3", "--format", "jsonl", *FAST,
+        "--tee", "3", "--local-ranks-filter", "0,3", "--log-dir", str(tmp_path),
+        env={"NCCL_DEBUG": "INFO"}, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    console = done.stdout.splitlines()
+    assert console and all(CONSOLE_PREFIX.match(line) for line in console)
+    assert {CONSOLE_PREFIX.match(line)[1] for line in console} == {"0", "3"}  # type: ignore[index]
+    ranks_on_console = set()
+    for line in console:
+        found = nccl_kind(line[CONSOLE_PREFIX.match(line).end() :])  # type: ignore[union-attr]
+        if found and found[0] == "comm":
+            ranks_on_console.add(int(found[1]["rank"]))
+    assert ranks_on_console == {0, 3, 4, 7}  # local ranks 0 and 3 of both nodes
+    stdouts = _rank_files(str(tmp_path), 0, "stdout.log")
+    assert len(stdouts) == 8 and len(_rank_files(str(tmp_path), 0, "stderr.log")) == 8
+    assert all(_lines(path) for path in stdouts)  # filtered ranks still write their files
+
+
+def test_every_line_of_every_rank_parses_and_nothing_without_nccl_debug(
+    tmp_path: str, clean_table: None
+) -> None:
+    base = ("--ranks", "16", "--nproc-per-node", "8", "--steps", "4", "--format", "jsonl", *FAST)
+    on, off = os.path.join(tmp_path, "on"), os.path.join(tmp_path, "off")
+    done = run_cli(*base, "-r", "3", "--log-dir", on, timeout=60,
+                   env={"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,COLL,ENV",
+                        "NCCL_IB_HCA": "mlx5"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""  # every stream went to its file
+    stdouts = _rank_files(on, 0, "stdout.log")
+    assert len(stdouts) == 16
+    for path in stdouts:
+        kinds = set()
+        for line in _lines(path):
+            found = nccl_kind(line)
+            if found is None:  # rank 0 also prints its JSONL records
+                assert path.endswith("/0/stdout.log") and json.loads(line), f"{path}: {line!r}"
+                continue
+            kinds.add(found[0])
+        assert {"init", "comm", "ring", "trees", "hop", "coll", "env"} <= kinds, path
+    assert any("NET/IB" in line for p in _rank_files(on, 0, "stdout.log") for line in _lines(p))
+    for path in _rank_files(on, 0, "stderr.log"):
+        assert all(TRACEBACK_LINE.match(line) for line in _lines(path)), path
+
+    done = run_cli(*base, "-r", "3", "--log-dir", off, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for path in _rank_files(off, 0, "stdout.log"):
+        assert not [line for line in _lines(path) if "NCCL" in line and not line.startswith("{")]
+
+
+def test_coll_lines_per_collective_and_debug_file_per_rank(
+    tmp_path: str, clean_table: None
+) -> None:
+    template = os.path.join(tmp_path, "nccl.%h.%p")
+    done = run_cli(
+        "--ranks", "4", "--nproc-per-node", "4", "--steps", "3", "--format", "jsonl", *FAST,
+        env={"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "COLL", "NCCL_DEBUG_FILE": template},
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    run = next(r for r in records(done.stdout) if r["type"] == "run")
+    files = sorted(glob.glob(os.path.join(tmp_path, "nccl.*")))
+    host = run["real_hosts"][0].split(".")[0]
+    assert files == sorted(os.path.join(tmp_path, f"nccl.{host}.{pid}") for pid in run["pids"])
+    for path in files:
+        found = [nccl_kind(line) for line in _lines(path)]
+        assert all(f is not None for f in found)
+        if path.endswith(f".{run['pids'][0]}"):  # rank 0 prints the version (any subsystem)
+            assert found[0][0] == "version"  # type: ignore[index]
+            found = found[1:]
+        assert found and all(f[0] == "coll" for f in found)  # type: ignore[index]
+        counts = [int(f[1]["op_count"], 16) for f in found]  # type: ignore[index]
+        assert counts == list(range(len(counts)))  # one line per collective, in order
+        steps = [f for f in found if f[1]["count"] == "3"]  # type: ignore[index]
+        assert len(steps) == 3  # the step's sum allreduce, once per step
+
+
+@pytest.mark.timeout(180)
+def test_killed_rank_gives_attempt_1_error_json_and_the_box_names_it(
+    tmp_path: str, clean_table: None
+) -> None:
+    done = run_cli(
+        "--ranks", "16", "--nproc-per-node", "8", "--steps", "8", *FAST, "--ui", "log",
+        "-r", "3", "--log-dir", str(tmp_path), "--inject", "kill:rank=5,step=4",
+        timeout=150,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for attempt in (0, 1):
+        assert len(_rank_files(str(tmp_path), attempt, "stdout.log")) == 16
+        assert len(_rank_files(str(tmp_path), attempt, "stderr.log")) == 16
+    errors = _rank_files(str(tmp_path), 0, "error.json")
+    assert len(errors) == 1 and errors[0].endswith("/attempt_0/5/error.json")
+    with open(errors[0]) as f:
+        data = json.load(f)
+    jsonschema.validate(data, ERROR_FILE_SCHEMA)
+    assert data["message"]["errorCode"] == -9
+    assert data["message"]["message"].startswith("Signal 9 (SIGKILL) received by PID ")
+    assert not _rank_files(str(tmp_path), 1, "error.json")
+    rank0 = [line for p in glob.glob(f"{tmp_path}/*/attempt_*/0/stdout.log") for line in _lines(p)]
+    assert f"  error_file: {errors[0]}" in rank0
+    assert f"Setting worker5 reply file to: {errors[0]}" in done.stderr
+
+
+STD_ERROR = "does not match: <^[0123]$> or <^(\\d:[0123],)*(\\d:[0123])$>"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--redirects", "5"], {}, f"argument -r/--redirects: 5 {STD_ERROR}"),
+        (["-t", "0:1,12:3"], {}, f"argument -t/--tee: 0:1,12:3 {STD_ERROR}"),
+        ([], {"PET_TEE": "x"}, f"argument -t/--tee: x {STD_ERROR}"),
+        (["--local_ranks_filter", "0,a"], {},
+         "argument --local-ranks-filter/--local_ranks_filter: --local_ranks_filter must be a "
+         "comma-separated list of integers e.g. --local_ranks_filter=0,1,2"),
+    ],
+)  # fmt: skip
+def test_bad_log_options_are_torchs_message_on_one_line(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    done = run_cli(*args, env=env, timeout=20)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"llmcluster: error: {message}"]
+
+
+def test_log_dir_that_is_a_file(tmp_path: str) -> None:
+    path = os.path.join(tmp_path, "file")
+    open(path, "w").close()
+    done = run_cli("--log-dir", path, timeout=20)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"llmcluster: error: log_dir: {path} is a file"]
+
+
+def test_nothing_asked_makes_no_log_directory(tmp_path: str, clean_table: None) -> None:
+    done = run_cli("--ranks", "4", "--steps", "2", "--format", "jsonl", *FAST,
+                   env={"TMPDIR": str(tmp_path)}, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not glob.glob(os.path.join(tmp_path, "torchelastic_*"))
+    assert "reply file" not in done.stderr
+    assert [r["type"] for r in records(done.stdout)][-1] == "summary"
