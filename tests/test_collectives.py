@@ -25,6 +25,7 @@ from llmcluster.worker.procs import fork_child, terminate_all
 SIZES = (0, 1, 3, 7, 1000, 4097)
 SHM_CAPACITY = 1 << 21
 OPS = ("sum", "mean", "max", "min")
+REGISTERED = ("reg-in-place", "reg-both", "reg-src-only", "reg-out-only")  # which are in the arena
 
 
 def rank_input(rank: int, size: int, dtype: str = "float64") -> np.ndarray:
@@ -78,9 +79,22 @@ def _rank_main(
     if boards.get(rank // nproc) is not None:
         board = NodeBoard(boards[rank // nproc], len(topology.node_members(rank // nproc)))
     comm = Communicator(mesh, rank=rank, topology=topology, shm=arena, board=board)
+    sends = comm.shared_buffer(SHM_CAPACITY // 8, np.float64)  # registered, when in an arena
+    receives = comm.shared_buffer(SHM_CAPACITY // 8, np.float64)
     results = {}
     for i, (kind, algorithm, op, size, dtype) in enumerate(table):
-        if kind == "fused":  # the training step's sum + max in one round
+        if kind in REGISTERED:  # buffers in the node's arena, as a registering caller has them
+            data = rank_input(rank, size, dtype)
+            send, receive = sends.view(dtype)[:size], receives.view(dtype)[:size]
+            send[:] = data
+            source = data if kind == "reg-out-only" else send
+            target = {"reg-in-place": send, "reg-src-only": None}.get(kind, receive)
+            returned = comm.allreduce(source, op, algorithm=algorithm, out=target)
+            assert target is None or returned is target
+            if kind in ("reg-src-only", "reg-both"):  # out of place: the input is untouched
+                assert send.tobytes() == data.tobytes()
+            results[f"c{i}"] = returned.copy()
+        elif kind == "fused":  # the training step's sum + max in one round
             data = rank_input(rank, size, dtype)
             summed, top = comm.allreduce_fused([(data, "sum"), (data, "max")])
             results[f"c{i}"] = summed if op == "sum" else top
@@ -153,7 +167,7 @@ def run_ranks(
 
 def reference(world: int, op: str, size: int, dtype: str) -> np.ndarray:
     inputs = [rank_input(r, size, dtype) for r in range(world)]
-    if dtype == "float32":
+    if dtype == "float32" and size == 15:  # the "allreduce" case's 2-d input
         inputs = [x.reshape(3, 5) for x in inputs]
     if op in ("sum", "mean"):
         total = functools.reduce(np.add, inputs)
@@ -166,7 +180,7 @@ def check(world: int, nproc: int, table: list[tuple], outputs: list[dict[str, np
         key = f"c{i}"
         if kind == "barrier":
             continue
-        if kind in ("fused", "inplace"):
+        if kind in ("fused", "inplace", *REGISTERED):
             kind = "allreduce"
         if kind == "gather":
             expected = np.stack([rank_input(r, size) for r in range(world)])
@@ -222,6 +236,27 @@ def test_shared_memory_allreduce_is_bit_identical(
     table += [("allreduce", "hierarchical", "sum", 40001, "int64")] * 3  # both buffer sets
     table += [("inplace", "hierarchical", op, 100003, "float64") for op in ("sum", "mean")]
     check(world, nproc, table, run_ranks(world, nproc, table, shm=True))
+
+
+@pytest.mark.parametrize("board", [False, True])
+@pytest.mark.parametrize(("world", "nproc"), [(2, 2), (8, 8), (6, 4), (3, 1)])
+def test_registered_buffers_single_copy(
+    world: int, nproc: int, board: bool, clean_table: None
+) -> None:
+    """Inputs and outputs in the arena (in place, out of place, either side alone), sizes
+    below and above the socket threshold and not divisible by the ranks, every op."""
+    table = [
+        (kind, "hierarchical", op, size, dtype)
+        for kind in REGISTERED
+        for op, size, dtype in (
+            ("sum", 9, "float64"),
+            ("mean", 100003, "float64"),
+            ("max", 20001, "float32"),
+            ("sum", 70001, "int64"),
+        )
+    ]
+    table += [("allreduce", "hierarchical", "min", 100003, "float64")]  # neither registered
+    check(world, nproc, table, run_ranks(world, nproc, table, shm=True, board=board))
 
 
 @pytest.mark.parametrize("board", [False, True])

@@ -61,9 +61,10 @@ def clear_board(region: mmap.mmap) -> None:
     region[:] = bytes(len(region))
 
 
-def tag_of(attempt: int, seq: int) -> int:
-    """The word value that marks collective ``seq`` of ``attempt`` (never 0)."""
-    return ((attempt & 0xFF) << 24) | (seq & 0xFFFFFF) or 1
+def tag_of(attempt: int, seq: int, phase: int = 0) -> int:
+    """The word value that marks ``phase`` (0-7) of collective ``seq`` of ``attempt``
+    (never 0)."""
+    return ((attempt & 0xFF) << 24) | ((seq << 3 | phase) & 0xFFFFFF) or 1
 
 
 def _futex(address: int, op: int, value: int, timeout: _Timespec | None) -> None:
@@ -90,6 +91,11 @@ class NodeBoard:
         """Write ``values`` into slot ``index`` (the result slot is ``local_ranks``) and wake
         whoever waits on it."""
         self._slots[index, : values.size] = values
+        self._cells[index].value = tag
+        _futex(self._addresses[index], _FUTEX_WAKE, _WAKE_ALL, None)
+
+    def signal(self, index: int, tag: int) -> None:
+        """Set word ``index`` to ``tag`` (no values) and wake whoever waits on it."""
         self._cells[index].value = tag
         _futex(self._addresses[index], _FUTEX_WAKE, _WAKE_ALL, None)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmcluster.comm.board import BOARD_VALUES, NodeBoard, tag_of
+from llmcluster.comm.intranode import IntraNode
 from llmcluster.comm.mesh import SERVICE_S, CollectiveTimeout, PeerMesh
 from llmcluster.comm.shm import ShmArena
 
@@ -82,7 +83,20 @@ class Communicator:
         self._local = topology.node_members(topology.node_of[rank])  # this node's ranks
         self._leaders = topology.leaders()
         usable = board is not None and board.local_ranks == len(self._local) > 1
-        self.board = board if usable else None  # tiny reductions inside the node
+        self.board = board if usable else None  # tiny reductions and node barriers
+        self._intra: IntraNode | None = None  # the single-copy path through the arena
+        if shm is not None and shm.local_ranks == len(self._local):
+            self._intra = IntraNode(shm, self._local.index(rank), across=len(self._leaders) > 1,
+                                    sync=self._node_sync, poll=mesh.poll_service)  # fmt: skip
+
+    def shared_buffer(self, count: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """A ``count``-element array in this rank's part of the node's arena (a registered
+        buffer: allreduce reads it in place and writes results into it without copies).
+        Outside an arena, or when the arena is full, a plain array (collectives copy)."""
+        kind = np.dtype(dtype)
+        intra, shm = self._intra, self.shm
+        found = shm.allocate(intra.index, count, kind) if intra and shm else None
+        return found if found is not None else np.empty(count, dtype=kind)
 
     def _next_seq(self) -> int:
         self.seq += 1
@@ -193,6 +207,7 @@ class Communicator:
 
     def _board_wait(self, board: NodeBoard, index: int, tag: int, src: int, seq: int) -> None:
         """Wait on the board for ``src``'s part of collective ``seq``, serving control."""
+        self.mesh.poll_service()
         started = time.monotonic()
 
         def idle() -> None:
@@ -287,54 +302,48 @@ class Communicator:
             result[chunk[(idx - k) % n]] = self.mesh.recv(left, seq, phase + n + k)
         return result.reshape(acc.shape)
 
-    def _use_shm(self, acc: np.ndarray) -> bool:
-        shm = self.shm
-        local = self._local
-        return (
-            shm is not None
-            and acc.nbytes >= RING_MIN_BYTES
-            and shm.fits(acc)
-            and shm.local_ranks == len(local)
-        )
+    def _use_shm(self, source: np.ndarray) -> bool:
+        """Large buffers, and any buffer already in the arena, go through shared memory."""
+        intra, shm = self._intra, self.shm
+        if intra is None or shm is None or not shm.fits(source):
+            return False
+        flat = source.reshape(-1)
+        return source.nbytes >= RING_MIN_BYTES or shm.offset_of(intra.index, flat) is not None
 
     def _shm_allreduce(
         self, source: np.ndarray, reduce: ReduceOp, seq: int, out: np.ndarray | None
     ) -> np.ndarray:
-        """Hierarchical through shared memory: every local rank reduces one chunk of all the
-        node's slots (in local-rank order), leaders combine nodes over the sockets, and
-        everyone copies the node's result slot out. Two buffer sets alternate by ``seq``.
-
-        Each byte is copied in once and out once; the reduction walks its chunk in blocks
-        that stay in cache, adding the node's slots into each block in a fixed order."""
-        shm = self.shm
-        assert shm is not None
-        local = self._local
-        index, size, count = local.index(self.rank), len(local), source.size
-        parity, dtype = seq % 2, source.dtype
-        np.copyto(shm.view(parity, index, dtype, count), source.reshape(-1))
-        self._local_barrier(local, seq, 20)
-        slots = shm.slots(parity, dtype, count)  # (local ranks + 1, count): inputs, result
-        bounds = np.linspace(0, count, size + 1).astype(np.int64)
-        block = max(1, SHM_BLOCK_BYTES // dtype.itemsize)
-        for lo in range(int(bounds[index]), int(bounds[index + 1]), block):
-            hi = min(lo + block, int(bounds[index + 1]))
-            reduce.reduce(slots[:size, lo:hi], axis=0, out=slots[size, lo:hi])
-        self._local_barrier(local, seq, 22)
-        result = slots[size]
+        """Hierarchical through the node's arena (``intranode``); node leaders combine nodes
+        over the sockets (ring for large buffers, tree for small)."""
+        intra = self._intra
+        assert intra is not None
         leaders = self._leaders
-        if len(leaders) > 1:
-            if self.rank == local[0]:
-                combined = result.copy()
+        inter = None
+        if len(leaders) > 1 and self.rank == self._local[0]:
+
+            def inter(node_result: np.ndarray) -> np.ndarray:
+                combined = node_result.copy()
                 if combined.nbytes >= RING_MIN_BYTES:
-                    combined = self._ring_allreduce(leaders, combined, reduce, seq, 30)
-                else:
-                    combined = self._tree_allreduce(leaders, combined, reduce, seq, 30)
-                np.copyto(result, combined)
-            self._local_barrier(local, seq, 24)
-        if out is None:
-            return result.reshape(source.shape).copy()
-        np.copyto(out, result.reshape(out.shape))
-        return out
+                    return self._ring_allreduce(leaders, combined, reduce, seq, 30)
+                return self._tree_allreduce(leaders, combined, reduce, seq, 30)
+
+        return intra.allreduce(source, reduce, out, inter)
+
+    def _node_sync(self, phase: int) -> None:
+        """A barrier of this node's ranks for ``phase`` of the current collective: on the
+        board (futex words) when there is one, else over the sockets."""
+        seq, board, local = self.seq, self.board, self._local
+        if board is None:
+            self._local_barrier(local, seq, 20 + 2 * phase)
+            return
+        tag, index = tag_of(self.mesh.attempt, seq, phase), local.index(self.rank)
+        if index:
+            board.signal(index, tag)
+            self._board_wait(board, len(local), tag, local[0], seq)
+        else:
+            for peer in range(1, len(local)):
+                self._board_wait(board, peer, tag, local[peer], seq)
+            board.signal(len(local), tag)
 
     def _local_barrier(self, members: Sequence[int], seq: int, phase: int) -> None:
         self._tree_allreduce(members, _EMPTY.copy(), np.maximum, seq, phase)

@@ -171,6 +171,10 @@ class Rank:
             comm = Communicator(
                 self.mesh, rank=spec.rank, topology=topology, shm=arena, board=board
             )
+            if self.bucket is not None:  # registered in the arena: allreduced without copy-in
+                shared = comm.shared_buffer(self.bucket.size)
+                shared[:] = self.bucket
+                self.bucket = shared
             comm.barrier()
             self.link.send(Kind.READY, rank=spec.rank)
             if bench:
