@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from own_processes import own_only  # noqa: F401  (the fixture every test here uses)
 
 from llmcluster.comm.board import (
     BOARD_VALUES,
@@ -17,7 +18,10 @@ from llmcluster.comm.board import (
 )
 from llmcluster.worker.procs import fork_child
 
-pytestmark = pytest.mark.skipif(not board_supported(), reason="the board needs x86-64 Linux")
+pytestmark = [
+    pytest.mark.skipif(not board_supported(), reason="the board needs x86-64 Linux"),
+    pytest.mark.usefixtures("own_only"),
+]
 
 
 def test_tags_differ_between_attempts_and_are_never_zero() -> None:
@@ -26,7 +30,7 @@ def test_tags_differ_between_attempts_and_are_never_zero() -> None:
     assert len({tag_of(a, s) for a in range(4) for s in range(1, 200)}) == 4 * 199
 
 
-def test_a_post_in_another_process_wakes_the_waiter(clean_table: None) -> None:
+def test_a_post_in_another_process_wakes_the_waiter() -> None:
     region = create_board(2)
     assert region is not None
     board = NodeBoard(region, 2)

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import zmq
+from own_processes import own_only  # noqa: F401  (the fixture every test here uses)
 
 from llmcluster.comm import Communicator, PeerMesh
 from llmcluster.comm.board import NodeBoard, create_board
@@ -22,6 +23,7 @@ from llmcluster.comm.collectives import Topology
 from llmcluster.comm.shm import ShmArena, create_region
 from llmcluster.worker.procs import fork_child, terminate_all
 
+pytestmark = pytest.mark.usefixtures("own_only")
 SIZES = (0, 1, 3, 7, 1000, 4097)
 SHM_CAPACITY = 1 << 21
 OPS = ("sum", "mean", "max", "min")
@@ -205,18 +207,18 @@ def check(world: int, nproc: int, table: list[tuple], outputs: list[dict[str, np
     ("world", "nproc"),
     [(1, 8), (2, 8), (3, 2), (5, 2), (8, 4), (8, 8)],
 )
-def test_collectives_bit_identical_and_correct(world: int, nproc: int, clean_table: None) -> None:
+def test_collectives_bit_identical_and_correct(world: int, nproc: int) -> None:
     table = cases(world, ("tree", "ring", "hierarchical"), SIZES)
     check(world, nproc, table, run_ranks(world, nproc, table))
 
 
 @pytest.mark.timeout(180)
-def test_collectives_at_64_ranks(clean_table: None) -> None:
+def test_collectives_at_64_ranks() -> None:
     table = cases(64, ("tree", "ring", "hierarchical"), (1, 7, 4097))
     check(64, 8, table, run_ranks(64, 8, table))
 
 
-def test_large_buffer_ring_allreduce(clean_table: None) -> None:
+def test_large_buffer_ring_allreduce() -> None:
     table = [
         ("allreduce", "ring", "sum", 1 << 20, "float64"),
         ("allreduce", "hierarchical", "sum", 1 << 18, "float64"),
@@ -225,9 +227,7 @@ def test_large_buffer_ring_allreduce(clean_table: None) -> None:
 
 
 @pytest.mark.parametrize(("world", "nproc"), [(8, 8), (8, 4), (6, 4)])
-def test_shared_memory_allreduce_is_bit_identical(
-    world: int, nproc: int, clean_table: None
-) -> None:
+def test_shared_memory_allreduce_is_bit_identical(world: int, nproc: int) -> None:
     table = [
         ("allreduce", "hierarchical", op, size, "float64")
         for size in (20000, 100003, 1 << 17)
@@ -240,9 +240,7 @@ def test_shared_memory_allreduce_is_bit_identical(
 
 @pytest.mark.parametrize("board", [False, True])
 @pytest.mark.parametrize(("world", "nproc"), [(2, 2), (8, 8), (6, 4), (3, 1)])
-def test_registered_buffers_single_copy(
-    world: int, nproc: int, board: bool, clean_table: None
-) -> None:
+def test_registered_buffers_single_copy(world: int, nproc: int, board: bool) -> None:
     """Inputs and outputs in the arena (in place, out of place, either side alone), sizes
     below and above the socket threshold and not divisible by the ranks, every op."""
     table = [
@@ -261,7 +259,7 @@ def test_registered_buffers_single_copy(
 
 @pytest.mark.parametrize("board", [False, True])
 @pytest.mark.parametrize(("world", "nproc"), [(1, 8), (5, 2), (16, 8), (12, 8)])
-def test_fused_step_reduction(world: int, nproc: int, board: bool, clean_table: None) -> None:
+def test_fused_step_reduction(world: int, nproc: int, board: bool) -> None:
     table = [("fused", "fused", op, size, "float64") for op in ("sum", "max") for size in (1, 3, 5)]
     table += [("fused", "fused", "sum", 40, "float64")]  # more than a board slot: over sockets
     check(world, nproc, table, run_ranks(world, nproc, table, board=board))

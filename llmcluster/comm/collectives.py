@@ -34,8 +34,8 @@ from llmcluster.comm.shm import ShmArena
 ReduceOp = Callable[..., np.ndarray]
 OPS: dict[str, ReduceOp] = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum}
 RING_MIN_BYTES = 64 * 1024  # hierarchical: leaders switch from tree to ring above this size
-SHM_BLOCK_BYTES = 64 * 1024  # the shared-memory reduction's cache block
 _EMPTY = np.zeros(0, dtype=np.uint8)
+_NOTHING = np.zeros(0)  # a board post that carries no values
 
 
 @dataclass(frozen=True)
@@ -81,12 +81,13 @@ class Communicator:
         self.world_size = len(topology.node_of)
         self.seq = 0  # collectives issued so far (NCCL's SeqNum)
         self._local = topology.node_members(topology.node_of[rank])  # this node's ranks
+        self._index = self._local.index(rank)  # this rank's local index (0 leads the node)
         self._leaders = topology.leaders()
         usable = board is not None and board.local_ranks == len(self._local) > 1
         self.board = board if usable else None  # tiny reductions and node barriers
         self._intra: IntraNode | None = None  # the single-copy path through the arena
         if shm is not None and shm.local_ranks == len(self._local):
-            self._intra = IntraNode(shm, self._local.index(rank), across=len(self._leaders) > 1,
+            self._intra = IntraNode(shm, self._index, across=len(self._leaders) > 1,
                                     sync=self._node_sync, poll=mesh.poll_service)  # fmt: skip
 
     def shared_buffer(self, count: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
@@ -158,32 +159,33 @@ class Communicator:
         flat = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a, _ in parts])
         spans, lo = [], 0
         for array, op in parts:
-            spans.append((op, lo, lo + np.size(array)))
-            lo += np.size(array)
+            hi = lo + np.size(array)
+            spans.append((OPS[op].reduce, lo, hi))
+            lo = hi
         local, leaders, mesh = self._local, self._leaders, self.mesh
         leader, root = local[0], leaders[0]
         board = self.board if flat.size <= BOARD_VALUES else None
-        tag, top = tag_of(mesh.attempt, seq), len(local)  # top: the board's result slot
 
         def fold(acc: np.ndarray, rows: np.ndarray) -> None:
             """Fold ``rows`` into ``acc`` in order: one reduce per op along axis 0."""
             stacked = np.concatenate([acc[None, :], rows])
-            for op, lo, hi in spans:
-                OPS[op].reduce(stacked[:, lo:hi], axis=0, out=acc[lo:hi])
+            for reduce, lo, hi in spans:
+                reduce(stacked[:, lo:hi], axis=0, out=acc[lo:hi])
 
         if self.rank != leader:
             if board is not None:
-                board.post(local.index(self.rank), tag, flat)
-                self._board_wait(board, top, tag, leader, seq)
-                result = board.read(top, flat.size)
+                tag = tag_of(mesh.attempt, seq)
+                board.arrive(self._index, tag, flat)
+                self._board_result(board, tag, seq)
+                result = board.read(len(local), flat.size)
             else:
                 mesh.send(leader, seq, 0, flat)
                 result = mesh.recv(leader, seq, 3)
         else:
             acc = flat
             if board is not None:
-                for index in range(1, len(local)):
-                    self._board_wait(board, index, tag, local[index], seq)
+                tag = tag_of(mesh.attempt, seq)
+                self._board_arrivals(board, tag, seq)
                 fold(acc, board.rows(range(1, len(local)), flat.size))
             elif len(local) > 1:
                 fold(acc, np.stack([mesh.recv(src, seq, 0) for src in local[1:]]))
@@ -196,17 +198,18 @@ class Communicator:
                 result = acc
                 mesh.send_many(leaders[1:], seq, 2, result)
             if board is not None:
-                board.post(top, tag, result)
+                board.post(len(local), tag, result)
             else:
                 mesh.send_many(local[1:], seq, 3, result)
         mesh.flush()
         return [
             np.true_divide(result[lo:hi], self.world_size) if op == "mean" else result[lo:hi].copy()
-            for op, lo, hi in spans
+            for (_, op), (_, lo, hi) in zip(parts, spans, strict=True)
         ]
 
-    def _board_wait(self, board: NodeBoard, index: int, tag: int, src: int, seq: int) -> None:
-        """Wait on the board for ``src``'s part of collective ``seq``, serving control."""
+    def _board_idle(self, seq: int, source: Callable[[], int]) -> Callable[[], None]:
+        """What a board wait runs between sleeps: serve control, and raise the watchdog
+        (naming ``source()``, the rank waited for) once the collective timeout has passed."""
         self.mesh.poll_service()
         started = time.monotonic()
 
@@ -214,9 +217,20 @@ class Communicator:
             self.mesh.serve()
             waited = time.monotonic() - started
             if waited > self.mesh.timeout_s:
-                raise CollectiveTimeout(src, seq, waited)
+                raise CollectiveTimeout(source(), seq, waited)
 
-        board.await_tag(index, tag, idle, SERVICE_S)
+        return idle
+
+    def _board_arrivals(self, board: NodeBoard, tag: int, seq: int) -> None:
+        """The leader waits until every local rank has arrived on the board for ``tag``."""
+        local = self._local
+        idle = self._board_idle(seq, lambda: local[board.missing(tag) or 0])
+        board.await_arrivals(idle, SERVICE_S)
+
+    def _board_result(self, board: NodeBoard, tag: int, seq: int) -> None:
+        """A non-leader waits for the leader's result word to show ``tag``."""
+        idle = self._board_idle(seq, lambda: self._local[0])
+        board.await_tag(len(self._local), tag, idle, SERVICE_S)
 
     def broadcast(self, array: np.ndarray | None, root: int = 0) -> np.ndarray:
         """Every rank returns ``root``'s array (other ranks may pass None)."""
@@ -336,14 +350,13 @@ class Communicator:
         if board is None:
             self._local_barrier(local, seq, 20 + 2 * phase)
             return
-        tag, index = tag_of(self.mesh.attempt, seq, phase), local.index(self.rank)
-        if index:
-            board.signal(index, tag)
-            self._board_wait(board, len(local), tag, local[0], seq)
+        tag = tag_of(self.mesh.attempt, seq, phase)
+        if self._index:
+            board.arrive(self._index, tag)
+            self._board_result(board, tag, seq)
         else:
-            for peer in range(1, len(local)):
-                self._board_wait(board, peer, tag, local[peer], seq)
-            board.signal(len(local), tag)
+            self._board_arrivals(board, tag, seq)
+            board.post(len(local), tag, _NOTHING)
 
     def _local_barrier(self, members: Sequence[int], seq: int, phase: int) -> None:
         self._tree_allreduce(members, _EMPTY.copy(), np.maximum, seq, phase)
