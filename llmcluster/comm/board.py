@@ -39,8 +39,9 @@ _SYS_FUTEX = 202  # x86_64
 _FUTEX_WAIT, _FUTEX_WAKE, _FUTEX_WAKE_OP = 0, 1, 5  # shared: the waiters are other processes
 _WAKE_ALL = 0x7FFFFFFF
 _OP_ADD, _CMP_EQ = 1, 0
-SPINS = 300  # yields before a waiter sleeps: on an oversubscribed machine the poster is
-# often runnable on this very core, and a futex wake-up across cores costs far more
+SPIN_S = 100e-6  # a waiter yields the CPU this long before it sleeps: on an oversubscribed
+# machine the poster is often runnable on this very core, and a futex wake-up across cores
+# costs more; a busy run queue makes each yield long, so the spin ends after a few
 _libc = ctypes.CDLL(None, use_errno=True) if platform.system() == "Linux" else None
 _syscall = None
 if _libc is not None:  # syscall(SYS_futex, uaddr, op, val, timeout or val2, uaddr2, val3)
@@ -156,13 +157,16 @@ class NodeBoard:
     def _await_word(
         self, index: int, wanted: int, idle: Callable[[], None], slice_s: float
     ) -> None:
-        """Yield the CPU a few times (a peer on this core may be the one to post), then sleep
-        on the word with FUTEX_WAIT until it holds ``wanted``."""
+        """Yield the CPU for up to ``SPIN_S`` (a peer on this core may be the one to post),
+        then sleep on the word with FUTEX_WAIT until it holds ``wanted``."""
         cell, address = self._cells[index], self._addresses[index]
-        for _ in range(SPINS):
-            if cell.value == wanted:
-                return
+        spin_until = time.monotonic() + SPIN_S
+        while cell.value != wanted:
+            if time.monotonic() >= spin_until:
+                break
             os.sched_yield()
+        else:
+            return
         pause = _Timespec(int(slice_s), int(slice_s % 1 * 1e9))
         pause_at = ctypes.addressof(pause)
         next_idle = time.monotonic() + slice_s

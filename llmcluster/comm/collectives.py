@@ -9,7 +9,9 @@ Algorithms (the ``algorithm`` argument):
   finished chunks, so every rank holds the same bits.
 - ``hierarchical``: tree reduce inside each node to its leader (lowest rank),
   allreduce among the leaders (ring for large buffers, tree for small), then
-  broadcast inside each node, as NCCL does across NVLink and InfiniBand.
+  broadcast inside each node, as NCCL does across NVLink and InfiniBand. Where the
+  node has a shared arena, large buffers and every buffer in the arena
+  (``shared_buffer``: registered) take the single-copy path instead (``intranode``).
 
 The training step's small reductions use ``allreduce_fused``: a two-level star whose
 in-node level runs on the node board (shared memory and futexes, ``board``) where
