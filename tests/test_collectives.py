@@ -233,7 +233,7 @@ def test_shared_memory_allreduce_is_bit_identical(world: int, nproc: int) -> Non
         for size in (20000, 100003, 1 << 17)
         for op in ("sum", "mean", "max", "min")
     ]
-    table += [("allreduce", "hierarchical", "sum", 40001, "int64")] * 3  # both buffer sets
+    table += [("allreduce", "hierarchical", "sum", 40001, "int64")] * 3  # the arena reused
     table += [("inplace", "hierarchical", op, 100003, "float64") for op in ("sum", "mean")]
     check(world, nproc, table, run_ranks(world, nproc, table, shm=True))
 

@@ -117,9 +117,15 @@ class PeerMesh:
             self._trackers.append(sock.send(data, copy=False, track=True))
 
     def flush(self) -> None:
-        """Block until ZeroMQ no longer needs any zero-copy buffer handed to ``send``."""
+        """Block until ZeroMQ no longer needs any zero-copy buffer handed to ``send``,
+        serving control while it takes."""
         for tracker in self._trackers:
-            tracker.wait()
+            while True:
+                try:
+                    tracker.wait(SERVICE_S)
+                    break
+                except zmq.NotDone:
+                    self.poll_service()
         self._trackers.clear()
 
     def serve(self) -> None:
