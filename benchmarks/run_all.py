@@ -56,15 +56,6 @@ LIVE_KEYS = {"ready_s": "ready_s", "ready_inproc_s": "ready_inproc_s",
 Live = dict[str, dict[int, dict[str, float]]]  # backend -> ranks -> figure -> median
 
 
-def _baseline_runs(live: Live, n: int, repeats: int, *, busbw: bool) -> None:
-    """``repeats`` runs of every installed baseline at ``n`` ranks, medians into ``live``."""
-    for backend in baselines.available():
-        print(f"running {baselines.NAMES[backend]} at {n} ranks ...", flush=True)
-        runs = [baselines.measure(backend, n, busbw=busbw) for _ in range(repeats)]
-        figures = _medians([run for run in runs if run is not None])
-        live.setdefault(backend, {}).setdefault(n, {}).update(figures)
-
-
 def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     keys = {key for run in runs for key, value in run.items() if isinstance(value, float)}
     return {key: statistics.median(run[key] for run in runs if key in run) for key in keys}
@@ -105,19 +96,7 @@ def main() -> int:
     print(f"memory bandwidth (numpy, 16 MB, one core): copy {memory['copy_gbs']:.2f} GB/s, "
           f"add {memory['add_gbs']:.2f} GB/s")  # fmt: skip
     for n in (8, 64) if quick else (8, 64, 256):
-        if not quick and n <= 64:
-            _baseline_runs(live, n, reps, busbw=False)
-        launches = [figures.ready(n) for _ in range(reps)]
-        outside = statistics.median(r.from_exec for r in launches)
-        inside = statistics.median(r.in_process for r in launches)
-        results[f"ready_s@{n}"], results[f"ready_inproc_s@{n}"] = outside, inside
-        ratio = _ratio_text(outside, baselines_for("ready_s", n, live), True)
-        theirs = ", ".join(f"{name} {value:.3f} s" for name, value in
-                           baselines_for("ready_inproc_s", n, live).items())  # fmt: skip
-        print(
-            f"ready {n:4d} ranks: {outside:6.3f} s from exec (in-process {inside:.3f} s)   "
-            f"{ratio}" + (f"   [from the ranks' process start: {theirs}]" if theirs else "")
-        )
+        _launch_and_step(n, reps, live, results, with_baselines=not quick and n <= 64)
     for n in (64,) if quick else (64, 256):
         samples = [figures.pss(n) for _ in range(reps)]
         per_rank = statistics.median(s["per_rank_mib"] for s in samples)
@@ -125,14 +104,6 @@ def main() -> int:
         results[f"pss_mib@{n}"], results[f"pss_total_mib@{n}"] = per_rank, total
         ratio = _ratio_text(per_rank, BASELINES["pss_mib"].get(n, {}), True)
         print(f"PSS  {n:4d} ranks: {per_rank:6.2f} MiB/rank, {total:.0f} MiB total   {ratio}")
-    results["baselines_this_run"] = {b: {str(n): f for n, f in r.items()} for b, r in live.items()}
-    for n in (8, 64) if quick else (8, 64, 256):
-        runs = [step_latency.measure(n, 100 if quick else 300) for _ in range(reps)]
-        median = statistics.median(run["median_us"] for run in runs)
-        mean = statistics.median(run["mean_us"] for run in runs)
-        results[f"step_us@{n}"], results[f"step_mean_us@{n}"] = median, mean
-        ratio = _ratio_text(median, baselines_for("step_us", n, live), True)
-        print(f"step {n:4d} ranks: median {median:8.0f} us, mean {mean:8.0f} us   {ratio}")
     for n in (8,) if quick else (2, 4, 8):
         _busbw_rows(n, reps, live, memory["copy_gbs"], results, with_baselines=not quick)
     results["baselines_this_run"] = {b: {str(n): f for n, f in r.items()} for b, r in live.items()}
@@ -143,6 +114,36 @@ def main() -> int:
     if quick:
         return _regressions(results)
     return 0
+
+
+def _launch_and_step(
+    n: int, reps: int, live: Live, results: dict[str, Any], with_baselines: bool
+) -> None:
+    """Ready (from exec and in-process) and the step's collectives at ``n`` ranks; each
+    repetition of ours is followed by one of every baseline, so both see the same load."""
+    launches, steps, theirs = [], [], {}
+    for _ in range(reps):
+        launches.append(figures.ready(n))
+        steps.append(step_latency.measure(n, 100 if reps == 1 else 300))
+        for backend in baselines.available() if with_baselines else ():
+            run = baselines.measure(backend, n, busbw=False)
+            if run is not None:
+                theirs.setdefault(backend, []).append(run)
+    for backend, runs in theirs.items():
+        live.setdefault(backend, {}).setdefault(n, {}).update(_medians(runs))
+    outside = statistics.median(r.from_exec for r in launches)
+    inside = statistics.median(r.in_process for r in launches)
+    results[f"ready_s@{n}"], results[f"ready_inproc_s@{n}"] = outside, inside
+    ratio = _ratio_text(outside, baselines_for("ready_s", n, live), True)
+    theirs_inside = ", ".join(f"{name} {value:.3f} s" for name, value in
+                              baselines_for("ready_inproc_s", n, live).items())  # fmt: skip
+    print(f"ready {n:4d} ranks: {outside:6.3f} s from exec (in-process {inside:.3f} s)   {ratio}"
+          + (f"   [in-process: {theirs_inside}]" if theirs_inside else ""))  # fmt: skip
+    median = statistics.median(run["median_us"] for run in steps)
+    mean = statistics.median(run["mean_us"] for run in steps)
+    results[f"step_us@{n}"], results[f"step_mean_us@{n}"] = median, mean
+    ratio = _ratio_text(median, baselines_for("step_us", n, live), True)
+    print(f"step {n:4d} ranks: median {median:8.0f} us, mean {mean:8.0f} us   {ratio}")
 
 
 def _busbw_rows(

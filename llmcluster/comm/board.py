@@ -149,18 +149,31 @@ class NodeBoard:
         """Slots ``indices`` as rows (a view: read them before anyone posts again)."""
         return self._slots[indices.start : indices.stop, :count]
 
-    def await_tag(self, index: int, tag: int, idle: Callable[[], None], slice_s: float) -> None:
+    def await_tag(
+        self,
+        index: int,
+        tag: int,
+        idle: Callable[[], None],
+        slice_s: float,
+        spin_s: float = SPIN_S,
+    ) -> None:
         """Sleep until word ``index`` holds ``tag``; ``idle()`` runs between sleeps of at most
-        ``slice_s`` (it serves control messages and raises on a timeout)."""
-        self._await_word(index, tag, idle, slice_s)
+        ``slice_s`` (it serves control messages and raises on a timeout). ``spin_s``: how
+        long to yield first (0 where the wait is known to be long)."""
+        self._await_word(index, tag, idle, slice_s, spin_s)
 
     def _await_word(
-        self, index: int, wanted: int, idle: Callable[[], None], slice_s: float
+        self,
+        index: int,
+        wanted: int,
+        idle: Callable[[], None],
+        slice_s: float,
+        spin_s: float = SPIN_S,
     ) -> None:
-        """Yield the CPU for up to ``SPIN_S`` (a peer on this core may be the one to post),
+        """Yield the CPU for up to ``spin_s`` (a peer on this core may be the one to post),
         then sleep on the word with FUTEX_WAIT until it holds ``wanted``."""
         cell, address = self._cells[index], self._addresses[index]
-        spin_until = time.monotonic() + SPIN_S
+        spin_until = time.monotonic() + spin_s
         while cell.value != wanted:
             if time.monotonic() >= spin_until:
                 break

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmcluster.comm.board import BOARD_VALUES, NodeBoard, tag_of
+from llmcluster.comm.board import BOARD_VALUES, SPIN_S, NodeBoard, tag_of
 from llmcluster.comm.intranode import IntraNode
 from llmcluster.comm.mesh import SERVICE_S, CollectiveTimeout, PeerMesh
 from llmcluster.comm.shm import ShmArena
@@ -87,6 +87,8 @@ class Communicator:
         self._leaders = topology.leaders()
         usable = board is not None and board.local_ranks == len(self._local) > 1
         self.board = board if usable else None  # tiny reductions and node barriers
+        # a result that crosses nodes takes socket hops: not worth spinning for
+        self._result_spin_s = SPIN_S if len(self._leaders) == 1 else 0.0
         self._intra: IntraNode | None = None  # the single-copy path through the arena
         if shm is not None and shm.local_ranks == len(self._local):
             self._intra = IntraNode(shm, self._index, across=len(self._leaders) > 1,
@@ -232,7 +234,7 @@ class Communicator:
     def _board_result(self, board: NodeBoard, tag: int, seq: int) -> None:
         """A non-leader waits for the leader's result word to show ``tag``."""
         idle = self._board_idle(seq, lambda: self._local[0])
-        board.await_tag(len(self._local), tag, idle, SERVICE_S)
+        board.await_tag(len(self._local), tag, idle, SERVICE_S, self._result_spin_s)
 
     def broadcast(self, array: np.ndarray | None, root: int = 0) -> np.ndarray:
         """Every rank returns ``root``'s array (other ranks may pass None)."""
