@@ -3,7 +3,9 @@
 Every function measures once; ``run_all`` repeats and takes medians. "Ready" is taken
 from outside the process: the wall time just before the ``llmcluster`` command is exec'd
 to the moment its ``ready`` record (every rank past the first barrier) can be read from
-its output, next to the in-process ``ready_s`` the coordinator reports.
+its output, next to the in-process ``ready_s`` the coordinator reports (from its own
+process start as /proc records it, as the baselines' in-process figure starts at their
+first rank's).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Ready:
     """Launch figures of one run, in seconds."""
 
     from_exec: float  # exec of the command -> its ready record on the pipe
-    in_process: float  # the coordinator's own ready_s (rendezvous start -> all ready)
+    in_process: float  # the coordinator's own ready_s (its process start, in /proc -> ready)
 
 
 @dataclass(frozen=True)

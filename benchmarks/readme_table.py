@@ -48,8 +48,8 @@ def table(results: dict[str, Any]) -> list[str]:
     for n in (8, 64, 256):
         row(f"launch (exec of the command) -> all {n} ranks past the first barrier", "ready_s",
             n, _fmt("ready_s", results[f"ready_s@{n}"]))  # fmt: skip
-        row(f"the same, in-process (ours: rendezvous start; baselines: first rank process "
-            f"start), {n} ranks", "ready_inproc_s", n,
+        row(f"the same, in-process (from the first process's start in /proc), {n} ranks",
+            "ready_inproc_s", n,
             _fmt("ready_s", results[f"ready_inproc_s@{n}"]))  # fmt: skip
     for n in (64, 256):
         ours = f"{results[f'pss_mib@{n}']:.1f} MiB ({results[f'pss_total_mib@{n}']:.0f} MiB total)"
