@@ -24,9 +24,11 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -54,6 +56,20 @@ LIVE_KEYS = {"ready_s": "ready_s", "ready_inproc_s": "ready_inproc_s",
              "step_us": "step_median_us", "busbw_16mb_gbs": "busbw_16mb_gbs",
              "busbw_16mb_oop_gbs": "busbw_16mb_oop_gbs"}  # fmt: skip
 Live = dict[str, dict[int, dict[str, float]]]  # backend -> ranks -> figure -> median
+T = TypeVar("T")
+
+
+def _retried(measure: Callable[..., T], *args: Any) -> T:
+    """``measure(*args)``, run again (up to twice) when the run fails: on a shared, loaded
+    machine a run now and then does; every failure is printed."""
+    for attempt in range(2):
+        try:
+            return measure(*args)
+        except (RuntimeError, subprocess.SubprocessError) as failed:
+            print(
+                f"  ({measure.__name__}{args} failed: {str(failed)[-200:]}; attempt {attempt + 1})"
+            )
+    return measure(*args)
 
 
 def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -98,7 +114,7 @@ def main() -> int:
     for n in (8, 64) if quick else (8, 64, 256):
         _launch_and_step(n, reps, live, results, with_baselines=not quick and n <= 64)
     for n in (64,) if quick else (64, 256):
-        samples = [figures.pss(n) for _ in range(reps)]
+        samples = [_retried(figures.pss, n) for _ in range(reps)]
         per_rank = statistics.median(s["per_rank_mib"] for s in samples)
         total = statistics.median(s["total_mib"] for s in samples)
         results[f"pss_mib@{n}"], results[f"pss_total_mib@{n}"] = per_rank, total
@@ -123,7 +139,7 @@ def _launch_and_step(
     repetition of ours is followed by one of every baseline, so both see the same load."""
     launches, steps, theirs = [], [], {}
     for _ in range(reps):
-        launches.append(figures.ready(n))
+        launches.append(_retried(figures.ready, n))
         steps.append(step_latency.measure(n, 100 if reps == 1 else 300))
         for backend in baselines.available() if with_baselines else ():
             run = baselines.measure(backend, n, busbw=False)
@@ -153,7 +169,7 @@ def _busbw_rows(
     of every baseline (so both see the same load), as a fraction of the memory limit."""
     ours, theirs = [], {}
     for _ in range(reps):
-        ours.append(figures.busbw(n))
+        ours.append(_retried(figures.busbw, n))
         for backend in baselines.available() if with_baselines else ():
             run = baselines.measure(backend, n, busbw=True)
             if run is not None:
@@ -179,12 +195,12 @@ def _busbw_rows(
 
 def _demo_and_scale(results: dict[str, Any], reps: int) -> None:
     """CPU share of a default 64-rank demo, and the wall time per step at 256-1024 ranks."""
-    shares = figures.demo_cpu(64, 20, reps)
+    shares = _retried(figures.demo_cpu, 64, 20, reps)
     results["cpu_cores@64"] = statistics.median(shares)
     print(f"default demo, 64 ranks: {results['cpu_cores@64']:.3f} cores (median of {reps} "
           "20 s windows; target <= 0.25)")  # fmt: skip
     for n in (256, 512, 1024):
-        value = statistics.median(figures.wall_per_step(n) for _ in range(reps))
+        value = statistics.median(_retried(figures.wall_per_step, n) for _ in range(reps))
         results[f"wall_step_s@{n}"] = value
         print(f"wall per step at {n} ranks: {value:.3f} s")
     under = [n for n in (256, 512, 1024) if results[f"wall_step_s@{n}"] < 1.0]
