@@ -2,8 +2,9 @@
 
 Same launch path as a training run (coordinator, node agents, forked ranks),
 but each rank runs timed allreduces of float32 buffers from ``--min-bytes`` to
-``--max-bytes``. Every size is checked against the exact expected sum (the
-``#wrong`` column); time is the slowest rank's mean per operation, algbw =
+``--max-bytes``, registered in the node's shared arena (``shared_buffer``) as nccl-tests
+registers its send and receive buffers. Every size is checked against the exact expected
+sum (the ``#wrong`` column); time is the slowest rank's mean per operation, algbw =
 size / time, busbw = algbw x 2(n-1)/n as nccl-tests defines it.
 """
 
