@@ -263,3 +263,21 @@ def test_fused_step_reduction(world: int, nproc: int, board: bool) -> None:
     table = [("fused", "fused", op, size, "float64") for op in ("sum", "max") for size in (1, 3, 5)]
     table += [("fused", "fused", "sum", 40, "float64")]  # more than a board slot: over sockets
     check(world, nproc, table, run_ranks(world, nproc, table, board=board))
+
+
+def test_a_receive_that_finds_its_message_at_once_still_serves_control() -> None:
+    """Busy collectives never wait, so the service (heartbeats) must run on receives that
+    succeed at once too, whenever it is due (it is due at the first one)."""
+    served: list[int] = []
+    ctx = zmq.Context()
+    with tempfile.TemporaryDirectory(prefix="llmc-test-") as folder:
+        mesh = PeerMesh(ctx, rank=0, run_id="t", bind=[f"ipc://{folder}/r0"], timeout_s=10,
+                        service=lambda: served.append(1))  # fmt: skip
+        mesh.set_peers([[f"ipc://{folder}/r0"]], [0])
+        try:
+            mesh.send(0, 1, 0, np.arange(3.0))
+            assert mesh.recv(0, 1, 0).tolist() == [0.0, 1.0, 2.0]
+            assert served == [1]
+        finally:
+            mesh.close()
+            ctx.term()
