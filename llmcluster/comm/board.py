@@ -128,10 +128,12 @@ class NodeBoard:
         self._cells[index].value = tag
         _add_and_wake_if(self._arrivals_at, self.local_ranks - 2)
 
-    def await_arrivals(self, idle: Callable[[], None], slice_s: float) -> None:
+    def await_arrivals(
+        self, idle: Callable[[], None], slice_s: float, spin_s: float = SPIN_S
+    ) -> None:
         """The leader's part: sleep until every other local rank has arrived, then reset the
-        counter for the next collective."""
-        self._await_word(self.local_ranks + 1, self.local_ranks - 1, idle, slice_s)
+        counter for the next collective (``idle``, ``slice_s``, ``spin_s``: as ``await_tag``)."""
+        self._await_word(self.local_ranks + 1, self.local_ranks - 1, idle, slice_s, spin_s)
         self._arrivals.value = 0
 
     def missing(self, tag: int) -> int | None:

@@ -87,8 +87,9 @@ class Communicator:
         self._leaders = topology.leaders()
         usable = board is not None and board.local_ranks == len(self._local) > 1
         self.board = board if usable else None  # tiny reductions and node barriers
-        # a result that crosses nodes takes socket hops: not worth spinning for
-        self._result_spin_s = SPIN_S if len(self._leaders) == 1 else 0.0
+        # board waits yield before they sleep on one node only: with several, the waits
+        # include socket hops, and more ranks share the cores (spinners would crowd them)
+        self._spin_s = SPIN_S if len(self._leaders) == 1 else 0.0
         self._intra: IntraNode | None = None  # the single-copy path through the arena
         if shm is not None and shm.local_ranks == len(self._local):
             self._intra = IntraNode(shm, self._index, across=len(self._leaders) > 1,
@@ -229,12 +230,12 @@ class Communicator:
         """The leader waits until every local rank has arrived on the board for ``tag``."""
         local = self._local
         idle = self._board_idle(seq, lambda: local[board.missing(tag) or 0])
-        board.await_arrivals(idle, SERVICE_S)
+        board.await_arrivals(idle, SERVICE_S, self._spin_s)
 
     def _board_result(self, board: NodeBoard, tag: int, seq: int) -> None:
         """A non-leader waits for the leader's result word to show ``tag``."""
         idle = self._board_idle(seq, lambda: self._local[0])
-        board.await_tag(len(self._local), tag, idle, SERVICE_S, self._result_spin_s)
+        board.await_tag(len(self._local), tag, idle, SERVICE_S, self._spin_s)
 
     def broadcast(self, array: np.ndarray | None, root: int = 0) -> np.ndarray:
         """Every rank returns ``root``'s array (other ranks may pass None)."""
