@@ -1,6 +1,6 @@
 """Every performance figure of issue "performance", measured in one invocation.
 
-    python benchmarks/run_all.py            # full run (~25 minutes on a 2-core box)
+    python benchmarks/run_all.py            # full run (~12 minutes on a 2-core box)
     python benchmarks/run_all.py --quick    # CI form; fails if a figure is >3x worse than recorded
 
 Figures (the full form gives each as the median of 3 runs): launch -> all ranks past the
