@@ -16,6 +16,7 @@ from typing import Any
 from run_all import BASELINES, LIVE_KEYS
 
 COLUMNS = {"gloo": "torchrun+gloo", "mpi": "mpirun+mpi4py"}
+BUSBW_VARIANTS = (("in place", "busbw_16mb_gbs"), ("out of place", "busbw_16mb_oop_gbs"))
 
 
 def _baseline(results: dict[str, Any], backend: str, figure: str, n: int) -> str:
@@ -27,11 +28,11 @@ def _baseline(results: dict[str, Any], backend: str, figure: str, n: int) -> str
 
 
 def _fmt(figure: str, value: float) -> str:
-    if figure == "ready_s":
+    if figure.startswith("ready"):
         return f"{value:.2f} s"
     if figure == "step_us":
         return f"{value / 1000:.2f} ms"
-    if figure == "busbw_16mb_gbs":
+    if figure.startswith("busbw"):
         return f"{value:.2f} GB/s"
     return f"{value:.1f} MiB"
 
@@ -45,8 +46,11 @@ def table(results: dict[str, Any]) -> list[str]:
         rows.append(f"| {label} | {ours} | {gloo} | {mpi} |")
 
     for n in (8, 64, 256):
-        row(f"launch -> all {n} ranks past the first barrier", "ready_s", n,
-            _fmt("ready_s", results[f"ready_s@{n}"]))  # fmt: skip
+        row(f"launch (exec of the command) -> all {n} ranks past the first barrier", "ready_s",
+            n, _fmt("ready_s", results[f"ready_s@{n}"]))  # fmt: skip
+        row(f"the same, in-process (from the first process's start in /proc), {n} ranks",
+            "ready_inproc_s", n,
+            _fmt("ready_s", results[f"ready_inproc_s@{n}"]))  # fmt: skip
     for n in (64, 256):
         ours = f"{results[f'pss_mib@{n}']:.1f} MiB ({results[f'pss_total_mib@{n}']:.0f} MiB total)"
         row(f"PSS per rank at {n} ranks", "pss_mib", n, ours)
@@ -55,14 +59,19 @@ def table(results: dict[str, Any]) -> list[str]:
                 f"(mean {results[f'step_mean_us@{n}'] / 1000:.2f})")  # fmt: skip
         row(f"step barrier + loss allreduce, {n} ranks (median)", "step_us", n, ours)
     for n in (2, 4, 8):
-        row(f"allreduce 16 MB busbw, {n} ranks", "busbw_16mb_gbs", n,
-            _fmt("busbw_16mb_gbs", results[f"busbw_16mb_gbs@{n}"]))  # fmt: skip
+        limit = results[f"busbw_limit_gbs@{n}"]
+        for label, figure in BUSBW_VARIANTS:
+            value = results[f"{figure}@{n}"]
+            ours = f"{_fmt(figure, value)} ({value / limit:.2f} of the {limit:.2f} GB/s limit)"
+            row(f"allreduce 16 MB busbw, {n} ranks, {label}", figure, n, ours)
     rows.append(f"| CPU of a default 64-rank demo (all processes) | "
                 f"{results['cpu_cores@64']:.2f} cores | - | - |")  # fmt: skip
     walls = " / ".join(f"{results[f'wall_step_s@{n}']:.2f}" for n in (256, 512, 1024))
     rows.append(f"| wall time per step at 256 / 512 / 1024 ranks | {walls} s | - | - |")
     rows.append(f"| largest N with a step under 1 s (of 256, 512, 1024) | "
                 f"{results['largest_n_step_under_1s']} | - | - |")  # fmt: skip
+    rows.append(f"| memory bandwidth, numpy 16 MB (one core) | copy {results['mem_copy_gbs']:.2f}"
+                f" GB/s, add {results['mem_add_gbs']:.2f} GB/s | - | - |")  # fmt: skip
     return rows
 
 

@@ -1,16 +1,21 @@
 """Every performance figure of issue "performance", measured in one invocation.
 
-    python benchmarks/run_all.py            # full run (~5 minutes on a 2-core box)
+    python benchmarks/run_all.py            # full run (~12 minutes on a 2-core box)
     python benchmarks/run_all.py --quick    # CI form; fails if a figure is >3x worse than recorded
 
-Figures: launch -> all ranks past the first barrier; PSS per rank; per-step collective
-latency; allreduce busbw by size (through ``llmcluster bench``); CPU use of a default
-demo; the largest N whose step stays under 1 s of wall time. Baselines: torchrun+gloo and
-mpirun+mpi4py as measured on this machine class (shared/reference/perf-anchors.md);
-where mpi4py (with mpirun) or torch is installed, the full run also runs that baseline at
-8 and 64 ranks in the same invocation (``baselines.py``) and its ratios use those live
-figures, marked "this run"; otherwise the recorded figures are printed with their source.
-Results go to benchmarks/last-run.json.
+Figures (the full form gives each as the median of 3 runs): launch -> all ranks past the
+first barrier, from outside (the command's exec to its ready record) next to the
+in-process figure; PSS per rank; per-step collective latency; allreduce busbw by size
+(through ``llmcluster bench``) in place and out of place, with this machine's memory
+bandwidth measured alongside (numpy copy and add of 16 MB) and each 16 MB busbw given as
+a fraction of the limit it sets; CPU use of a default demo; the wall time per step at
+256-1024 ranks. Baselines: torchrun+gloo and mpirun+mpi4py as measured on this machine
+class (shared/reference/perf-anchors.md); where mpi4py (with mpirun) or torch is
+installed, the full run also runs that baseline in the same invocation (``baselines.py``:
+launch and step at 8 and 64 ranks, busbw at 2, 4 and 8, each busbw run right after one
+of ours so both see the same load) and its ratios use those live figures, marked "this
+run"; otherwise the recorded figures are printed with their source. Results go to
+benchmarks/last-run.json.
 """
 
 from __future__ import annotations
@@ -18,21 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import time
-import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import baselines  # noqa: E402  (sibling scripts)
+import figures  # noqa: E402
 import step_latency  # noqa: E402
 
-MARK = "LLMCLUSTER_BENCH_MARK"  # identifies the processes of the run being measured
 SOURCE = "shared/reference/perf-anchors.md (2-vCPU EPYC, torch 2.13 gloo, Open MPI 4.1.4)"
 BASELINES = {
     "ready_s": {8: {"torchrun+gloo": 6.91, "mpirun+mpi4py": 0.94},
@@ -45,163 +48,38 @@ BASELINES = {
                        4: {"torchrun+gloo": 0.92, "mpirun+mpi4py": 2.48},
                        8: {"torchrun+gloo": 0.46, "mpirun+mpi4py": 1.09}},
 }  # fmt: skip
-TARGETS = {"ready_s@64": 1.0, "pss_mib@64": 8.0, "step_us@64": 2500.0, "cpu_cores": 0.25}
 RECORDED = HERE / "recorded.json"
-LLMC = [sys.executable, "-m", "llmcluster"]
+REPEATS = 3  # runs per figure in the full form (medians)
 
 
-def _records(args: list[str], timeout: float = 600) -> list[dict[str, Any]]:
-    done = subprocess.run([*LLMC, *args, "--format", "jsonl"], capture_output=True, text=True,
-                          timeout=timeout, check=True)  # fmt: skip
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+LIVE_KEYS = {"ready_s": "ready_s", "ready_inproc_s": "ready_inproc_s",
+             "step_us": "step_median_us", "busbw_16mb_gbs": "busbw_16mb_gbs",
+             "busbw_16mb_oop_gbs": "busbw_16mb_oop_gbs"}  # fmt: skip
+Live = dict[str, dict[int, dict[str, float]]]  # backend -> ranks -> figure -> median
+T = TypeVar("T")
 
 
-def ready_s(ranks: int, repeats: int) -> float:
-    """Median seconds from launch until every rank has passed its first barrier."""
-    values = []
-    for _ in range(repeats):
-        recs = _records(["--ranks", str(ranks), "--steps", "1", "--speed", "1e6"])
-        values.append(next(r["ready_s"] for r in recs if r["type"] == "ready"))
-    return statistics.median(values)
-
-
-def _pids_marked(mark: str) -> list[int]:
-    """Processes of the run started with ``mark`` in its environment (its agents and ranks
-    inherit it), never other runs on the same machine."""
-    needle = f"{MARK}={mark}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as environ:
-                    if needle in environ.read().split(b"\0"):
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
-def _smaps_pss_mib(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as src:
-            for line in src:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:  # the process has just exited
-        pass
-    return 0.0
-
-
-def _running(args: list[str], mark: str = "") -> subprocess.Popen[str]:
-    return subprocess.Popen([*LLMC, *args, "--format", "jsonl"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, MARK: mark})  # fmt: skip
-
-
-def _wait_step(proc: subprocess.Popen[str], step: int) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        record = json.loads(line)
-        if record["type"] == "step" and record["step"] >= step:
-            return
-    raise RuntimeError("the run ended early")
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-
-
-def pss(ranks: int) -> dict[str, float]:
-    """PSS per rank (median) and in total, during training."""
-    mark = uuid.uuid4().hex
-    proc = _running(["--ranks", str(ranks), "--steps", "100000", "--speed", "1e6"], mark)
-    try:
-        _wait_step(proc, 3)
-        ranks_pss = []
-        run_pids = [pid for pid in _pids_marked(mark) if pid != proc.pid]
-        for pid in run_pids:
-            try:
-                with open(f"/proc/{pid}/comm") as comm:
-                    is_rank = comm.read().startswith("llmc-rank")
-            except OSError:
-                continue
-            if is_rank:
-                ranks_pss.append(_smaps_pss_mib(pid))
-        total = sum(_smaps_pss_mib(pid) for pid in run_pids) + _smaps_pss_mib(proc.pid)
-    finally:
-        _stop(proc)
-    return {"per_rank_mib": statistics.median(ranks_pss), "total_mib": total}
-
-
-def busbw(ranks: int, max_bytes: int) -> dict[int, float]:
-    """busbw (GB/s) by size from ``llmcluster bench --json``."""
-    done = subprocess.run([*LLMC, "bench", "--ranks", str(ranks), "--json", "--min-bytes", "4096",
-                           "--max-bytes", str(max_bytes), "--factor", "16", "--iters", "10"],
-                          capture_output=True, text=True, timeout=600, check=True)  # fmt: skip
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return {row["size"]: row["busbw_gbs"] for row in rows}
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
+def _retried(measure: Callable[..., T], *args: Any) -> T:
+    """``measure(*args)``, run again (up to twice) when the run fails: on a shared, loaded
+    machine a run now and then does; every failure is printed."""
+    for attempt in range(2):
         try:
-            with open(f"/proc/{pid}/stat") as src:
-                fields = src.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except OSError:
-            continue
-    return total
+            return measure(*args)
+        except (RuntimeError, subprocess.SubprocessError) as failed:
+            print(
+                f"  ({measure.__name__}{args} failed: {str(failed)[-200:]}; attempt {attempt + 1})"
+            )
+    return measure(*args)
 
 
-def demo_cpu(ranks: int, seconds: float) -> float:
-    """CPU-seconds per wall-second of a default demo (auto speed), all its processes."""
-    mark = uuid.uuid4().hex
-    proc = _running(["--ranks", str(ranks), "--seed", "1"], mark)
-    try:
-        _wait_step(proc, 2)
-        pids = _pids_marked(mark)  # the coordinator, its agents and ranks
-        before, started = _cpu_seconds(pids), time.monotonic()
-        time.sleep(seconds)  # measuring a fixed window is the point here
-        used = _cpu_seconds(pids) - before
-        return used / (time.monotonic() - started)
-    finally:
-        _stop(proc)
+def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    keys = {key for run in runs for key, value in run.items() if isinstance(value, float)}
+    return {key: statistics.median(run[key] for run in runs if key in run) for key in keys}
 
 
-def wall_per_step(ranks: int, steps: int = 10) -> float:
-    """Wall seconds per step at --speed 1e6 (compute sleeps ~0): from the first step record
-    to the last, over the steps between (records can arrive in bursts, so not a median gap)."""
-    proc = _running(["--ranks", str(ranks), "--steps", str(steps), "--speed", "1e6"])
-    stamps = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if json.loads(line)["type"] == "step":
-            stamps.append(time.monotonic())
-    proc.wait(timeout=600)
-    return (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
-
-
-LIVE_KEYS = {"ready_s": "ready_s", "step_us": "step_median_us", "busbw_16mb_gbs": "busbw_16mb_gbs"}
-
-
-def live_baselines() -> dict[str, dict[int, dict[str, Any]]]:
-    """Run every installed baseline at 8 and 64 ranks (busbw at 8): backend -> N -> figures."""
-    live: dict[str, dict[int, dict[str, Any]]] = {}
-    for backend in baselines.available():
-        for n in (8, 64):
-            print(f"running {baselines.NAMES[backend]} at {n} ranks ...", flush=True)
-            figures = baselines.measure(backend, n, busbw=n == 8)
-            if figures is not None:
-                live.setdefault(backend, {})[n] = figures
-    return live
-
-
-def baselines_for(figure: str, n: int, live: dict[str, dict[int, dict[str, Any]]]) -> dict:
+def baselines_for(figure: str, n: int, live: Live) -> dict[str, float]:
     """Recorded baselines for ``figure`` at ``n``, replaced by live ones where measured."""
-    base = dict(BASELINES[figure].get(n, {}))
+    base = dict(BASELINES.get(figure, {}).get(n, {}))
     for backend, runs in live.items():
         value = runs.get(n, {}).get(LIVE_KEYS[figure])
         if value is not None:
@@ -214,8 +92,8 @@ def _ratio_text(value: float, baselines: dict[str, float], lower_is_better: bool
     parts = []
     for name, base in baselines.items():
         ratio = base / value if lower_is_better else value / base
-        parts.append(f"{ratio:.1f}x vs {name} ({base:g})")
-    return "; ".join(parts) or "no recorded baseline"
+        parts.append(f"{ratio:.2f}x vs {name} ({base:g})")
+    return "; ".join(parts) or "no baseline"
 
 
 def main() -> int:
@@ -224,55 +102,111 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE / "last-run.json"))
     args = parser.parse_args()
     quick = args.quick
+    reps = 1 if quick else REPEATS
     results: dict[str, Any] = {"machine": os.uname().machine, "cpus": os.cpu_count(),
-                               "baseline_source": SOURCE}  # fmt: skip
-    print(f"baselines: {SOURCE}")
-    live = {} if quick else live_baselines()
-    results["baselines_this_run"] = {b: {str(n): f for n, f in r.items()} for b, r in live.items()}
+                               "baseline_source": SOURCE, "repeats": reps}  # fmt: skip
+    print(f"baselines: {SOURCE}; every figure the median of {reps} run(s)")
+    live: Live = {}
+    memory = figures.memory_bandwidth()
+    results.update({f"mem_{key}": value for key, value in memory.items()})
+    print(f"memory bandwidth (numpy, 16 MB, one core): copy {memory['copy_gbs']:.2f} GB/s, "
+          f"add {memory['add_gbs']:.2f} GB/s")  # fmt: skip
     for n in (8, 64) if quick else (8, 64, 256):
-        value = ready_s(n, 1 if quick else 3)
-        results[f"ready_s@{n}"] = value
-        base = baselines_for("ready_s", n, live)
-        print(f"ready {n:4d} ranks: {value:6.3f} s   {_ratio_text(value, base, True)}")
+        _launch_and_step(n, reps, live, results, with_baselines=not quick and n <= 64)
     for n in (64,) if quick else (64, 256):
-        value = pss(n)
-        results[f"pss_mib@{n}"] = value["per_rank_mib"]
-        results[f"pss_total_mib@{n}"] = value["total_mib"]
-        base = BASELINES["pss_mib"].get(n, {})
-        ratio = _ratio_text(value["per_rank_mib"], base, True)
-        print(f"PSS  {n:4d} ranks: {value['per_rank_mib']:6.2f} MiB/rank, "
-              f"{value['total_mib']:.0f} MiB total   {ratio}")  # fmt: skip
-    for n in (8, 64) if quick else (8, 64, 256):
-        value = step_latency.measure(n, 100 if quick else 300)
-        results[f"step_us@{n}"] = value["median_us"]
-        results[f"step_mean_us@{n}"] = value["mean_us"]
-        base = baselines_for("step_us", n, live)
-        ratio = _ratio_text(value["median_us"], base, True)
-        print(f"step {n:4d} ranks: median {value['median_us']:8.0f} us, mean "
-              f"{value['mean_us']:8.0f} us   {ratio}")  # fmt: skip
+        samples = [_retried(figures.pss, n) for _ in range(reps)]
+        per_rank = statistics.median(s["per_rank_mib"] for s in samples)
+        total = statistics.median(s["total_mib"] for s in samples)
+        results[f"pss_mib@{n}"], results[f"pss_total_mib@{n}"] = per_rank, total
+        ratio = _ratio_text(per_rank, BASELINES["pss_mib"].get(n, {}), True)
+        print(f"PSS  {n:4d} ranks: {per_rank:6.2f} MiB/rank, {total:.0f} MiB total   {ratio}")
     for n in (8,) if quick else (2, 4, 8):
-        rows = busbw(n, 16 << 20)
-        value = rows.get(16 << 20, float("nan"))
-        results[f"busbw_16mb_gbs@{n}"] = value
-        base = baselines_for("busbw_16mb_gbs", n, live)
-        sizes = ", ".join(f"{size}B {bw:.3f}" for size, bw in rows.items())
-        print(f"busbw {n} ranks: {sizes} GB/s   16MB: {_ratio_text(value, base, False)}")
+        _busbw_rows(n, reps, live, memory["copy_gbs"], results, with_baselines=not quick)
+    results["baselines_this_run"] = {b: {str(n): f for n, f in r.items()} for b, r in live.items()}
     if not quick:
-        results["cpu_cores@64"] = demo_cpu(64, 60)
-        print(f"default demo, 64 ranks: {results['cpu_cores@64']:.3f} cores (target <= 0.25)")
-        for n in (256, 512, 1024):
-            value = wall_per_step(n)
-            results[f"wall_step_s@{n}"] = value
-            print(f"wall per step at {n} ranks: {value:.3f} s")
-        under = [n for n in (256, 512, 1024) if results[f"wall_step_s@{n}"] < 1.0]
-        results["largest_n_step_under_1s"] = max(under, default=0)
-        print(f"largest N tried (256, 512, 1024) with a step under 1 s: "
-              f"{results['largest_n_step_under_1s']}")  # fmt: skip
+        _demo_and_scale(results, reps)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {args.out}")
     if quick:
         return _regressions(results)
     return 0
+
+
+def _launch_and_step(
+    n: int, reps: int, live: Live, results: dict[str, Any], with_baselines: bool
+) -> None:
+    """Ready (from exec and in-process) and the step's collectives at ``n`` ranks; each
+    repetition of ours is followed by one of every baseline, so both see the same load."""
+    launches, steps, theirs = [], [], {}
+    for _ in range(reps):
+        launches.append(_retried(figures.ready, n))
+        steps.append(step_latency.measure(n, 100 if reps == 1 else 300))
+        for backend in baselines.available() if with_baselines else ():
+            run = baselines.measure(backend, n, busbw=False)
+            if run is not None:
+                theirs.setdefault(backend, []).append(run)
+    for backend, runs in theirs.items():
+        live.setdefault(backend, {}).setdefault(n, {}).update(_medians(runs))
+    outside = statistics.median(r.from_exec for r in launches)
+    inside = statistics.median(r.in_process for r in launches)
+    results[f"ready_s@{n}"], results[f"ready_inproc_s@{n}"] = outside, inside
+    ratio = _ratio_text(outside, baselines_for("ready_s", n, live), True)
+    theirs_inside = ", ".join(f"{name} {value:.3f} s" for name, value in
+                              baselines_for("ready_inproc_s", n, live).items())  # fmt: skip
+    print(f"ready {n:4d} ranks: {outside:6.3f} s from exec (in-process {inside:.3f} s)   {ratio}"
+          + (f"   [in-process: {theirs_inside}]" if theirs_inside else ""))  # fmt: skip
+    median = statistics.median(run["median_us"] for run in steps)
+    mean = statistics.median(run["mean_us"] for run in steps)
+    results[f"step_us@{n}"], results[f"step_mean_us@{n}"] = median, mean
+    ratio = _ratio_text(median, baselines_for("step_us", n, live), True)
+    print(f"step {n:4d} ranks: median {median:8.0f} us, mean {mean:8.0f} us   {ratio}")
+
+
+def _busbw_rows(
+    n: int, reps: int, live: Live, copy_gbs: float, results: dict[str, Any], with_baselines: bool
+) -> None:
+    """16 MB busbw at ``n`` ranks in place and out of place, each run of ours next to a run
+    of every baseline (so both see the same load), as a fraction of the memory limit."""
+    ours, theirs = [], {}
+    for _ in range(reps):
+        ours.append(_retried(figures.busbw, n))
+        for backend in baselines.available() if with_baselines else ():
+            run = baselines.measure(backend, n, busbw=True)
+            if run is not None:
+                theirs.setdefault(backend, []).append(run)
+    for backend, runs in theirs.items():
+        medians = _medians(runs)
+        wanted = {k: v for k, v in medians.items() if k.startswith("busbw")}
+        live.setdefault(backend, {}).setdefault(n, {}).update(wanted)
+    limit = figures.busbw_limit(copy_gbs, n)
+    results[f"busbw_limit_gbs@{n}"] = limit
+    for label, key, pick in (("in place", "busbw_16mb_gbs", "in_place"),
+                             ("out of place", "busbw_16mb_oop_gbs", "out_of_place")):  # fmt: skip
+        by_size = [getattr(run, pick) for run in ours]
+        sizes = sorted(by_size[0])
+        medians = {size: statistics.median(run[size] for run in by_size) for size in sizes}
+        value = medians.get(figures.BUSBW_BYTES, float("nan"))
+        results[f"{key}@{n}"] = value
+        curve = ", ".join(f"{size}B {bw:.3f}" for size, bw in medians.items())
+        ratio = _ratio_text(value, baselines_for(key, n, live), False)
+        print(f"busbw {n} ranks {label}: {curve} GB/s   16MB: {value / limit:.2f} of the "
+              f"{limit:.2f} GB/s memory limit; {ratio}")  # fmt: skip
+
+
+def _demo_and_scale(results: dict[str, Any], reps: int) -> None:
+    """CPU share of a default 64-rank demo, and the wall time per step at 256-1024 ranks."""
+    shares = _retried(figures.demo_cpu, 64, 20, reps)
+    results["cpu_cores@64"] = statistics.median(shares)
+    print(f"default demo, 64 ranks: {results['cpu_cores@64']:.3f} cores (median of {reps} "
+          "20 s windows; target <= 0.25)")  # fmt: skip
+    for n in (256, 512, 1024):
+        value = statistics.median(_retried(figures.wall_per_step, n) for _ in range(reps))
+        results[f"wall_step_s@{n}"] = value
+        print(f"wall per step at {n} ranks: {value:.3f} s")
+    under = [n for n in (256, 512, 1024) if results[f"wall_step_s@{n}"] < 1.0]
+    results["largest_n_step_under_1s"] = max(under, default=0)
+    print(f"largest N tried (256, 512, 1024) with a step under 1 s: "
+          f"{results['largest_n_step_under_1s']}")  # fmt: skip
 
 
 def _regressions(results: dict[str, Any]) -> int:

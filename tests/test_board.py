@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from own_processes import own_only  # noqa: F401  (the fixture every test here uses)
 
 from llmcluster.comm.board import (
     BOARD_VALUES,
@@ -17,7 +18,10 @@ from llmcluster.comm.board import (
 )
 from llmcluster.control.procs import fork_child
 
-pytestmark = pytest.mark.skipif(not board_supported(), reason="the board needs x86-64 Linux")
+pytestmark = [
+    pytest.mark.skipif(not board_supported(), reason="the board needs x86-64 Linux"),
+    pytest.mark.usefixtures("own_only"),
+]
 
 
 def test_tags_differ_between_attempts_and_are_never_zero() -> None:
@@ -26,7 +30,7 @@ def test_tags_differ_between_attempts_and_are_never_zero() -> None:
     assert len({tag_of(a, s) for a in range(4) for s in range(1, 200)}) == 4 * 199
 
 
-def test_a_post_in_another_process_wakes_the_waiter(clean_table: None) -> None:
+def test_a_post_in_another_process_wakes_the_waiter() -> None:
     region = create_board(2)
     assert region is not None
     board = NodeBoard(region, 2)
@@ -73,3 +77,43 @@ def test_clearing_forgets_every_earlier_word() -> None:
     assert fresh.read(2, BOARD_VALUES).tolist() == [0.0] * BOARD_VALUES
     with pytest.raises(TimeoutError):
         fresh.await_tag(2, tag_of(0, 9), lambda: (_ for _ in ()).throw(TimeoutError()), 0.01)
+
+
+def test_the_leader_wakes_once_every_rank_has_arrived() -> None:
+    region = create_board(4)
+    assert region is not None
+    tag = tag_of(2, 11)
+
+    def follower(index: int) -> int:
+        mine = NodeBoard(region, 4)
+        mine.arrive(index, tag, np.full(3, float(index)))
+        mine.await_tag(4, tag, lambda: None, 0.05)
+        return 0 if mine.read(4, 3).tolist() == [6.0, 6.0, 6.0] else 1
+
+    pids = [fork_child(lambda i=i: follower(i), name=f"llmc-board{i}") for i in (1, 2, 3)]
+    board = NodeBoard(region, 4)
+    board.await_arrivals(lambda: None, 0.05)
+    assert board.missing(tag) is None
+    rows = board.rows(range(1, 4), 3)
+    board.post(4, tag, rows.sum(axis=0))
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    assert codes == [0, 0, 0]
+
+
+def test_a_rank_that_never_arrives_is_named_and_the_wait_gives_up() -> None:
+    region = create_board(4)
+    assert region is not None
+    board = NodeBoard(region, 4)
+    tag = tag_of(0, 3)
+    board.arrive(1, tag, np.ones(2))
+    board.arrive(3, tag)
+    assert board.missing(tag) == 2
+
+    def idle() -> None:
+        raise TimeoutError("rank 2 is silent")
+
+    with pytest.raises(TimeoutError):
+        board.await_arrivals(idle, 0.01)
+    board.arrive(2, tag)  # the late one completes the count; the wait now returns at once
+    board.await_arrivals(lambda: None, 0.01)
+    assert board.missing(tag) is None

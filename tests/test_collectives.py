@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import zmq
+from own_processes import own_only  # noqa: F401  (the fixture every test here uses)
 
 from llmcluster.comm import Communicator, PeerMesh
 from llmcluster.comm.board import NodeBoard, create_board
@@ -22,9 +23,11 @@ from llmcluster.comm.collectives import Topology
 from llmcluster.comm.shm import ShmArena, create_region
 from llmcluster.control.procs import fork_child, terminate_all
 
+pytestmark = pytest.mark.usefixtures("own_only")
 SIZES = (0, 1, 3, 7, 1000, 4097)
 SHM_CAPACITY = 1 << 21
 OPS = ("sum", "mean", "max", "min")
+REGISTERED = ("reg-in-place", "reg-both", "reg-src-only", "reg-out-only")  # which are in the arena
 
 
 def rank_input(rank: int, size: int, dtype: str = "float64") -> np.ndarray:
@@ -78,9 +81,22 @@ def _rank_main(
     if boards.get(rank // nproc) is not None:
         board = NodeBoard(boards[rank // nproc], len(topology.node_members(rank // nproc)))
     comm = Communicator(mesh, rank=rank, topology=topology, shm=arena, board=board)
+    sends = comm.shared_buffer(SHM_CAPACITY // 8, np.float64)  # registered, when in an arena
+    receives = comm.shared_buffer(SHM_CAPACITY // 8, np.float64)
     results = {}
     for i, (kind, algorithm, op, size, dtype) in enumerate(table):
-        if kind == "fused":  # the training step's sum + max in one round
+        if kind in REGISTERED:  # buffers in the node's arena, as a registering caller has them
+            data = rank_input(rank, size, dtype)
+            send, receive = sends.view(dtype)[:size], receives.view(dtype)[:size]
+            send[:] = data
+            source = data if kind == "reg-out-only" else send
+            target = {"reg-in-place": send, "reg-src-only": None}.get(kind, receive)
+            returned = comm.allreduce(source, op, algorithm=algorithm, out=target)
+            assert target is None or returned is target
+            if kind in ("reg-src-only", "reg-both"):  # out of place: the input is untouched
+                assert send.tobytes() == data.tobytes()
+            results[f"c{i}"] = returned.copy()
+        elif kind == "fused":  # the training step's sum + max in one round
             data = rank_input(rank, size, dtype)
             summed, top = comm.allreduce_fused([(data, "sum"), (data, "max")])
             results[f"c{i}"] = summed if op == "sum" else top
@@ -153,7 +169,7 @@ def run_ranks(
 
 def reference(world: int, op: str, size: int, dtype: str) -> np.ndarray:
     inputs = [rank_input(r, size, dtype) for r in range(world)]
-    if dtype == "float32":
+    if dtype == "float32" and size == 15:  # the "allreduce" case's 2-d input
         inputs = [x.reshape(3, 5) for x in inputs]
     if op in ("sum", "mean"):
         total = functools.reduce(np.add, inputs)
@@ -166,7 +182,7 @@ def check(world: int, nproc: int, table: list[tuple], outputs: list[dict[str, np
         key = f"c{i}"
         if kind == "barrier":
             continue
-        if kind in ("fused", "inplace"):
+        if kind in ("fused", "inplace", *REGISTERED):
             kind = "allreduce"
         if kind == "gather":
             expected = np.stack([rank_input(r, size) for r in range(world)])
@@ -191,18 +207,18 @@ def check(world: int, nproc: int, table: list[tuple], outputs: list[dict[str, np
     ("world", "nproc"),
     [(1, 8), (2, 8), (3, 2), (5, 2), (8, 4), (8, 8)],
 )
-def test_collectives_bit_identical_and_correct(world: int, nproc: int, clean_table: None) -> None:
+def test_collectives_bit_identical_and_correct(world: int, nproc: int) -> None:
     table = cases(world, ("tree", "ring", "hierarchical"), SIZES)
     check(world, nproc, table, run_ranks(world, nproc, table))
 
 
 @pytest.mark.timeout(180)
-def test_collectives_at_64_ranks(clean_table: None) -> None:
+def test_collectives_at_64_ranks() -> None:
     table = cases(64, ("tree", "ring", "hierarchical"), (1, 7, 4097))
     check(64, 8, table, run_ranks(64, 8, table))
 
 
-def test_large_buffer_ring_allreduce(clean_table: None) -> None:
+def test_large_buffer_ring_allreduce() -> None:
     table = [
         ("allreduce", "ring", "sum", 1 << 20, "float64"),
         ("allreduce", "hierarchical", "sum", 1 << 18, "float64"),
@@ -211,22 +227,57 @@ def test_large_buffer_ring_allreduce(clean_table: None) -> None:
 
 
 @pytest.mark.parametrize(("world", "nproc"), [(8, 8), (8, 4), (6, 4)])
-def test_shared_memory_allreduce_is_bit_identical(
-    world: int, nproc: int, clean_table: None
-) -> None:
+def test_shared_memory_allreduce_is_bit_identical(world: int, nproc: int) -> None:
     table = [
         ("allreduce", "hierarchical", op, size, "float64")
         for size in (20000, 100003, 1 << 17)
         for op in ("sum", "mean", "max", "min")
     ]
-    table += [("allreduce", "hierarchical", "sum", 40001, "int64")] * 3  # both buffer sets
+    table += [("allreduce", "hierarchical", "sum", 40001, "int64")] * 3  # the arena reused
     table += [("inplace", "hierarchical", op, 100003, "float64") for op in ("sum", "mean")]
     check(world, nproc, table, run_ranks(world, nproc, table, shm=True))
 
 
 @pytest.mark.parametrize("board", [False, True])
+@pytest.mark.parametrize(("world", "nproc"), [(2, 2), (8, 8), (6, 4), (3, 1)])
+def test_registered_buffers_single_copy(world: int, nproc: int, board: bool) -> None:
+    """Inputs and outputs in the arena (in place, out of place, either side alone), sizes
+    below and above the socket threshold and not divisible by the ranks, every op."""
+    table = [
+        (kind, "hierarchical", op, size, dtype)
+        for kind in REGISTERED
+        for op, size, dtype in (
+            ("sum", 9, "float64"),
+            ("mean", 100003, "float64"),
+            ("max", 20001, "float32"),
+            ("sum", 70001, "int64"),
+        )
+    ]
+    table += [("allreduce", "hierarchical", "min", 100003, "float64")]  # neither registered
+    check(world, nproc, table, run_ranks(world, nproc, table, shm=True, board=board))
+
+
+@pytest.mark.parametrize("board", [False, True])
 @pytest.mark.parametrize(("world", "nproc"), [(1, 8), (5, 2), (16, 8), (12, 8)])
-def test_fused_step_reduction(world: int, nproc: int, board: bool, clean_table: None) -> None:
+def test_fused_step_reduction(world: int, nproc: int, board: bool) -> None:
     table = [("fused", "fused", op, size, "float64") for op in ("sum", "max") for size in (1, 3, 5)]
     table += [("fused", "fused", "sum", 40, "float64")]  # more than a board slot: over sockets
     check(world, nproc, table, run_ranks(world, nproc, table, board=board))
+
+
+def test_a_receive_that_finds_its_message_at_once_still_serves_control() -> None:
+    """Busy collectives never wait, so the service (heartbeats) must run on receives that
+    succeed at once too, whenever it is due (it is due at the first one)."""
+    served: list[int] = []
+    ctx = zmq.Context()
+    with tempfile.TemporaryDirectory(prefix="llmc-test-") as folder:
+        mesh = PeerMesh(ctx, rank=0, run_id="t", bind=[f"ipc://{folder}/r0"], timeout_s=10,
+                        service=lambda: served.append(1))  # fmt: skip
+        mesh.set_peers([[f"ipc://{folder}/r0"]], [0])
+        try:
+            mesh.send(0, 1, 0, np.arange(3.0))
+            assert mesh.recv(0, 1, 0).tolist() == [0.0, 1.0, 2.0]
+            assert served == [1]
+        finally:
+            mesh.close()
+            ctx.term()

@@ -3,24 +3,30 @@
 A step's loss/step-time reduction is a few numbers. Sent as ZeroMQ messages inside a
 node, each one wakes three threads (sender's I/O thread, receiver's I/O thread,
 receiver); on a busy 2-core machine those wake-ups are most of the step's collective
-time. On the board, a local rank writes its values into its own slot and bumps its own
-word; its leader sleeps on that word with ``FUTEX_WAIT`` and is woken directly. The
-leader publishes the result the same way on one word that every local rank sleeps on.
+time. On the board, a local rank writes its values into its own slot, marks its own word
+and adds one to the arrivals counter with ``FUTEX_WAKE_OP`` (an atomic add in the kernel
+that wakes the leader only when it was the last arrival): the leader, asleep on the
+counter with ``FUTEX_WAIT``, is woken once per collective, not once per rank. The leader
+resets the counter and publishes the result on one word that every local rank sleeps on.
 
 Layout (one anonymous shared mapping per node, made by the node agent before it forks,
 so every local rank inherits it; one cache line per word)::
 
-    word[i] for local rank i | result word | slot[i]: BOARD_VALUES float64 | result slot
+    word[i] for local rank i | result word | arrivals | slot[i]: BOARD_VALUES float64
+    | result slot
 
-Each word only ever has one writer, so plain aligned 32-bit stores suffice; x86-64's
-store ordering makes the data visible before the word. Elsewhere (or without the
-futex syscall) ``board_supported()`` is False and collectives use the sockets.
+Each word but the counter has one writer, so plain aligned 32-bit stores suffice; x86-64's
+store ordering makes the data visible before the word (and a syscall orders everything
+before the counter). A rank arrives only after it has seen the previous result, so every
+arrival counted after a reset belongs to the current collective. Elsewhere (or without
+the futex syscall) ``board_supported()`` is False and collectives use the sockets.
 """
 
 from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -30,9 +36,19 @@ import numpy as np
 BOARD_VALUES = 32  # float64 values per slot: enough for any fused step reduction
 LINE = 64
 _SYS_FUTEX = 202  # x86_64
-_FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # shared (not PRIVATE): the waiters are other processes
+_FUTEX_WAIT, _FUTEX_WAKE, _FUTEX_WAKE_OP = 0, 1, 5  # shared: the waiters are other processes
 _WAKE_ALL = 0x7FFFFFFF
+_OP_ADD, _CMP_EQ = 1, 0
+SPIN_S = 100e-6  # a waiter yields the CPU this long before it sleeps: on an oversubscribed
+# machine the poster is often runnable on this very core, and a futex wake-up across cores
+# costs more; a busy run queue makes each yield long, so the spin ends after a few
 _libc = ctypes.CDLL(None, use_errno=True) if platform.system() == "Linux" else None
+_syscall = None
+if _libc is not None:  # syscall(SYS_futex, uaddr, op, val, timeout or val2, uaddr2, val3)
+    _syscall = _libc.syscall
+    _syscall.restype = ctypes.c_long
+    _syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
+                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]  # fmt: skip
 
 
 class _Timespec(ctypes.Structure):
@@ -46,7 +62,7 @@ def board_supported() -> bool:
 
 def board_bytes(local_ranks: int) -> int:
     """Size of a node's board."""
-    return (local_ranks + 1) * (LINE + BOARD_VALUES * 8)
+    return (local_ranks + 2) * LINE + (local_ranks + 1) * BOARD_VALUES * 8
 
 
 def create_board(local_ranks: int) -> mmap.mmap | None:
@@ -61,29 +77,40 @@ def clear_board(region: mmap.mmap) -> None:
     region[:] = bytes(len(region))
 
 
-def tag_of(attempt: int, seq: int) -> int:
-    """The word value that marks collective ``seq`` of ``attempt`` (never 0)."""
-    return ((attempt & 0xFF) << 24) | (seq & 0xFFFFFF) or 1
+def tag_of(attempt: int, seq: int, phase: int = 0) -> int:
+    """The word value that marks ``phase`` (0-7) of collective ``seq`` of ``attempt``
+    (never 0)."""
+    return ((attempt & 0xFF) << 24) | ((seq << 3 | phase) & 0xFFFFFF) or 1
 
 
-def _futex(address: int, op: int, value: int, timeout: _Timespec | None) -> None:
-    """FUTEX_WAIT (sleep while the word holds ``value``) or FUTEX_WAKE (``value`` waiters)."""
-    assert _libc is not None  # guarded by board_supported()
-    _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(address), op, ctypes.c_uint32(value),
-                  ctypes.byref(timeout) if timeout is not None else None, None, 0)  # fmt: skip
+def _futex(address: int, op: int, value: int, timeout_at: int | None) -> None:
+    """FUTEX_WAIT (sleep while the word holds ``value``, at most the timespec at address
+    ``timeout_at``) or FUTEX_WAKE (``value`` waiters)."""
+    assert _syscall is not None  # guarded by board_supported()
+    _syscall(_SYS_FUTEX, address, op, value, timeout_at, None, 0)
+
+
+def _add_and_wake_if(address: int, last: int) -> None:
+    """Atomically add 1 to the word at ``address``; wake one waiter if it held ``last``."""
+    assert _syscall is not None
+    op = (_OP_ADD << 28) | (_CMP_EQ << 24) | (1 << 12) | (last & 0xFFF)
+    _syscall(_SYS_FUTEX, address, _FUTEX_WAKE_OP, 0, 1, address, op)
 
 
 class NodeBoard:
     """One rank's handle on its node's board."""
 
     def __init__(self, region: mmap.mmap, local_ranks: int) -> None:
+        if local_ranks > 0xFFF + 1:
+            raise ValueError("a board serves at most 4097 local ranks")
         self.local_ranks = local_ranks
-        words = range(local_ranks + 1)
+        words = range(local_ranks + 2)  # one per rank, the result word, the arrivals counter
         self._cells = [ctypes.c_uint32.from_buffer(region, i * LINE) for i in words]
         self._addresses = [ctypes.addressof(cell) for cell in self._cells]
+        self._arrivals, self._arrivals_at = self._cells[-1], self._addresses[-1]
         self._slots = np.ndarray(
             (local_ranks + 1, BOARD_VALUES), dtype=np.float64, buffer=region,
-            offset=(local_ranks + 1) * LINE,
+            offset=(local_ranks + 2) * LINE,
         )  # fmt: skip
 
     def post(self, index: int, tag: int, values: np.ndarray) -> None:
@@ -93,6 +120,29 @@ class NodeBoard:
         self._cells[index].value = tag
         _futex(self._addresses[index], _FUTEX_WAKE, _WAKE_ALL, None)
 
+    def arrive(self, index: int, tag: int, values: np.ndarray | None = None) -> None:
+        """A non-leader's part: ``values`` into slot ``index``, ``tag`` on its word, and one
+        more on the arrivals counter (waking the leader if this was the last arrival)."""
+        if values is not None:
+            self._slots[index, : values.size] = values
+        self._cells[index].value = tag
+        _add_and_wake_if(self._arrivals_at, self.local_ranks - 2)
+
+    def await_arrivals(
+        self, idle: Callable[[], None], slice_s: float, spin_s: float = SPIN_S
+    ) -> None:
+        """The leader's part: sleep until every other local rank has arrived, then reset the
+        counter for the next collective (``idle``, ``slice_s``, ``spin_s``: as ``await_tag``)."""
+        self._await_word(self.local_ranks + 1, self.local_ranks - 1, idle, slice_s, spin_s)
+        self._arrivals.value = 0
+
+    def missing(self, tag: int) -> int | None:
+        """The first local rank (index > 0) whose word does not hold ``tag``, if any."""
+        for index in range(1, self.local_ranks):
+            if self._cells[index].value != tag:
+                return index
+        return None
+
     def read(self, index: int, count: int) -> np.ndarray:
         """A copy of the first ``count`` values of slot ``index``."""
         return self._slots[index, :count].copy()
@@ -101,17 +151,45 @@ class NodeBoard:
         """Slots ``indices`` as rows (a view: read them before anyone posts again)."""
         return self._slots[indices.start : indices.stop, :count]
 
-    def await_tag(self, index: int, tag: int, idle: Callable[[], None], slice_s: float) -> None:
+    def await_tag(
+        self,
+        index: int,
+        tag: int,
+        idle: Callable[[], None],
+        slice_s: float,
+        spin_s: float = SPIN_S,
+    ) -> None:
         """Sleep until word ``index`` holds ``tag``; ``idle()`` runs between sleeps of at most
-        ``slice_s`` (it serves control messages and raises on a timeout)."""
+        ``slice_s`` (it serves control messages and raises on a timeout). ``spin_s``: how
+        long to yield first (0 where the wait is known to be long)."""
+        self._await_word(index, tag, idle, slice_s, spin_s)
+
+    def _await_word(
+        self,
+        index: int,
+        wanted: int,
+        idle: Callable[[], None],
+        slice_s: float,
+        spin_s: float = SPIN_S,
+    ) -> None:
+        """Yield the CPU for up to ``spin_s`` (a peer on this core may be the one to post),
+        then sleep on the word with FUTEX_WAIT until it holds ``wanted``."""
         cell, address = self._cells[index], self._addresses[index]
+        spin_until = time.monotonic() + spin_s
+        while cell.value != wanted:
+            if time.monotonic() >= spin_until:
+                break
+            os.sched_yield()
+        else:
+            return
         pause = _Timespec(int(slice_s), int(slice_s % 1 * 1e9))
+        pause_at = ctypes.addressof(pause)
         next_idle = time.monotonic() + slice_s
         while True:
             seen = cell.value
-            if seen == tag:
+            if seen == wanted:
                 return
-            _futex(address, _FUTEX_WAIT, seen, pause)
+            _futex(address, _FUTEX_WAIT, seen, pause_at)
             if time.monotonic() >= next_idle:
                 idle()
                 next_idle = time.monotonic() + slice_s

@@ -9,7 +9,9 @@ Algorithms (the ``algorithm`` argument):
   finished chunks, so every rank holds the same bits.
 - ``hierarchical``: tree reduce inside each node to its leader (lowest rank),
   allreduce among the leaders (ring for large buffers, tree for small), then
-  broadcast inside each node, as NCCL does across NVLink and InfiniBand.
+  broadcast inside each node, as NCCL does across NVLink and InfiniBand. Where the
+  node has a shared arena, large buffers and every buffer in the arena
+  (``shared_buffer``: registered) take the single-copy path instead (``intranode``).
 
 The training step's small reductions use ``allreduce_fused``: a two-level star whose
 in-node level runs on the node board (shared memory and futexes, ``board``) where
@@ -26,15 +28,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmcluster.comm.board import BOARD_VALUES, NodeBoard, tag_of
+from llmcluster.comm.board import BOARD_VALUES, SPIN_S, NodeBoard, tag_of
+from llmcluster.comm.intranode import IntraNode
 from llmcluster.comm.mesh import SERVICE_S, CollectiveTimeout, PeerMesh
 from llmcluster.comm.shm import ShmArena
 
 ReduceOp = Callable[..., np.ndarray]
 OPS: dict[str, ReduceOp] = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum}
 RING_MIN_BYTES = 64 * 1024  # hierarchical: leaders switch from tree to ring above this size
-SHM_BLOCK_BYTES = 64 * 1024  # the shared-memory reduction's cache block
 _EMPTY = np.zeros(0, dtype=np.uint8)
+_NOTHING = np.zeros(0)  # a board post that carries no values
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,26 @@ class Communicator:
         self.world_size = len(topology.node_of)
         self.seq = 0  # collectives issued so far (NCCL's SeqNum)
         self._local = topology.node_members(topology.node_of[rank])  # this node's ranks
+        self._index = self._local.index(rank)  # this rank's local index (0 leads the node)
         self._leaders = topology.leaders()
         usable = board is not None and board.local_ranks == len(self._local) > 1
-        self.board = board if usable else None  # tiny reductions inside the node
+        self.board = board if usable else None  # tiny reductions and node barriers
+        # board waits yield before they sleep on one node only: with several, the waits
+        # include socket hops, and more ranks share the cores (spinners would crowd them)
+        self._spin_s = SPIN_S if len(self._leaders) == 1 else 0.0
+        self._intra: IntraNode | None = None  # the single-copy path through the arena
+        if shm is not None and shm.local_ranks == len(self._local):
+            self._intra = IntraNode(shm, self._index, across=len(self._leaders) > 1,
+                                    sync=self._node_sync, poll=mesh.poll_service)  # fmt: skip
+
+    def shared_buffer(self, count: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """A ``count``-element array in this rank's part of the node's arena (a registered
+        buffer: allreduce reads it in place and writes results into it without copies).
+        Outside an arena, or when the arena is full, a plain array (collectives copy)."""
+        kind = np.dtype(dtype)
+        intra, shm = self._intra, self.shm
+        found = shm.allocate(intra.index, count, kind) if intra and shm else None
+        return found if found is not None else np.empty(count, dtype=kind)
 
     def _next_seq(self) -> int:
         self.seq += 1
@@ -144,32 +164,33 @@ class Communicator:
         flat = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a, _ in parts])
         spans, lo = [], 0
         for array, op in parts:
-            spans.append((op, lo, lo + np.size(array)))
-            lo += np.size(array)
+            hi = lo + np.size(array)
+            spans.append((OPS[op].reduce, lo, hi))
+            lo = hi
         local, leaders, mesh = self._local, self._leaders, self.mesh
         leader, root = local[0], leaders[0]
         board = self.board if flat.size <= BOARD_VALUES else None
-        tag, top = tag_of(mesh.attempt, seq), len(local)  # top: the board's result slot
 
         def fold(acc: np.ndarray, rows: np.ndarray) -> None:
             """Fold ``rows`` into ``acc`` in order: one reduce per op along axis 0."""
             stacked = np.concatenate([acc[None, :], rows])
-            for op, lo, hi in spans:
-                OPS[op].reduce(stacked[:, lo:hi], axis=0, out=acc[lo:hi])
+            for reduce, lo, hi in spans:
+                reduce(stacked[:, lo:hi], axis=0, out=acc[lo:hi])
 
         if self.rank != leader:
             if board is not None:
-                board.post(local.index(self.rank), tag, flat)
-                self._board_wait(board, top, tag, leader, seq)
-                result = board.read(top, flat.size)
+                tag = tag_of(mesh.attempt, seq)
+                board.arrive(self._index, tag, flat)
+                self._board_result(board, tag, seq)
+                result = board.read(len(local), flat.size)
             else:
                 mesh.send(leader, seq, 0, flat)
                 result = mesh.recv(leader, seq, 3)
         else:
             acc = flat
             if board is not None:
-                for index in range(1, len(local)):
-                    self._board_wait(board, index, tag, local[index], seq)
+                tag = tag_of(mesh.attempt, seq)
+                self._board_arrivals(board, tag, seq)
                 fold(acc, board.rows(range(1, len(local)), flat.size))
             elif len(local) > 1:
                 fold(acc, np.stack([mesh.recv(src, seq, 0) for src in local[1:]]))
@@ -182,26 +203,39 @@ class Communicator:
                 result = acc
                 mesh.send_many(leaders[1:], seq, 2, result)
             if board is not None:
-                board.post(top, tag, result)
+                board.post(len(local), tag, result)
             else:
                 mesh.send_many(local[1:], seq, 3, result)
         mesh.flush()
         return [
             np.true_divide(result[lo:hi], self.world_size) if op == "mean" else result[lo:hi].copy()
-            for op, lo, hi in spans
+            for (_, op), (_, lo, hi) in zip(parts, spans, strict=True)
         ]
 
-    def _board_wait(self, board: NodeBoard, index: int, tag: int, src: int, seq: int) -> None:
-        """Wait on the board for ``src``'s part of collective ``seq``, serving control."""
+    def _board_idle(self, seq: int, source: Callable[[], int]) -> Callable[[], None]:
+        """What a board wait runs between sleeps: serve control, and raise the watchdog
+        (naming ``source()``, the rank waited for) once the collective timeout has passed."""
+        self.mesh.poll_service()
         started = time.monotonic()
 
         def idle() -> None:
             self.mesh.serve()
             waited = time.monotonic() - started
             if waited > self.mesh.timeout_s:
-                raise CollectiveTimeout(src, seq, waited)
+                raise CollectiveTimeout(source(), seq, waited)
 
-        board.await_tag(index, tag, idle, SERVICE_S)
+        return idle
+
+    def _board_arrivals(self, board: NodeBoard, tag: int, seq: int) -> None:
+        """The leader waits until every local rank has arrived on the board for ``tag``."""
+        local = self._local
+        idle = self._board_idle(seq, lambda: local[board.missing(tag) or 0])
+        board.await_arrivals(idle, SERVICE_S, self._spin_s)
+
+    def _board_result(self, board: NodeBoard, tag: int, seq: int) -> None:
+        """A non-leader waits for the leader's result word to show ``tag``."""
+        idle = self._board_idle(seq, lambda: self._local[0])
+        board.await_tag(len(self._local), tag, idle, SERVICE_S, self._spin_s)
 
     def broadcast(self, array: np.ndarray | None, root: int = 0) -> np.ndarray:
         """Every rank returns ``root``'s array (other ranks may pass None)."""
@@ -287,54 +321,47 @@ class Communicator:
             result[chunk[(idx - k) % n]] = self.mesh.recv(left, seq, phase + n + k)
         return result.reshape(acc.shape)
 
-    def _use_shm(self, acc: np.ndarray) -> bool:
-        shm = self.shm
-        local = self._local
-        return (
-            shm is not None
-            and acc.nbytes >= RING_MIN_BYTES
-            and shm.fits(acc)
-            and shm.local_ranks == len(local)
-        )
+    def _use_shm(self, source: np.ndarray) -> bool:
+        """Large buffers, and any buffer already in the arena, go through shared memory."""
+        intra, shm = self._intra, self.shm
+        if intra is None or shm is None or not shm.fits(source):
+            return False
+        flat = source.reshape(-1)
+        return source.nbytes >= RING_MIN_BYTES or shm.offset_of(intra.index, flat) is not None
 
     def _shm_allreduce(
         self, source: np.ndarray, reduce: ReduceOp, seq: int, out: np.ndarray | None
     ) -> np.ndarray:
-        """Hierarchical through shared memory: every local rank reduces one chunk of all the
-        node's slots (in local-rank order), leaders combine nodes over the sockets, and
-        everyone copies the node's result slot out. Two buffer sets alternate by ``seq``.
-
-        Each byte is copied in once and out once; the reduction walks its chunk in blocks
-        that stay in cache, adding the node's slots into each block in a fixed order."""
-        shm = self.shm
-        assert shm is not None
-        local = self._local
-        index, size, count = local.index(self.rank), len(local), source.size
-        parity, dtype = seq % 2, source.dtype
-        np.copyto(shm.view(parity, index, dtype, count), source.reshape(-1))
-        self._local_barrier(local, seq, 20)
-        slots = shm.slots(parity, dtype, count)  # (local ranks + 1, count): inputs, result
-        bounds = np.linspace(0, count, size + 1).astype(np.int64)
-        block = max(1, SHM_BLOCK_BYTES // dtype.itemsize)
-        for lo in range(int(bounds[index]), int(bounds[index + 1]), block):
-            hi = min(lo + block, int(bounds[index + 1]))
-            reduce.reduce(slots[:size, lo:hi], axis=0, out=slots[size, lo:hi])
-        self._local_barrier(local, seq, 22)
-        result = slots[size]
+        """Hierarchical through the node's arena (``intranode``); node leaders combine nodes
+        over the sockets (ring for large buffers, tree for small)."""
+        intra = self._intra
+        assert intra is not None
         leaders = self._leaders
-        if len(leaders) > 1:
-            if self.rank == local[0]:
-                combined = result.copy()
+        inter = None
+        if len(leaders) > 1 and self.rank == self._local[0]:
+
+            def inter(node_result: np.ndarray) -> np.ndarray:
+                combined = node_result.copy()
                 if combined.nbytes >= RING_MIN_BYTES:
-                    combined = self._ring_allreduce(leaders, combined, reduce, seq, 30)
-                else:
-                    combined = self._tree_allreduce(leaders, combined, reduce, seq, 30)
-                np.copyto(result, combined)
-            self._local_barrier(local, seq, 24)
-        if out is None:
-            return result.reshape(source.shape).copy()
-        np.copyto(out, result.reshape(out.shape))
-        return out
+                    return self._ring_allreduce(leaders, combined, reduce, seq, 30)
+                return self._tree_allreduce(leaders, combined, reduce, seq, 30)
+
+        return intra.allreduce(source, reduce, out, inter)
+
+    def _node_sync(self, phase: int) -> None:
+        """A barrier of this node's ranks for ``phase`` of the current collective: on the
+        board (futex words) when there is one, else over the sockets."""
+        seq, board, local = self.seq, self.board, self._local
+        if board is None:
+            self._local_barrier(local, seq, 20 + 2 * phase)
+            return
+        tag = tag_of(self.mesh.attempt, seq, phase)
+        if self._index:
+            board.arrive(self._index, tag)
+            self._board_result(board, tag, seq)
+        else:
+            self._board_arrivals(board, tag, seq)
+            board.post(len(local), tag, _NOTHING)
 
     def _local_barrier(self, members: Sequence[int], seq: int, phase: int) -> None:
         self._tree_allreduce(members, _EMPTY.copy(), np.maximum, seq, phase)

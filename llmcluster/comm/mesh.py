@@ -3,9 +3,10 @@
 Each rank binds one PULL "inbox"; it connects a PUSH socket to a peer's inbox the
 first time it sends there. Messages are tagged (src, seq, phase) so that the
 collectives can ask for exactly the message they need while others wait in a
-pending table. While a receive waits, ``service`` is called at least every
-``SERVICE_S`` (the rank serves its control socket there); it may raise to abandon
-the collective (abort, dead coordinator).
+pending table. ``service`` (the rank serves its control socket there) is called at
+least every ``SERVICE_S`` while the rank is inside a collective, whether its receives
+wait or find their message at once (``poll_service``, which long shared-memory loops
+call too); it may raise to abandon the collective (abort, dead coordinator).
 The hot path is lean on purpose: a binary header (``frames``) with small arrays inline,
 large ones as a second frame sent and received zero-copy.
 """
@@ -116,9 +117,15 @@ class PeerMesh:
             self._trackers.append(sock.send(data, copy=False, track=True))
 
     def flush(self) -> None:
-        """Block until ZeroMQ no longer needs any zero-copy buffer handed to ``send``."""
+        """Block until ZeroMQ no longer needs any zero-copy buffer handed to ``send``,
+        serving control while it takes."""
         for tracker in self._trackers:
-            tracker.wait()
+            while True:
+                try:
+                    tracker.wait(SERVICE_S)
+                    break
+                except zmq.NotDone:
+                    self.poll_service()
         self._trackers.clear()
 
     def serve(self) -> None:
@@ -126,14 +133,21 @@ class PeerMesh:
         self._service()
         self._next_service = time.monotonic() + SERVICE_S
 
+    def poll_service(self) -> None:
+        """Serve the control socket if it is due (cheap enough to call between blocks)."""
+        if time.monotonic() >= self._next_service:
+            self.serve()
+
     def recv(self, src: int, seq: int, phase: int) -> np.ndarray:
         """Return the array ``src`` sent for (seq, phase), servicing control while waiting."""
         key = (src, seq, phase)
         pending = self._pending
         found = pending.pop(key, None)
+        started = time.monotonic()
+        if started >= self._next_service:  # busy collectives must not starve heartbeats
+            self.serve()
         if found is not None:
             return found
-        started = time.monotonic()
         receive, accept = self._inbox.recv, self._accept
         while True:
             try:  # blocks for at most POLL_MS (RCVTIMEO): one call per message, no poller

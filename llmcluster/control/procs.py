@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -76,6 +77,7 @@ def fork_child(
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
+    gc.freeze()  # what exists now is shared with the child: its collector never touches it
     pid = os.fork()
     if pid:
         return pid

@@ -1,6 +1,6 @@
 """nccl-tests' ``all_reduce_perf`` table for ``llmcluster bench`` (real-logs.md 2f).
 
-Out-of-place (a fresh result array) and in-place (``out=`` the input) are timed
+Out-of-place (send buffer -> receive buffer) and in-place (``out=`` the input) are timed
 separately, as nccl-tests does, and the average bus bandwidth covers both.
 Each rank is one process driving one GPU, as with ``mpirun -np N all_reduce_perf``,
 hence ``nGpus 1``. ``BenchStyle`` is what the bench shows of the run's records: only

@@ -66,6 +66,10 @@ class Training:
         """Train from the attempt's start step to the end (or a stop); returns the last step."""
         spec, plan = self.spec, self.plan
         self.comm = comm
+        if self.bucket is not None:  # registered in the arena: allreduced without copy-in
+            shared = comm.shared_buffer(self.bucket.size)
+            shared[:] = self.bucket
+            self.bucket = shared
         if spec.start_step == 1:
             self._phase(PhaseName.INIT, 0)
         else:  # restarted: load the last checkpoint first

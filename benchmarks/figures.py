@@ -1,0 +1,211 @@
+"""llmcluster's own figures for ``run_all.py``, each one run of the CLI (or of numpy).
+
+Every function measures once; ``run_all`` repeats and takes medians. "Ready" is taken
+from outside the process: the wall time just before the ``llmcluster`` command is exec'd
+to the moment its ``ready`` record (every rank past the first barrier) can be read from
+its output, next to the in-process ``ready_s`` the coordinator reports (from its own
+process start as /proc records it, as the baselines' in-process figure starts at their
+first rank's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+LLMC = [sys.executable, "-m", "llmcluster"]
+BUSBW_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Launch figures of one run, in seconds."""
+
+    from_exec: float  # exec of the command -> its ready record on the pipe
+    in_process: float  # the coordinator's own ready_s (its process start, in /proc -> ready)
+
+
+@dataclass(frozen=True)
+class Busbw:
+    """One ``llmcluster bench`` run: busbw (GB/s) by size, out of place and in place."""
+
+    out_of_place: dict[int, float]
+    in_place: dict[int, float]
+
+
+def _running(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*LLMC, *args, "--format", "jsonl"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def ready(ranks: int) -> Ready:
+    """One launch of a 1-step run."""
+    launched = time.time()
+    proc = _running(["--ranks", str(ranks), "--steps", "1", "--speed", "1e6"])
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            record = json.loads(line)
+            if record["type"] == "ready":
+                seen = time.time()
+                return Ready(seen - launched, float(record["ready_s"]))
+        raise RuntimeError(f"a {ranks}-rank run ended without a ready record")
+    finally:
+        proc.communicate(timeout=600)
+
+
+def _llmc_pids(root: int) -> list[int]:
+    """The run's processes: ``root`` and its descendants (found by parentage, not by name)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as src:
+                    parents[int(entry)] = int(src.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        found.append(pid)
+        frontier.extend(child for child, parent in parents.items() if parent == pid)
+    return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as src:
+            return src.read().strip()
+    except OSError:
+        return ""
+
+
+def _smaps_pss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as src:
+            for line in src:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # the process has just exited
+        pass
+    return 0.0
+
+
+def _wait_step(proc: subprocess.Popen[str], step: int) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        record = json.loads(line)
+        if record["type"] == "step" and record["step"] >= step:
+            return
+    raise RuntimeError("the run ended early")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+
+
+def pss(ranks: int) -> dict[str, float]:
+    """PSS per rank (median over ranks) and in total, during training."""
+    proc = _running(["--ranks", str(ranks), "--steps", "100000", "--speed", "1e6"])
+    try:
+        _wait_step(proc, 3)
+        pids = _llmc_pids(proc.pid)
+        per_rank = [_smaps_pss_mib(pid) for pid in pids if _comm(pid).startswith("llmc-rank")]
+        total = sum(_smaps_pss_mib(pid) for pid in pids)
+    finally:
+        _stop(proc)
+    return {"per_rank_mib": statistics.median(per_rank), "total_mib": total}
+
+
+def busbw(ranks: int, max_bytes: int = BUSBW_BYTES) -> Busbw:
+    """busbw (GB/s) by size from ``llmcluster bench --json`` (registered buffers)."""
+    done = subprocess.run([*LLMC, "bench", "--ranks", str(ranks), "--json", "--min-bytes", "4096",
+                           "--max-bytes", str(max_bytes), "--factor", "16", "--iters", "10"],
+                          capture_output=True, text=True, timeout=600, check=True)  # fmt: skip
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return Busbw({row["size"]: row["busbw_gbs"] for row in rows},
+                 {row["size"]: row["in_place"]["busbw_gbs"] for row in rows})  # fmt: skip
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as src:
+                fields = src.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            continue
+    return total
+
+
+def demo_cpu(ranks: int, seconds: float, windows: int) -> list[float]:
+    """CPU-seconds per wall-second of a default demo (auto speed), all its processes, over
+    ``windows`` consecutive windows of ``seconds``."""
+    proc = _running(["--ranks", str(ranks), "--seed", "1"])
+    try:
+        _wait_step(proc, 2)
+        pids = _llmc_pids(proc.pid)
+        shares = []
+        for _ in range(windows):
+            before, started = _cpu_seconds(pids), time.monotonic()
+            time.sleep(seconds)  # measuring a fixed window is the point here
+            shares.append((_cpu_seconds(pids) - before) / (time.monotonic() - started))
+        return shares
+    finally:
+        _stop(proc)
+
+
+def wall_per_step(ranks: int, steps: int = 10) -> float:
+    """Wall seconds per step at --speed 1e6 (compute sleeps ~0): from the first step record
+    to the last, over the steps between (records can arrive in bursts, so not a median gap)."""
+    proc = _running(["--ranks", str(ranks), "--steps", str(steps), "--speed", "1e6"])
+    stamps = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["type"] == "step":
+            stamps.append(time.monotonic())
+    proc.wait(timeout=600)
+    return (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
+
+
+def memory_bandwidth(nbytes: int = BUSBW_BYTES, repeats: int = 20) -> dict[str, Any]:
+    """One core's numpy copy and add of ``nbytes`` float32 (median GB/s of the output size)."""
+    a, b = np.ones(nbytes // 4, np.float32), np.ones(nbytes // 4, np.float32)
+    c = np.empty_like(a)
+
+    def rate(run: Any) -> float:
+        run()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+        return nbytes / statistics.median(times) / 1e9
+
+    return {"copy_gbs": rate(lambda: np.copyto(c, a)),
+            "add_gbs": rate(lambda: np.add(a, b, out=c))}  # fmt: skip
+
+
+def busbw_limit(copy_gbs: float, ranks: int) -> float:
+    """The busbw no allreduce can beat here: each of the ``ranks`` inputs read once and each
+    output written once (2 x ranks x size bytes), at the copy rate on every core the ranks
+    can use; as nccl-tests' busbw, x 2(n-1)/n over the time."""
+    cores = min(ranks, os.cpu_count() or 1)
+    return copy_gbs * cores * 2 * (ranks - 1) / ranks**2
