@@ -167,6 +167,8 @@ def build_node_parser() -> argparse.ArgumentParser:
     parser.add_argument("--node-rank", default=os.environ.get("NODE_RANK", "auto"),
                         help="this node's rank, or auto (assigned on join)")  # fmt: skip
     parser.add_argument("--heartbeat-timeout", type=_float, default=3.0)
+    parser.add_argument("--nnodes", type=_int, default=0, help="expected nodes (0: any)")
+    parser.add_argument("--nproc-per-node", type=_int, default=0, help="expected (0: any)")
     _add_remote_flags(parser)
     return parser
 
@@ -188,10 +190,6 @@ def _nnodes(text: str) -> int:
     return count
 
 
-def _loopback(address: str) -> bool:
-    return address in ("localhost", "::1") or address.startswith("127.")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmcluster`` command; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -207,11 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(args_list[1:] if command == "coordinator" else args_list)
         if command == "coordinator":
             args.ranks = _nnodes(args.nnodes) * args.nproc_per_node
-            if not _loopback(args.bind) and not args.token:
-                raise ConfigError(
-                    "--token (or LLMCLUSTER_TOKEN) is required when binding to a "
-                    "non-loopback address"
-                )
+            if not args.token:  # loopback too: every local user can reach a loopback port
+                raise ConfigError("--token (or LLMCLUSTER_TOKEN) is required: it keys the "
+                                  "run's CurveZMQ encryption and authentication")  # fmt: skip
     except UsageError as exc:
         return _fail(str(exc))
     except ConfigError as exc:
@@ -314,4 +310,6 @@ def _node(args: argparse.Namespace) -> int:
         token=args.token,
         join_timeout_s=args.join_timeout,
         heartbeat_timeout_s=args.heartbeat_timeout,
+        nnodes=args.nnodes,
+        nproc_per_node=args.nproc_per_node,
     )

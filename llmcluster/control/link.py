@@ -4,7 +4,8 @@ Used by ranks and node agents alike. It sends heartbeats every ``HEARTBEAT_S``,
 remembers when the coordinator was last heard from, and raises
 ``CoordinatorLost`` once it has been silent for ``timeout_s`` (the coordinator
 died or the network is cut). Malformed or foreign messages are dropped and
-counted, never raised.
+counted, never raised. Over TCP with ``curve`` keys the link is a CurveZMQ client of the
+token's server key (``control.security``), so it talks to the real coordinator or to no one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import zmq
 
+from llmcluster.control.security import CurveKeys, connect_curve, over_tcp
 from llmcluster.wire import (
     MAX_CONTROL_BYTES,
     DecodeError,
@@ -45,6 +47,7 @@ class ControlLink:
         run_id: str | None,
         src: int,
         timeout_s: float,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.run_id, self.src, self.timeout_s = run_id, src, timeout_s
         self.attempt = 0
@@ -56,6 +59,9 @@ class ControlLink:
         self.socket.setsockopt(zmq.RECONNECT_IVL, 20)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self.socket.setsockopt(zmq.SNDHWM, 0)
+        keys = over_tcp(endpoint, curve)
+        if keys is not None:
+            connect_curve(self.socket, keys)
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
         self._watched: set[int] = set()

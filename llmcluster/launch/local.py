@@ -58,6 +58,7 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
                 run_id=run_id,
                 speed=choose_speed(config, plan),
                 launch_wall=launch_wall,
+                secret=secrets.token_hex(16),
                 join_timeout_s=LOCAL_RENDEZVOUS_TIMEOUT_S,  # a rendezvous that never completes
                 simulated_hosts=config.nnodes > 1,
                 publish_endpoint=publish,

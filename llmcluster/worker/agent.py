@@ -3,7 +3,9 @@
 Like torchrun's elastic agent, it owns its local worker group: it starts the
 ranks for an attempt when the coordinator says SPAWN, reports each rank's exit
 (code or signal) as it happens, terminates the group on KILL or EXIT, and kills
-its ranks and leaves by itself when the coordinator goes silent.
+its ranks and leaves by itself when the coordinator goes silent. A refused node (the
+coordinator's REFUSED, or a failed CurveZMQ handshake: a wrong token or an impostor) exits 2
+at once with the reason. Each rank it forks gets its join proof in memory.
 """
 
 from __future__ import annotations
@@ -29,14 +31,20 @@ from llmcluster.config import RunConfig
 from llmcluster.control.env import torchrun_env
 from llmcluster.control.link import CHECK_S, ControlLink, CoordinatorLost
 from llmcluster.control.procs import fork_child, reap, terminate_all
+from llmcluster.control.security import CurveKeys, HandshakeWatch, rank_proof
 from llmcluster.render.launch import finish_lines, launcher_lines
 from llmcluster.render.report import agent_restart_lines
 from llmcluster.wire import AGENT_SRC, Kind, Message
-from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Spawn
+from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Refused, Spawn
 from llmcluster.worker.rank import Rank, RankSpec, shm_capacity
 
 JOIN_FIRST_WAIT_S = 2.0  # a busy coordinator (hundreds of agents) may take a while to welcome
 JOIN_MAX_WAIT_S = 8.0
+REFUSED_EXIT = 2  # a refused node: like a usage error, retrying cannot help
+
+
+class Refusal(Exception):
+    """The coordinator will not have this node; the one-line reason."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,9 @@ class AgentSpec:
     host: str
     heartbeat_timeout_s: float = 3.0
     tcp_host: str | None = None  # bind rank inboxes on this address too (multi-host)
-    token: str = ""  # shared secret the coordinator requires across hosts
+    token: str = ""  # shared secret of a run across hosts: its CurveZMQ keys derive from it
+    nnodes: int = 0  # the cluster shape this node expects (0: whatever the coordinator runs)
+    nproc_per_node: int = 0
     join_timeout_s: float = 60.0  # give up if no coordinator answers for this long
     announce: bool = False  # a standalone node prints its own agent lines (rank 0 prints node 0's)
 
@@ -68,6 +78,7 @@ class NodeAgent:
         self.group_done_at: float | None = None  # when the last local rank exited
         self.work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-node-")  # swept
         os.chmod(self.work_dir, 0o700)
+        self.keys = CurveKeys.from_token(spec.token)
 
     def run(self) -> int:
         """Serve until EXIT; returns the agent's exit code."""
@@ -79,6 +90,7 @@ class NodeAgent:
             run_id=None,
             src=AGENT_SRC,
             timeout_s=max(self.spec.heartbeat_timeout_s, 3.0),
+            curve=self.keys,
         )
         # a child's exit wakes the loop at once (SIGCHLD's wake-up fd), so it can wait long
         wake_read, wake_write = socket.socketpair()
@@ -104,6 +116,9 @@ class NodeAgent:
         except CoordinatorLost as lost:
             print(f"llmcluster node {self.node}: {lost}; stopping local ranks", file=sys.stderr)
             return 1
+        except Refusal as refusal:
+            print(f"llmcluster node: {refusal}", file=sys.stderr, flush=True)
+            return REFUSED_EXIT
         finally:
             signal.set_wakeup_fd(previous_fd)
             signal.signal(signal.SIGCHLD, previous_handler)
@@ -116,21 +131,27 @@ class NodeAgent:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _join(self, link: ControlLink) -> int | None:
-        """Join, retrying with backoff while the coordinator is not up yet (or not answering)."""
+        """Join, retrying with backoff while the coordinator is not up yet (or not answering);
+        raise Refusal if it refuses us (REFUSED, or a handshake that fails)."""
+        watch = HandshakeWatch(link.socket)
+        try:
+            return self._join_watched(link, watch)
+        finally:
+            watch.close()
+
+    def _join_watched(self, link: ControlLink, watch: HandshakeWatch) -> int | None:
         started, backoff, attempt = time.monotonic(), JOIN_FIRST_WAIT_S, 0
+        spec = self.spec
+        join = AgentJoin(node=self.node, host=spec.host, pid=os.getpid(), nnodes=spec.nnodes,
+                         nproc_per_node=spec.nproc_per_node)  # fmt: skip
         while True:
             attempt += 1
-            link.send(
-                Kind.AGENT_JOIN,
-                AgentJoin(
-                    node=self.node, host=self.spec.host, pid=os.getpid(), token=self.spec.token
-                ),
-            )
+            link.send(Kind.AGENT_JOIN, join)
             link.last_heard = time.monotonic()
             deadline = time.monotonic() + backoff
             try:
                 while time.monotonic() < deadline:
-                    for msg in link.wait(deadline - time.monotonic()):
+                    for msg in link.wait(min(CHECK_S, deadline - time.monotonic())):
                         code = self._handle(link, msg)
                         if code is not None:
                             return code
@@ -138,6 +159,8 @@ class NodeAgent:
                         return None
                     if self.signals:
                         return 128 + self.signals[0]
+                    if watch.update() and not watch.succeeded:
+                        raise Refusal(self._handshake_failure())
             except CoordinatorLost:
                 pass
             waited = time.monotonic() - started
@@ -149,6 +172,14 @@ class NodeAgent:
                 print(f"llmcluster node: waiting for the coordinator at {self.spec.control} "
                       f"(attempt {attempt})", file=sys.stderr)  # fmt: skip
             backoff = min(backoff * 2, JOIN_MAX_WAIT_S)
+
+    def _handshake_failure(self) -> str:
+        where = self.spec.control
+        if self.keys is None:
+            return (f"the coordinator at {where} requires a token (the handshake failed); "
+                    "pass --token or LLMCLUSTER_TOKEN")  # fmt: skip
+        return (f"the coordinator at {where} refused our token, or is not llmcluster "
+                "(the CurveZMQ handshake failed)")  # fmt: skip
 
     def _report_exit(self, link: ControlLink, pid: int, exitcode: int) -> None:
         rank = self.children.pop(pid)
@@ -162,12 +193,19 @@ class NodeAgent:
 
     def _handle(self, link: ControlLink, msg: Message) -> int | None:
         body = msg.body
+        if isinstance(body, Refused) and self.config is None:
+            raise Refusal(f"refused by the coordinator at {self.spec.control}: {body.reason}")
         if isinstance(body, AgentWelcome) and self.config is None:
             try:
-                self.config = RunConfig.from_wire(body.config)
-            except (TypeError, ValueError):
+                config = RunConfig.from_wire(body.config)
+                config.validate()
+            except (TypeError, ValueError, AttributeError):
                 link.dropped += 1
                 return None
+            if not 0 <= body.node < config.nnodes:
+                link.dropped += 1
+                return None
+            self.config = config
             link.timeout_s = max(link.timeout_s, self.config.silence_tolerance_s)
             self.node = body.node
             self._say(f"llmcluster node: joined {self.spec.control} as node {self.node} of "
@@ -259,6 +297,8 @@ class NodeAgent:
                 publish=self.publish,
                 inbox=inbox,
                 speed=spawn.speed,
+                proof=rank_proof(spawn.nonce, rank),
+                curve=self.keys,
                 shm=self.shm,
                 board=self.board,
             )
