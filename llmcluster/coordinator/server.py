@@ -56,6 +56,7 @@ from llmcluster.wire.records import Record
 CONTROL_BATCH = 256  # bounded, so heartbeats go out even under a join storm
 POLL_MS = 100
 CONTROL_HWM = 100_000  # queued control messages per peer before ZeroMQ drops (never blocks)
+CONTROL_RCVHWM = 1000  # per peer: a flooding client is held back in its own socket, not here
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 
@@ -112,7 +113,7 @@ class CoordinatorServer:
         self.router.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.router.setsockopt(zmq.SNDHWM, CONTROL_HWM)
-        self.router.setsockopt(zmq.RCVHWM, CONTROL_HWM)
+        self.router.setsockopt(zmq.RCVHWM, CONTROL_RCVHWM)
         self.router.setsockopt(zmq.LINGER, 1000)
         self.router.bind(control)
         self.control_endpoint = control
