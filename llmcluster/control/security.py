@@ -30,11 +30,10 @@ from zmq.utils import z85
 
 SALT = b"llmcluster/curvezmq/v1"  # fixed and public: the token is the only secret input
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1  # ~16 MiB, ~50 ms: slows guessing a weak token
-HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
+# a server sees a client without the token as a protocol (bad box, wrong mechanism) or
+# authentication failure; a client of the wrong server key sees no detail (it is dropped)
+HANDSHAKE_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+HANDSHAKE_FAILED = HANDSHAKE_REFUSED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 
 def token_bytes(token: str) -> bytes:
@@ -115,12 +114,13 @@ class Gatekeeper:
 
 
 class HandshakeWatch:
-    """Watches a connecting socket's handshakes: did one succeed, or did one fail?"""
+    """Watches a socket's handshakes: did one succeed, how many failed (``failures``: the
+    events that count; a server leaves out a bare connect-and-close, e.g. a healthcheck)?"""
 
-    def __init__(self, sock: zmq.Socket) -> None:
+    def __init__(self, sock: zmq.Socket, failures: int = HANDSHAKE_FAILED) -> None:
         self._sock = sock
-        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILED
-        self._monitor = sock.get_monitor_socket(events)
+        self._failure_events = failures
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | failures)
         self.succeeded = False
         self.failures = 0
 
@@ -137,7 +137,7 @@ class HandshakeWatch:
             event = int.from_bytes(frames[0][:2], "little")
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.succeeded = True
-            elif event & HANDSHAKE_FAILED:
+            elif event & self._failure_events:
                 failed += 1
         self.failures += failed
         return failed

@@ -37,6 +37,7 @@ STATS_WINDOW = 16  # steps beyond the last merged one a rank's report may be (lo
 AGENT_KINDS = frozenset({Kind.AGENT_EXIT, Kind.HEARTBEAT})  # what an agent may send us
 RANK_KINDS = frozenset({Kind.READY, Kind.STATS, Kind.PHASE, Kind.DONE, Kind.FAILURE,
                         Kind.HEARTBEAT})  # fmt: skip
+REFUSALS_SAID = 10  # refusals said one by one; after that, one line per thousand
 HANDSHAKE_NOTE_S = 5.0  # failed handshakes are reported at most this often (a flood is one line)
 
 
@@ -109,7 +110,9 @@ class Rendezvous:
         self.refused += 1
         self.dropped += 1
         self.send([identity], Kind.REFUSED, Refused(reason=reason))
-        self.out.append(Say(f"refused a join{f' from {host!r}' if host else ''}: {reason}", True))
+        if self.refused <= REFUSALS_SAID or self.refused % 1000 == 0:  # a flood: a few lines
+            origin = f" from {host!r}" if host else ""
+            self.out.append(Say(f"refused a join{origin} ({self.refused} so far): {reason}", True))
 
     def foreign_join(self, identity: bytes, version: int) -> None:
         """A node of another protocol version asked to join."""

@@ -19,7 +19,13 @@ from typing import Protocol
 
 import zmq
 
-from llmcluster.control.security import CurveKeys, Gatekeeper, HandshakeWatch, serve_curve
+from llmcluster.control.security import (
+    HANDSHAKE_REFUSED,
+    CurveKeys,
+    Gatekeeper,
+    HandshakeWatch,
+    serve_curve,
+)
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.state import (
     Action,
@@ -109,7 +115,7 @@ class CoordinatorServer:
         self.watch: HandshakeWatch | None = None
         if curve is not None:
             serve_curve(self.router, curve)
-            self.watch = HandshakeWatch(self.router)
+            self.watch = HandshakeWatch(self.router, HANDSHAKE_REFUSED)
         self.router.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.router.setsockopt(zmq.SNDHWM, CONTROL_HWM)
