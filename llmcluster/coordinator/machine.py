@@ -52,9 +52,7 @@ from llmcluster.wire.messages import (
     Spawn,
     Stats,
 )
-from llmcluster.wire.messages import (
-    Phase as PhaseReport,
-)
+from llmcluster.wire.messages import Phase as PhaseReport
 from llmcluster.wire.records import FailureRecord, LogRecord, ReadyRecord, Record
 
 HEARTBEAT_S = 1.0
