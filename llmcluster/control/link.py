@@ -23,12 +23,12 @@ from llmcluster.wire import (
     Message,
     decode,
     encode,
-    send_frames,
 )
 from llmcluster.wire.messages import Heartbeat
 
 HEARTBEAT_S = 1.0  # one beat a second each way; silence is judged against the timeout
 CHECK_S = 0.25  # how often a waiting process checks for silence
+_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enum costs on every step
 
 
 class CoordinatorLost(RuntimeError):
@@ -70,9 +70,14 @@ class ControlLink:
         self._next_beat = 0.0
 
     def send(self, kind: Kind, body: Any) -> None:
-        """Send one message (``body`` is the kind's dataclass) to the coordinator."""
+        """Send one message (``body`` is the kind's dataclass) to the coordinator; never
+        blocks: with no connection to queue it on (a refused handshake ends the connection
+        for good) the message is dropped and counted."""
         msg = Message(kind, self.run_id or "", self.attempt, self.src, body)
-        send_frames(self.socket, encode(msg))
+        try:
+            self.socket.send(encode(msg)[0], _NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
 
     def receive_ready(self) -> list[Message]:
         """Decode every message waiting on the socket (non-blocking)."""

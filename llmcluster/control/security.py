@@ -123,6 +123,13 @@ class HandshakeWatch:
         self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | failures)
         self.succeeded = False
         self.failures = 0
+        self.refusals = 0  # of them, definite: a mechanism mismatch or the ZAP handler's no
+
+    @property
+    def refused(self) -> bool:
+        """The peer will not have us: a definite refusal, or repeated failures (a server of
+        another key drops us without a word), and never a handshake that passed."""
+        return not self.succeeded and (self.refusals > 0 or self.failures >= 2)
 
     @property
     def fd(self) -> zmq.Socket:
@@ -139,6 +146,7 @@ class HandshakeWatch:
                 self.succeeded = True
             elif event & self._failure_events:
                 failed += 1
+                self.refusals += bool(event & HANDSHAKE_REFUSED)
         self.failures += failed
         return failed
 

@@ -15,7 +15,7 @@ import zmq
 
 from llmcluster.control.security import CurveKeys, connect_curve, over_tcp
 from llmcluster.wire import OBSERVER_SRC, DecodeError, Kind, Message, decode
-from llmcluster.wire.codec import encode, send_frames
+from llmcluster.wire.codec import encode
 from llmcluster.wire.messages import Ack, Empty, Heartbeat, RecordBody, Subscribe
 from llmcluster.wire.records import Record, record_from_wire
 
@@ -62,7 +62,11 @@ class RecordClient:
         self._next_beat = time.monotonic() + BEAT_S
 
     def _send(self, kind: Kind, body: object) -> None:
-        send_frames(self.socket, encode(Message(kind, self.run_id, self.attempt, self.src, body)))
+        frame = encode(Message(kind, self.run_id, self.attempt, self.src, body))[0]
+        try:  # never blocks: a hub we cannot reach (or that refused us) just loses it
+            self.socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
 
     def receive(self, timeout_s: float) -> list[tuple[int, Record]]:
         """Wait up to ``timeout_s`` for records; return (seq, record) pairs not seen before."""

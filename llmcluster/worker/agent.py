@@ -160,7 +160,7 @@ class NodeAgent:
                     if self.signals:
                         return 128 + self.signals[0]
                     watch.update()
-                    if watch.failures >= 2 and not watch.succeeded:  # never one that passed
+                    if watch.refused:
                         raise Refusal(self._handshake_failure())
             except CoordinatorLost:
                 pass
