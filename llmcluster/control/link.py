@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from llmcluster.control.security import CurveKeys, connect_curve, over_tcp
+from llmcluster.control.security import CurveKeys, HandshakeWatch, connect_curve, over_tcp
 from llmcluster.wire import (
     MAX_CONTROL_BYTES,
     DecodeError,
@@ -48,6 +48,7 @@ class ControlLink:
         src: int,
         timeout_s: float,
         curve: CurveKeys | None = None,
+        watch_handshakes: bool = False,
     ) -> None:
         self.run_id, self.src, self.timeout_s = run_id, src, timeout_s
         self.attempt = 0
@@ -65,6 +66,8 @@ class ControlLink:
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
         self._watched: set[int] = set()
+        # watched from before the connect, so that not even the first handshake goes unseen
+        self.handshakes = HandshakeWatch(self.socket) if watch_handshakes else None
         self.socket.connect(endpoint)
         self.last_heard = time.monotonic()
         self._next_beat = 0.0
@@ -124,6 +127,13 @@ class ControlLink:
             if remaining <= 0 or (wake_fd is not None and wake_fd in ready):
                 return []
 
+    def unwatch(self) -> None:
+        """Stop watching handshakes (the join is over)."""
+        if self.handshakes is not None:
+            self.handshakes.close()
+            self.handshakes = None
+
     def close(self) -> None:
         """Close the socket; queued messages get up to LINGER to leave."""
+        self.unwatch()
         self.socket.close()

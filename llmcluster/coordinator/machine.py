@@ -132,7 +132,7 @@ class Coordinator(Rendezvous):
     # ---- messages --------------------------------------------------------------------
     def _received(self, event: Received) -> None:
         msg, now = event.msg, event.now
-        if msg.kind is Kind.AGENT_JOIN:
+        if msg.kind is Kind.AGENT_JOIN:  # the one kind sent before its sender knows the run
             self.agent_join(event.identity, msg, now)
             return
         if msg.run_id != self.settings.run_id or msg.attempt != self.attempt:

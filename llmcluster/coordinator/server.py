@@ -142,7 +142,7 @@ class CoordinatorServer:
                 ready = dict(poller.poll(POLL_MS))
                 now, wall = time.monotonic(), time.time()
                 self.hub.poll(now)
-                for _ in range(self.hub.dropped - self._hub_dropped):  # one count of drops
+                for _ in range(self.hub.dropped - self._hub_dropped):  # the run counts them too
                     self._feed(Malformed())
                 self._hub_dropped = self.hub.dropped
                 if self.watch is not None and self.watch.fd in ready:

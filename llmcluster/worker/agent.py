@@ -91,6 +91,7 @@ class NodeAgent:
             src=AGENT_SRC,
             timeout_s=max(self.spec.heartbeat_timeout_s, 3.0),
             curve=self.keys,
+            watch_handshakes=True,
         )
         # a child's exit wakes the loop at once (SIGCHLD's wake-up fd), so it can wait long
         wake_read, wake_write = socket.socketpair()
@@ -133,11 +134,11 @@ class NodeAgent:
     def _join(self, link: ControlLink) -> int | None:
         """Join, retrying with backoff while the coordinator is not up yet (or not answering);
         raise Refusal if it refuses us (REFUSED, or a handshake that fails)."""
-        watch = HandshakeWatch(link.socket)
+        assert link.handshakes is not None
         try:
-            return self._join_watched(link, watch)
+            return self._join_watched(link, link.handshakes)
         finally:
-            watch.close()
+            link.unwatch()
 
     def _join_watched(self, link: ControlLink, watch: HandshakeWatch) -> int | None:
         started, backoff, attempt = time.monotonic(), JOIN_FIRST_WAIT_S, 0
