@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from llmcluster.comm import PeerMesh
+from llmcluster.control.link import ControlLink
 from llmcluster.control.security import (
     CurveKeys,
     Gatekeeper,
@@ -19,11 +20,12 @@ from llmcluster.control.security import (
     connect_curve,
     proof_ok,
     rank_proof,
+    serve_curve,
 )
 from llmcluster.telemetry.client import RecordClient
 from llmcluster.telemetry.hub import RecordHub
-from llmcluster.wire import OBSERVER_SRC, Kind, Message, encode
-from llmcluster.wire.messages import Subscribe
+from llmcluster.wire import AGENT_SRC, OBSERVER_SRC, Kind, Message, encode
+from llmcluster.wire.messages import AgentJoin, Subscribe
 from llmcluster.wire.records import LogRecord
 
 
@@ -148,4 +150,29 @@ def test_a_tcp_inbox_takes_only_the_tokens_clients() -> None:
         for mesh in meshes:
             mesh.close()
         gate.stop()
+        ctx.destroy(0)
+
+
+@pytest.mark.timeout(60)
+def test_a_node_never_talks_to_an_impostor_coordinator() -> None:
+    ctx = zmq.Context()
+    ours, theirs = CurveKeys.from_token("the run's"), CurveKeys.from_token("an impostor's")
+    assert ours is not None and theirs is not None
+    impostor = ctx.socket(zmq.ROUTER)  # answers at the coordinator's address, without the token
+    serve_curve(impostor, theirs)
+    port = impostor.bind_to_random_port("tcp://127.0.0.1")
+    link = ControlLink(ctx, endpoint=f"tcp://127.0.0.1:{port}", identity=b"agent", run_id=None,
+                       src=AGENT_SRC, timeout_s=30, curve=ours, watch_handshakes=True)  # fmt: skip
+    try:
+        link.send(Kind.AGENT_JOIN, AgentJoin(node=0, host="h", pid=1))
+        assert link.handshakes is not None
+        deadline = time.monotonic() + 20
+        while not link.handshakes.refused and time.monotonic() < deadline:
+            link.handshakes.update()
+            time.sleep(0.01)
+        assert link.handshakes.refused
+        assert impostor.poll(200) == 0  # the join never reached it
+    finally:
+        link.close()
+        impostor.close(0)
         ctx.destroy(0)
