@@ -84,6 +84,8 @@ class NodeRun:
     token: str
     join_timeout_s: float
     heartbeat_timeout_s: float
+    nnodes: int  # expected by this node (0: any), checked at the join
+    nproc_per_node: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,10 +215,6 @@ def _nnodes(text: str | None) -> int:
     return count
 
 
-def _loopback(address: str) -> bool:
-    return address in ("localhost", "::1") or address.startswith("127.")
-
-
 def _check_listen(bind: str, port: int) -> None:
     """ConfigError unless a TCP listener can be opened on ``bind``:``port`` (then closed)."""
     host = "0.0.0.0" if bind == "*" else bind.strip("[]")
@@ -237,14 +235,15 @@ def _coordinator(args: argparse.Namespace) -> CoordinatorRun:
     port = _port_from(args.port, flag="--port", highest=65534)  # the records port is port + 1
     for listen in (port, port + 1):
         _check_listen(bind, listen)
-    token = check_token(args.token)
-    if not _loopback(bind) and not token:
-        raise ConfigError(
-            "--token (or LLMCLUSTER_TOKEN) is required when binding to a non-loopback address"
-        )
     nnodes = _nnodes(args.nnodes)
     config = _run_config(args, ranks=nnodes * args.nproc_per_node)
     plan = checked_plan(config)
+    token = check_token(args.token)
+    if not token:  # loopback too: every local user can reach a loopback port
+        raise ConfigError(
+            "--token (or LLMCLUSTER_TOKEN) is required: it keys the run's CurveZMQ "
+            "encryption and authentication"
+        )
     wildcard = bind in ("0.0.0.0", "*", "::")  # what ranks on every node see as MASTER_ADDR
     master = bind
     if wildcard:
@@ -269,6 +268,10 @@ def _node(args: argparse.Namespace) -> NodeRun:
             "--heartbeat-timeout must be between 0.1 and 3600 seconds, "
             f"got {args.heartbeat_timeout:g}"
         )
+    shape = (("--nnodes", args.nnodes, MAX_NNODES), ("--nproc-per-node", args.nproc_per_node, 64))
+    for shape_flag, value, highest in shape:
+        if not 0 <= value <= highest:
+            raise ConfigError(f"{shape_flag} must be between 0 (any) and {highest}, got {value}")
     try:  # the agent routes to it over IPv4 (its own address on that route is what peers dial)
         socket.gethostbyname(check_address(address, flag=flag))
     except OSError:
@@ -280,6 +283,8 @@ def _node(args: argparse.Namespace) -> NodeRun:
         token=check_token(args.token),
         join_timeout_s=args.join_timeout,
         heartbeat_timeout_s=args.heartbeat_timeout,
+        nnodes=args.nnodes,
+        nproc_per_node=args.nproc_per_node,
     )
 
 

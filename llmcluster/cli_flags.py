@@ -351,6 +351,16 @@ def build_node_parser() -> argparse.ArgumentParser:
     parser.add_argument("--node-rank", default=None,
                         help="this node's rank, or auto: assigned on join "
                         "(default: $NODE_RANK, else auto)")  # fmt: skip
+    parser.add_argument(
+        "--nnodes", type=_int, default=0, help="nodes this node expects the run to have (0: any)"
+    )
+    parser.add_argument(
+        "--nproc-per-node",
+        "--nproc_per_node",
+        type=_int,
+        default=0,
+        help="ranks per node this node expects (0: any)",
+    )
     parser.add_argument("--heartbeat-timeout", type=_float, default=3.0,
                         help="seconds of coordinator silence before giving up")  # fmt: skip
     _add_remote_flags(parser)

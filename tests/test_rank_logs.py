@@ -137,7 +137,17 @@ def test_killed_rank_gives_attempt_1_error_json_and_the_box_names_it(
     assert data["message"]["message"].startswith("Signal 9 (SIGKILL) received by PID ")
     assert not _rank_files(str(tmp_path), 1, "error.json")
     rank0 = [line for p in glob.glob(f"{tmp_path}/*/attempt_*/0/stdout.log") for line in _lines(p)]
-    assert f"  error_file: {errors[0]}" in rank0
+    assert any("failed (exitcode: -9) local_rank: 5" in line for line in rank0)
+    assert not any("ChildFailedError" in line for line in rank0)  # restarts were left
+    final = os.path.join(str(tmp_path), "final")
+    exhausted = run_cli(
+        "--ranks", "8", "--steps", "8", *FAST, "--ui", "log", "-r", "3", "--log-dir", final,
+        "--inject", "kill:rank=5,step=4", "--max-restarts", "0", timeout=150,
+    )  # fmt: skip
+    assert exhausted.returncode == 1
+    (error_file,) = glob.glob(f"{final}/*/attempt_0/5/error.json")
+    rank0 = [line for p in glob.glob(f"{final}/*/attempt_0/0/stdout.log") for line in _lines(p)]
+    assert f"  error_file: {error_file}" in rank0  # no restart left: torchrun's box names it
     assert f"Setting worker5 reply file to: {errors[0]}" in done.stderr
 
 

@@ -8,9 +8,9 @@ import random
 import msgpack
 import pytest
 
-from llmcluster.wire import DecodeError, Kind, Message, decode, encode
-from llmcluster.wire.codec import HEADER
-from llmcluster.wire.messages import Join, RankOnly
+from llmcluster.wire import PROTOCOL_VERSION, DecodeError, Kind, Message, decode, encode
+from llmcluster.wire.codec import HEADER, ForeignVersion
+from llmcluster.wire.messages import MAGIC, Join, RankOnly, Refused
 
 
 def _msg(kind: Kind = Kind.READY, body: object = None) -> Message:
@@ -19,7 +19,7 @@ def _msg(kind: Kind = Kind.READY, body: object = None) -> Message:
 
 def test_roundtrip_keeps_every_field() -> None:
     body = Join(rank=3, local_rank=3, node=0, pid=42, endpoints=("ipc:///x",), host="h",
-                env={"RANK": "3"})  # fmt: skip
+                env={"RANK": "3"}, proof="p")  # fmt: skip
     got = decode(encode(_msg(Kind.JOIN, body)), run_id="run1")
     assert (got.kind, got.run_id, got.attempt, got.src) == (Kind.JOIN, "run1", 0, 3)
     assert got.body == body
@@ -38,7 +38,7 @@ def test_foreign_run_is_rejected() -> None:
 def test_wrong_version_header_is_rejected() -> None:
     frames = encode(_msg())
     frames[0] = b"LLMC\x01" + frames[0][5:]
-    with pytest.raises(DecodeError, match="header"):
+    with pytest.raises(DecodeError, match="protocol version 1"):
         decode(frames, run_id="run1")
 
 
@@ -77,3 +77,18 @@ def test_random_garbage_never_raises_anything_but_decode_error() -> None:
             frames = [HEADER + msgpack.packb(obj)]
         with contextlib.suppress(DecodeError):
             decode(frames, run_id="run1")
+
+
+def _versioned(version: int, head: dict) -> list[bytes]:
+    return [MAGIC + bytes([version]) + msgpack.packb(head)]
+
+
+def test_another_protocol_version_is_named_and_a_refusal_of_any_version_is_read() -> None:
+    join = {"k": "agent_join", "run": "", "att": 0, "src": -2, "node": 0, "host": "h", "pid": 1}
+    with pytest.raises(ForeignVersion) as foreign:
+        decode(_versioned(PROTOCOL_VERSION + 1, join), run_id=None)
+    assert (foreign.value.version, foreign.value.kind) == (PROTOCOL_VERSION + 1, "agent_join")
+    assert decode(_versioned(PROTOCOL_VERSION, join), run_id=None).body.node == 0
+    refused = {"k": "refused", "run": "x", "att": 0, "src": -1, "reason": "no"}
+    for version in (1, PROTOCOL_VERSION, 200):
+        assert decode(_versioned(version, refused), run_id=None).body == Refused(reason="no")

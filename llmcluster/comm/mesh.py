@@ -9,6 +9,8 @@ wait or find their message at once (``poll_service``, which long shared-memory l
 call too); it may raise to abandon the collective (abort, dead coordinator).
 The hot path is lean on purpose: a binary header (``frames``) with small arrays inline,
 large ones as a second frame sent and received zero-copy.
+Between hosts (TCP) with ``curve`` keys, inboxes are CurveZMQ servers and the PUSH sockets
+CurveZMQ clients of the token's keys (``control.security``); IPC inside a node stays plain.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import zmq
 
 from llmcluster.comm.frames import ZERO_COPY_BYTES, FrameError, pack_header, parse_header, run_tag
+from llmcluster.control.security import CurveKeys, connect_curve, over_tcp, serve_curve
 from llmcluster.wire.messages import MAX_PEER_BYTES
 
 SERVICE_S = 0.25  # control is served at least this often while a rank waits (1024 idle
@@ -54,8 +57,10 @@ class PeerMesh:
         node: int = 0,
         timeout_s: float,
         service: Service,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.rank, self.run_id, self.timeout_s = rank, run_id, timeout_s
+        self._curve = curve
         self.attempt = 0
         self.dropped = 0
         self._ctx = ctx
@@ -68,7 +73,10 @@ class PeerMesh:
         self._tag = run_tag(run_id)
         self.node = node
         self.endpoints: list[str] = []
-        for address in bind:
+        for address in sorted(bind, key=lambda a: a.startswith("tcp://")):  # IPC binds plain
+            keys = over_tcp(address, curve)
+            if keys is not None:  # options apply to the endpoints bound after them
+                serve_curve(self._inbox, keys)
             self._inbox.bind(address)
             self.endpoints.append(self._inbox.getsockopt(zmq.LAST_ENDPOINT).decode())
         self._next_service = 0.0
@@ -90,6 +98,9 @@ class PeerMesh:
             sock = self._ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.LINGER, 0)
+            keys = over_tcp(self._peers[dst], self._curve)
+            if keys is not None:
+                connect_curve(sock, keys)
             sock.connect(self._peers[dst])
             self._out[dst] = sock
         return sock

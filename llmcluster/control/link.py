@@ -4,7 +4,8 @@ Used by ranks and node agents alike. It sends heartbeats every ``HEARTBEAT_S``,
 remembers when the coordinator was last heard from, and raises
 ``CoordinatorLost`` once it has been silent for ``timeout_s`` (the coordinator
 died or the network is cut). Malformed or foreign messages are dropped and
-counted, never raised.
+counted, never raised. Over TCP with ``curve`` keys the link is a CurveZMQ client of the
+token's server key (``control.security``), so it talks to the real coordinator or to no one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import zmq
 
+from llmcluster.control.security import CurveKeys, HandshakeWatch, connect_curve, over_tcp
 from llmcluster.wire import (
     MAX_CONTROL_BYTES,
     DecodeError,
@@ -21,12 +23,12 @@ from llmcluster.wire import (
     Message,
     decode,
     encode,
-    send_frames,
 )
 from llmcluster.wire.messages import Heartbeat
 
 HEARTBEAT_S = 1.0  # one beat a second each way; silence is judged against the timeout
 CHECK_S = 0.25  # how often a waiting process checks for silence
+_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enum costs on every step
 
 
 class CoordinatorLost(RuntimeError):
@@ -45,6 +47,8 @@ class ControlLink:
         run_id: str | None,
         src: int,
         timeout_s: float,
+        curve: CurveKeys | None = None,
+        watch_handshakes: bool = False,
     ) -> None:
         self.run_id, self.src, self.timeout_s = run_id, src, timeout_s
         self.attempt = 0
@@ -56,17 +60,27 @@ class ControlLink:
         self.socket.setsockopt(zmq.RECONNECT_IVL, 20)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self.socket.setsockopt(zmq.SNDHWM, 0)
+        keys = over_tcp(endpoint, curve)
+        if keys is not None:
+            connect_curve(self.socket, keys)
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
         self._watched: set[int] = set()
+        # watched from before the connect, so that not even the first handshake goes unseen
+        self.handshakes = HandshakeWatch(self.socket) if watch_handshakes else None
         self.socket.connect(endpoint)
         self.last_heard = time.monotonic()
         self._next_beat = 0.0
 
     def send(self, kind: Kind, body: Any) -> None:
-        """Send one message (``body`` is the kind's dataclass) to the coordinator."""
+        """Send one message (``body`` is the kind's dataclass) to the coordinator; never
+        blocks: with no connection to queue it on (a refused handshake ends the connection
+        for good) the message is dropped and counted."""
         msg = Message(kind, self.run_id or "", self.attempt, self.src, body)
-        send_frames(self.socket, encode(msg))
+        try:
+            self.socket.send(encode(msg)[0], _NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
 
     def receive_ready(self) -> list[Message]:
         """Decode every message waiting on the socket (non-blocking)."""
@@ -113,6 +127,13 @@ class ControlLink:
             if remaining <= 0 or (wake_fd is not None and wake_fd in ready):
                 return []
 
+    def unwatch(self) -> None:
+        """Stop watching handshakes (the join is over)."""
+        if self.handshakes is not None:
+            self.handshakes.close()
+            self.handshakes = None
+
     def close(self) -> None:
         """Close the socket; queued messages get up to LINGER to leave."""
+        self.unwatch()
         self.socket.close()

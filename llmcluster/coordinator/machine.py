@@ -23,6 +23,8 @@ from llmcluster.coordinator.state import (
     AgentLost,
     DisplayStatus,
     Event,
+    ForeignJoin,
+    HandshakeFailed,
     Interrupted,
     Malformed,
     NewAttempt,
@@ -36,7 +38,7 @@ from llmcluster.coordinator.state import (
     ShowUnshown,
     Tick,
 )
-from llmcluster.wire import AGENT_SRC, Kind, Message
+from llmcluster.wire import Kind, Message
 from llmcluster.wire.messages import (
     AgentExit,
     Done,
@@ -48,9 +50,7 @@ from llmcluster.wire.messages import (
     Spawn,
     Stats,
 )
-from llmcluster.wire.messages import (
-    Phase as PhaseReport,
-)
+from llmcluster.wire.messages import Phase as PhaseReport
 from llmcluster.wire.records import LogRecord, ReadyRecord, Record
 
 HEARTBEAT_S = 1.0
@@ -92,6 +92,10 @@ class Coordinator(Rendezvous):
             self._received(event)
         elif isinstance(event, Malformed):
             self.dropped += 1
+        elif isinstance(event, ForeignJoin):
+            self.foreign_join(event.identity, event.version)
+        elif isinstance(event, HandshakeFailed):
+            self.handshake_failed(event.endpoint, event.now)
         elif isinstance(event, Tick):
             self._tick(event.now, event.wall)
         elif isinstance(event, AgentLost):
@@ -126,7 +130,7 @@ class Coordinator(Rendezvous):
     # ---- messages --------------------------------------------------------------------
     def _received(self, event: Received) -> None:
         msg, now = event.msg, event.now
-        if msg.kind is Kind.AGENT_JOIN:
+        if msg.kind is Kind.AGENT_JOIN:  # the one kind sent before its sender knows the run
             self.agent_join(event.identity, msg, now)
             return
         if msg.run_id != self.settings.run_id or msg.attempt != self.attempt:
@@ -137,22 +141,12 @@ class Coordinator(Rendezvous):
             if joined is not None and self.book_complete():
                 self.send_book()
             return
-        peer = self._sender(event.identity, msg)
+        peer = self.sender(event.identity, msg)
         if peer is None:
             self.dropped += 1
             return
         peer.last_seen = now
         self._dispatch(msg, event.wall)
-
-    def _sender(self, identity: bytes, msg: Message) -> object | None:
-        """The peer a message claims to come from, if it really does."""
-        if msg.src == AGENT_SRC:
-            return next((a for a in self.agents.values() if a.identity == identity), None)
-        peer = self.ranks.get(msg.src)
-        if peer is None or peer.identity != identity:
-            return None
-        claimed = getattr(msg.body, "rank", msg.src)
-        return peer if claimed == msg.src or msg.kind is Kind.AGENT_EXIT else None
 
     def _dispatch(self, msg: Message, wall: float) -> None:
         body = msg.body
@@ -301,14 +295,16 @@ class Coordinator(Rendezvous):
         self.say(
             f"restart {self.attempt}/{self.config.max_restarts} from step {record.resume_step}"
         )
-        self.send(self.agent_identities(), Kind.SPAWN, self.spawn_body())
+        for node, agent in self.agents.items():  # each node its own nonce
+            self.send([agent.identity], Kind.SPAWN, self.spawn_body(node))
         for node in sorted(self.lost_nodes):  # a replacement agent gets SPAWN when it joins
             self.out.append(ReplaceAgent(node))
         self.lost_nodes.clear()
 
-    def spawn_body(self) -> Spawn:
+    def spawn_body(self, node: int) -> Spawn:
         return Spawn(
             attempt=self.attempt,
+            nonce=self.nonce(node),
             start_step=self.progress.resume_step,
             speed=self.settings.speed,
             sim_time=self.progress.sim_time,

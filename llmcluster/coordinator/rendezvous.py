@@ -3,37 +3,51 @@
 The base of the coordinator's state machine (``machine.Coordinator``): it keeps the peers
 of the current attempt and decides joins, like c10d's rendezvous handler: a node asks for
 a node rank (or ``auto``), is admitted or refused with a reason, and receives the run's
-configuration and the current attempt; once every rank of the world has joined, each one
-gets the address book.
+configuration and the current attempt, with the nonce its ranks prove themselves with
+(``control.security``); a refused node is told why. A rank joins once per attempt, with the
+proof its agent handed it at fork; once every rank of the world has joined, each one gets
+the address book.
 """
 
 from __future__ import annotations
-
-import hmac
 
 from llmcluster import sim
 from llmcluster.config import RunConfig
 from llmcluster.control.env import env_mismatches
 from llmcluster.control.procs import signal_name
+from llmcluster.control.security import attempt_nonce, proof_ok, rank_proof
 from llmcluster.coordinator.describe import run_record
+from llmcluster.coordinator.reports import Reports
 from llmcluster.coordinator.state import Action, AgentPeer, RankPeer, Say, Settings
 from llmcluster.telemetry.merge import RankInfo
-from llmcluster.wire import Kind, Message
+from llmcluster.wire import AGENT_SRC, PROTOCOL_VERSION, Kind, Message
 from llmcluster.wire.messages import (
     STEP_REDUCTION_VALUES,
+    AgentExit,
     AgentJoin,
     AgentWelcome,
     Book,
     Join,
+    Phase,
+    Refused,
     Spawn,
+    Stats,
 )
 from llmcluster.wire.records import FailureRecord, RunRecord
+
+STATS_WINDOW = 16  # steps beyond the last merged one a rank's report may be (lock-step: ~2)
+AGENT_KINDS = frozenset({Kind.AGENT_EXIT, Kind.HEARTBEAT})  # what an agent may send us
+RANK_KINDS = frozenset({Kind.READY, Kind.STATS, Kind.PHASE, Kind.DONE, Kind.FAILURE,
+                        Kind.HEARTBEAT})  # fmt: skip
+REFUSALS_SAID = 10  # refusals said one by one; after that, one line per thousand
+HANDSHAKE_NOTE_S = 5.0  # failed handshakes are reported at most this often (a flood is one line)
 
 
 class Rendezvous:
     """Peers and joins; subclassed by the coordinator's machine."""
 
     out: list[Action]
+    reports: Reports  # the machine's
 
     def __init__(
         self, config: RunConfig, plan: sim.RunPlan, settings: Settings, now: float
@@ -45,6 +59,8 @@ class Rendezvous:
         self.lost_nodes: set[int] = set()
         self.dropped = 0
         self.refused = 0
+        self.handshakes_failed = 0
+        self._next_handshake_note = 0.0
         self.rendezvous_wall = settings.launch_wall
         self.join_deadline = now + settings.join_timeout_s if settings.join_timeout_s else None
         self.now = now  # the latest clock reading an event brought
@@ -53,22 +69,29 @@ class Rendezvous:
     def send(self, identities: list[bytes], kind: Kind, body: object) -> None: ...
     def publish(self, record: object) -> None: ...
     def log(self, level: str, text: str) -> None: ...
-    def spawn_body(self) -> Spawn: ...
+    def spawn_body(self, node: int) -> Spawn: ...
 
     def agent_join(self, identity: bytes, msg: Message, now: float) -> None:
         """An agent asks to join as a node; admit it (welcome + spawn) or refuse it."""
         body = msg.body
         assert isinstance(body, AgentJoin)
-        if not self._token_ok(body.token):
-            self._refuse(f"refused a join from {body.host!r} (wrong or missing token)")
-            return
         if any(agent.identity == identity for agent in self.agents.values()):
             return  # a retried join whose welcome is already on its way
-        node = body.node
+        config, node = self.config, body.node
+        shape = (body.nnodes or config.nnodes, body.nproc_per_node or config.nproc_per_node)
+        if shape != (config.nnodes, config.nproc_per_node):
+            self.refuse(identity, f"the run has {config.nnodes} node(s) of "
+                        f"{config.nproc_per_node} rank(s), not {shape[0]} of {shape[1]}",
+                        body.host)  # fmt: skip
+            return
         if node < 0:
-            node = next(n for n in range(self.config.nnodes + 1) if n not in self.agents)
-        if node >= self.config.nnodes or node in self.agents:
-            self._refuse(f"refused {body.host!r} as node {node} (taken or out of range)")
+            node = next(n for n in range(config.nnodes + 1) if n not in self.agents)
+        if node >= config.nnodes:
+            why = f"node rank {node} is out of range (the run has {config.nnodes} node(s))"
+            self.refuse(identity, why if body.node >= 0 else "every node rank is taken", body.host)
+            return
+        if node in self.agents:
+            self.refuse(identity, f"node rank {node} is taken", body.host)
             return
         self.agents[node] = AgentPeer(identity, now, body.host, body.pid)
         if self.settings.standalone:
@@ -82,23 +105,76 @@ class Rendezvous:
             node=node, config=self.config.to_wire(), publish=self.settings.publish_endpoint
         )
         self.send([identity], Kind.AGENT_WELCOME, welcome)
-        self.send([identity], Kind.SPAWN, self.spawn_body())
+        self.send([identity], Kind.SPAWN, self.spawn_body(node))
 
-    def _token_ok(self, offered: str) -> bool:
-        """Constant-time comparison of UTF-8 bytes (any Unicode token works)."""
-        token = self.settings.token.encode()
-        return not token or hmac.compare_digest(offered.encode("utf-8", "surrogatepass"), token)
-
-    def _refuse(self, text: str) -> None:
+    def refuse(self, identity: bytes, reason: str, host: str = "") -> None:
+        """Tell a node why it is not admitted (it exits 2 with the reason), and say it here."""
         self.refused += 1
         self.dropped += 1
-        self.out.append(Say(text, warn=True))
+        self.send([identity], Kind.REFUSED, Refused(reason=reason))
+        if self.refused <= REFUSALS_SAID or self.refused % 1000 == 0:  # a flood: a few lines
+            origin = f" from {host!r}" if host else ""
+            self.out.append(Say(f"refused a join{origin} ({self.refused} so far): {reason}", True))
+
+    def foreign_join(self, identity: bytes, version: int) -> None:
+        """A node of another protocol version asked to join."""
+        self.refuse(identity, f"protocol version {version}; this coordinator speaks "
+                    f"{PROTOCOL_VERSION} (run the same llmcluster on every host)")  # fmt: skip
+
+    def handshake_failed(self, endpoint: str, now: float) -> None:
+        """A connection failed the CurveZMQ handshake; say so, once per few seconds."""
+        self.handshakes_failed += 1
+        if now >= self._next_handshake_note:
+            self._next_handshake_note = now + HANDSHAKE_NOTE_S
+            self.out.append(Say(
+                f"refused a connection on {endpoint}: it failed the CurveZMQ handshake (wrong "
+                f"or missing token, or not llmcluster; {self.handshakes_failed} so far)", True,
+            ))  # fmt: skip
+
+    def nonce(self, node: int) -> str:
+        """The nonce of ``node``'s ranks in this attempt (its agent's alone)."""
+        return attempt_nonce(self.settings.secret, self.attempt, node)
+
+    def rank_proof(self, rank: int) -> str:
+        """What ``rank`` of this attempt must show (in JOIN; rank 0 to claim the display)."""
+        return rank_proof(self.nonce(self.config.node_of(rank)), rank)
+
+    def sender(self, identity: bytes, msg: Message) -> object | None:
+        """The peer a message claims to come from, if it really does and may send it: an
+        agent its exits (of its own node's ranks) and heartbeats, a rank its own reports."""
+        body = msg.body
+        if msg.src == AGENT_SRC:
+            node, agent = next(
+                ((n, a) for n, a in self.agents.items() if a.identity == identity), (-1, None)
+            )
+            if agent is None or msg.kind not in AGENT_KINDS:
+                return None
+            if isinstance(body, AgentExit) and self.config.node_of(body.rank) != node:
+                return None
+            return agent
+        peer = self.ranks.get(msg.src)
+        if peer is None or peer.identity != identity or msg.kind not in RANK_KINDS:
+            return None
+        if getattr(body, "rank", msg.src) != msg.src:
+            return None
+        if isinstance(body, Stats | Phase) and not self._timely(body):
+            return None
+        return peer
+
+    def _timely(self, body: Stats | Phase) -> bool:
+        """A report about a step the run can be at (anything else would be kept forever);
+        phases are rank 0's to report."""
+        merged = self.reports.merged_step
+        if isinstance(body, Phase) and body.rank != 0:
+            return False
+        return merged <= body.step <= merged + STATS_WINDOW
 
     def rank_join(self, identity: bytes, msg: Message, now: float) -> int | None:
         """A rank of this attempt joined; returns its rank, or None if refused.
 
-        A rank identity is claimed once per attempt: a second JOIN for a rank that has
-        already joined from another connection is dropped (no takeover)."""
+        A rank identity is claimed once per attempt, by the process its agent spawned: a JOIN
+        without that rank's proof is dropped, and so is a second JOIN for a rank that has
+        already joined from another connection (no takeover)."""
         body = msg.body
         assert isinstance(body, Join)
         if msg.src != body.rank or body.node not in self.agents:
@@ -109,6 +185,9 @@ class Rendezvous:
             return None
         peer = self.ranks.get(body.rank)
         if peer is not None and peer.identity != identity:
+            self.dropped += 1
+            return None
+        if not proof_ok(body.proof, self.rank_proof(body.rank)):
             self.dropped += 1
             return None
         host = self.plan.node_names[body.node] if self.settings.simulated_hosts else body.host
@@ -197,6 +276,7 @@ class Rendezvous:
             step=step,
             attempt=self.attempt,
             max_restarts=self.config.max_restarts,
+            error_file=error_file,
         )
 
     def node_lost(self, node: int) -> None:

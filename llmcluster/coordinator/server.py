@@ -5,6 +5,8 @@ telemetry hub. Every decision is ``machine.Coordinator``'s; this module only dec
 what arrives, reads the clocks, and carries out the actions it gets back. Node
 supervision (forked local agents, or remote nodes that only heartbeat) sits behind the
 ``NodeSupervisor`` interface, so the machine never knows how its nodes were launched.
+With ``curve`` keys (a run with a token) both sockets are CurveZMQ servers behind the
+token's ZAP handler, and failed handshakes are watched (``control.security``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,21 @@ from typing import Protocol
 
 import zmq
 
+from llmcluster.control.security import (
+    HANDSHAKE_REFUSED,
+    CurveKeys,
+    Gatekeeper,
+    HandshakeWatch,
+    serve_curve,
+)
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.state import (
     Action,
     AgentLost,
     DisplayStatus,
     Event,
+    ForeignJoin,
+    HandshakeFailed,
     Interrupted,
     Malformed,
     NewAttempt,
@@ -39,16 +50,19 @@ from llmcluster.wire import (
     COORDINATOR_SRC,
     MAX_CONTROL_BYTES,
     DecodeError,
+    Kind,
     Message,
     decode,
     encode,
     send_frames,
 )
+from llmcluster.wire.codec import ForeignVersion
 from llmcluster.wire.records import Record
 
 CONTROL_BATCH = 256  # bounded, so heartbeats go out even under a join storm
 POLL_MS = 100
 CONTROL_HWM = 100_000  # queued control messages per peer before ZeroMQ drops (never blocks)
+CONTROL_RCVHWM = 1000  # per peer: a flooding client is held back in its own socket, not here
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129, signal.SIGPIPE: 141}
 
 
@@ -92,17 +106,27 @@ class CoordinatorServer:
         publish: str,
         supervisor: NodeSupervisor,
         show_locally: Callable[[list[Record]], None],
+        curve: CurveKeys | None = None,
     ) -> None:
         self.machine, self.supervisor, self.show_locally = machine, supervisor, show_locally
         self.ctx = zmq.Context()
+        self.gatekeeper = Gatekeeper(self.ctx, curve) if curve is not None else None
         self.router = self.ctx.socket(zmq.ROUTER)
+        self.watch: HandshakeWatch | None = None
+        if curve is not None:
+            serve_curve(self.router, curve)
+            self.watch = HandshakeWatch(self.router, HANDSHAKE_REFUSED)
         self.router.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.router.setsockopt(zmq.SNDHWM, CONTROL_HWM)
-        self.router.setsockopt(zmq.RCVHWM, CONTROL_HWM)
+        self.router.setsockopt(zmq.RCVHWM, CONTROL_RCVHWM)
         self.router.setsockopt(zmq.LINGER, 1000)
         self.router.bind(control)
-        self.hub = RecordHub(self.ctx, publish, machine.settings.run_id)
+        self.control_endpoint = control
+        self.hub = RecordHub(
+            self.ctx, publish, machine.settings.run_id, machine.rank_proof(0), curve=curve
+        )
+        self._hub_dropped = 0
         self.signals: list[int] = []
         self._status = DisplayStatus(False, 0)
 
@@ -111,11 +135,19 @@ class CoordinatorServer:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.hub.socket, zmq.POLLIN)
+        if self.watch is not None:
+            poller.register(self.watch.fd, zmq.POLLIN)
         try:
             while not self.machine.over:
                 ready = dict(poller.poll(POLL_MS))
                 now, wall = time.monotonic(), time.time()
                 self.hub.poll(now)
+                for _ in range(self.hub.dropped - self._hub_dropped):  # the run counts them too
+                    self._feed(Malformed())
+                self._hub_dropped = self.hub.dropped
+                if self.watch is not None and self.watch.fd in ready:
+                    for _ in range(self.watch.update()):
+                        self._feed(HandshakeFailed(self.control_endpoint, now))
                 status = DisplayStatus(self.hub.has_display, self.hub.display_acked)
                 if status != self._status:
                     self._status = status
@@ -133,7 +165,11 @@ class CoordinatorServer:
         finally:
             self.supervisor.close()
             self.hub.close()
+            if self.watch is not None:
+                self.watch.close()
             self.router.close(0)
+            if self.gatekeeper is not None:
+                self.gatekeeper.stop()
             self.ctx.term()
 
     def _control(self, now: float, wall: float) -> None:
@@ -148,6 +184,10 @@ class CoordinatorServer:
                 continue
             try:
                 msg = decode(frames, run_id=None, world_size=world)
+            except ForeignVersion as foreign:
+                joining = foreign.kind == Kind.AGENT_JOIN.value
+                self._feed(ForeignJoin(identity, foreign.version) if joining else Malformed())
+                continue
             except DecodeError:
                 self._feed(Malformed())
                 continue
@@ -174,7 +214,7 @@ class CoordinatorServer:
         elif isinstance(action, Publish):
             self.hub.publish(action.record)
         elif isinstance(action, NewAttempt):
-            self.hub.new_attempt(action.attempt)
+            self.hub.new_attempt(action.attempt, self.machine.rank_proof(0))
         elif isinstance(action, ReplaceAgent):
             self.supervisor.replace(action.node)
         elif isinstance(action, Say):

@@ -45,6 +45,22 @@ class Malformed:
 
 
 @dataclass(frozen=True)
+class ForeignJoin:
+    """A node's join in another protocol version (refused with a reply it can read)."""
+
+    identity: bytes
+    version: int
+
+
+@dataclass(frozen=True)
+class HandshakeFailed:
+    """A connection failed the CurveZMQ handshake (wrong or no token, or not llmcluster)."""
+
+    endpoint: str
+    now: float
+
+
+@dataclass(frozen=True)
 class AgentLost:
     """The supervisor saw a node agent die (a local agent's exit)."""
 
@@ -79,7 +95,16 @@ class DisplayStatus:
     acked: int
 
 
-Event = Received | Malformed | AgentLost | Tick | Interrupted | DisplayStatus
+Event = (
+    Received
+    | Malformed
+    | ForeignJoin
+    | HandshakeFailed
+    | AgentLost
+    | Tick
+    | Interrupted
+    | DisplayStatus
+)
 
 
 # ---- actions ---------------------------------------------------------------------------
@@ -161,7 +186,7 @@ class Settings:
     speed: float
     launch_wall: float  # when the command started (wall clock)
     start_time: float  # where the simulated timeline begins (backfilled into the past)
-    token: str = ""
+    secret: str = ""  # the run's own: derives each attempt's and node's join nonce
     join_timeout_s: float = 0.0
     simulated_hosts: bool = False  # every node on this machine: show the plan's host names
     publish_endpoint: str = ""

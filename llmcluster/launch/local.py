@@ -13,6 +13,7 @@ import time
 
 from llmcluster import sim
 from llmcluster.config import RunConfig
+from llmcluster.control.net import local_host_name
 from llmcluster.control.procs import fork_child
 from llmcluster.control.rundir import RunDir, sweep_stale_dirs
 from llmcluster.coordinator.machine import Coordinator
@@ -28,7 +29,7 @@ from llmcluster.launch.common import (
 from llmcluster.launch.nodes import LocalNodes
 from llmcluster.launch.runfile import RunFile
 from llmcluster.render.sinks import show_records
-from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name
+from llmcluster.worker.agent import AgentSpec, NodeAgent
 
 LOCAL_RENDEZVOUS_TIMEOUT_S = 60.0
 
@@ -57,6 +58,7 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
                 speed=choose_speed(config, plan),
                 launch_wall=launch_wall,
                 start_time=timeline_start(config, plan, launch_wall),
+                secret=secrets.token_hex(16),
                 join_timeout_s=LOCAL_RENDEZVOUS_TIMEOUT_S,  # a rendezvous that never completes
                 simulated_hosts=config.nnodes > 1,
                 publish_endpoint=publish,

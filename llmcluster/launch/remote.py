@@ -3,7 +3,8 @@
 The coordinator serves remote node agents (control on ``--port``, records on the next
 port); a node runs one agent that joins it. Both go through the same coordinator and agent
 code as a local run; only node supervision differs (remote nodes are watched by their
-heartbeats alone).
+heartbeats alone). With a token every TCP socket of the run (control, records, the peer mesh
+between hosts) is CurveZMQ with keys derived from it (``control.security``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import time
 
 from llmcluster import sim
 from llmcluster.config import RunConfig
+from llmcluster.control.net import local_host_name, outgoing_address
 from llmcluster.control.rundir import sweep_stale_dirs
+from llmcluster.control.security import CurveKeys
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.server import CoordinatorServer, RemoteNodes
 from llmcluster.coordinator.state import Settings
@@ -25,7 +28,7 @@ from llmcluster.launch.common import (
     timeline_start,
 )
 from llmcluster.render.sinks import show_records
-from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name, outgoing_address
+from llmcluster.worker.agent import AgentSpec, NodeAgent
 
 
 def run_coordinator(
@@ -40,7 +43,7 @@ def run_coordinator(
         speed=choose_speed(config, plan),
         launch_wall=launch_wall,
         start_time=timeline_start(config, plan, launch_wall),
-        token=token,
+        secret=secrets.token_hex(16),
         join_timeout_s=join_timeout_s,
         publish_endpoint=publish,
         standalone=True,
@@ -54,6 +57,7 @@ def run_coordinator(
             publish=publish,
             supervisor=RemoteNodes(),
             show_locally=lambda recs: show_records(config, recs),
+            curve=CurveKeys.from_token(token),
         )
         print(
             f"llmcluster coordinator: listening on {bind}:{port} (records on {port + 1}), "
@@ -73,8 +77,10 @@ def run_node(
     token: str,
     join_timeout_s: float,
     heartbeat_timeout_s: float,
+    nnodes: int = 0,
+    nproc_per_node: int = 0,
 ) -> int:
-    """One node agent joining a remote coordinator."""
+    """One node agent joining a remote coordinator (of ``nnodes`` x ``nproc_per_node``, 0: any)."""
     sweep_stale_dirs()
     spec = AgentSpec(
         node=node_rank,
@@ -85,6 +91,8 @@ def run_node(
         token=token,
         join_timeout_s=join_timeout_s,
         announce=True,
+        nnodes=nnodes,
+        nproc_per_node=nproc_per_node,
     )
     received: list[int] = []
     with stop_signals_to(received):

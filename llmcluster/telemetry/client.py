@@ -2,7 +2,8 @@
 
 ``receive`` returns decoded, validated records in publication order, each once: a
 catch-up snapshot repeats nothing the client has already seen. An observer heartbeats so
-the hub keeps it, and notices a coordinator that has gone silent.
+the hub keeps it, and notices a coordinator that has gone silent. Over TCP with ``curve``
+keys it is a CurveZMQ client (``control.security``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import time
 
 import zmq
 
+from llmcluster.control.security import CurveKeys, connect_curve, over_tcp
 from llmcluster.wire import OBSERVER_SRC, DecodeError, Kind, Message, decode
-from llmcluster.wire.codec import encode, send_frames
+from llmcluster.wire.codec import encode
 from llmcluster.wire.messages import Ack, Empty, Heartbeat, RecordBody, Subscribe
 from llmcluster.wire.records import Record, record_from_wire
 
@@ -38,6 +40,8 @@ class RecordClient:
         attempt: int = 0,
         rank: int = -1,
         silence_s: float = 0.0,
+        curve: CurveKeys | None = None,
+        proof: str = "",
     ) -> None:
         self.role, self.run_id, self.attempt = role, run_id, attempt
         self.src = rank if role == "display" else OBSERVER_SRC
@@ -49,13 +53,20 @@ class RecordClient:
         self.socket.setsockopt(zmq.RCVHWM, 0 if role == "display" else 1000)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_RECORD_BYTES)
         self.socket.setsockopt(zmq.LINGER, 500)
+        keys = over_tcp(endpoint, curve)
+        if keys is not None:
+            connect_curve(self.socket, keys)
         self.socket.connect(endpoint)
-        self._send(Kind.SUBSCRIBE, Subscribe(role=role, rank=rank))
+        self._send(Kind.SUBSCRIBE, Subscribe(role=role, rank=rank, proof=proof))
         self.last_heard = time.monotonic()
         self._next_beat = time.monotonic() + BEAT_S
 
     def _send(self, kind: Kind, body: object) -> None:
-        send_frames(self.socket, encode(Message(kind, self.run_id, self.attempt, self.src, body)))
+        frame = encode(Message(kind, self.run_id, self.attempt, self.src, body))[0]
+        try:  # never blocks: a hub we cannot reach (or that refused us) just loses it
+            self.socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
 
     def receive(self, timeout_s: float) -> list[tuple[int, Record]]:
         """Wait up to ``timeout_s`` for records; return (seq, record) pairs not seen before."""

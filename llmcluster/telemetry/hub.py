@@ -9,6 +9,9 @@
   and is resynchronised with a fresh snapshot once it has room; one silent for
   ``OBSERVER_TIMEOUT_S`` is forgotten. Observers never delay the run or its end.
 
+Over TCP with a token the hub is a CurveZMQ server (``control.security``): displays and
+observers must hold the token; the display must also show rank 0's join proof.
+
 Records are encoded once per publication and the same frame goes to every subscriber.
 """
 
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from llmcluster.control.security import CurveKeys, proof_ok, serve_curve
 from llmcluster.telemetry.snapshot import ClusterSnapshot
 from llmcluster.wire import COORDINATOR_SRC, MAX_CONTROL_BYTES, DecodeError, Kind, Message, decode
 from llmcluster.wire.codec import encode
@@ -45,10 +49,20 @@ class Observer:
 class RecordHub:
     """Owned by the coordinator's thread; ``publish`` never blocks."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, run_id: str) -> None:
-        self.run_id = run_id
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        run_id: str,
+        display_proof: str = "",
+        *,
+        curve: CurveKeys | None = None,
+    ) -> None:
+        self.run_id, self.display_proof = run_id, display_proof
         self.attempt = 0
         self.socket = ctx.socket(zmq.ROUTER)
+        if curve is not None:
+            serve_curve(self.socket, curve)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, SUBSCRIBER_HWM)
         self.socket.setsockopt(zmq.RCVHWM, 1000)
@@ -175,6 +189,9 @@ class RecordHub:
         if msg.run_id != self.run_id or msg.attempt != self.attempt or msg.src != 0:
             self.dropped += 1
             return
+        if not proof_ok(msg.body.proof, self.display_proof):
+            self.dropped += 1
+            return
         if identity != self.display:  # a new rank 0: replay what the last one never showed
             self._pending.extendleft(reversed(self._unacked))
             self._unacked.clear()
@@ -201,9 +218,9 @@ class RecordHub:
         """A display has claimed the reliable channel in this attempt."""
         return self.display is not None
 
-    def new_attempt(self, attempt: int) -> None:
-        """A restart: the next display must belong to ``attempt``."""
-        self.attempt = attempt
+    def new_attempt(self, attempt: int, display_proof: str = "") -> None:
+        """A restart: the next display must belong to ``attempt`` (and show its proof)."""
+        self.attempt, self.display_proof = attempt, display_proof
         self.display = None
         self._pending.extendleft(reversed(self._unacked))
         self._unacked.clear()

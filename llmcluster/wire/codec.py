@@ -7,8 +7,11 @@ Frame layout (one ZeroMQ multipart message)::
 
 ``decode`` checks frame count, size, the header, the run id and every body field (through
 the body's dataclass, ``messages.BODIES``) before anything uses the message; every failure
-raises ``DecodeError`` so that the caller can drop the message and count it. Nothing here
-asserts.
+raises ``DecodeError`` so that the caller can drop the message and count it; a message of
+another protocol version raises ``ForeignVersion`` (its kind named), so that a coordinator can
+refuse a foreign node's join. REFUSED is the one kind every version reads (its form, one
+``reason`` string, never changes), so that a refused node of any version learns why. Nothing
+here asserts.
 """
 
 from __future__ import annotations
@@ -26,6 +29,14 @@ HEADER = MAGIC + bytes([PROTOCOL_VERSION])
 _SNDMORE = int(zmq.SNDMORE)  # a plain int: pyzmq's send_multipart pays for enum arithmetic
 _RESERVED = ("k", "run", "att", "src")
 _KINDS = {kind.value: kind for kind in Kind}
+
+
+class ForeignVersion(DecodeError):
+    """An llmcluster message of another protocol version (``kind``: its kind's name, if any)."""
+
+    def __init__(self, version: int, kind: str) -> None:
+        super().__init__(f"protocol version {version}, not {PROTOCOL_VERSION}")
+        self.version, self.kind = version, kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +86,9 @@ def decode(
 
 def decode_head(first: bytes, *, run_id: str | None, max_body: int = MAX_CONTROL_BYTES) -> dict:
     """Check and unpack the first frame; ``head["k"]`` is replaced by its ``Kind``."""
-    if first[:5] != HEADER:
-        raise DecodeError("bad header (foreign sender or protocol version)")
+    if first[:4] != MAGIC or len(first) < 5:
+        raise DecodeError("bad header (foreign sender)")
+    version = first[4]
     if len(first) - 5 > max_body:
         raise DecodeError(f"body of {len(first) - 5} bytes exceeds {max_body}")
     try:
@@ -84,9 +96,13 @@ def decode_head(first: bytes, *, run_id: str | None, max_body: int = MAX_CONTROL
             memoryview(first)[5:], raw=False, strict_map_key=True, max_bin_len=max_body
         )
     except Exception as exc:  # msgpack raises several unrelated types on garbage
+        if version != PROTOCOL_VERSION:
+            raise ForeignVersion(version, "") from None
         raise DecodeError(f"undecodable body: {type(exc).__name__}") from None
     if not isinstance(head, dict):
         raise DecodeError("body is not a map")
+    if version != PROTOCOL_VERSION and head.get("k") != Kind.REFUSED.value:
+        raise ForeignVersion(version, str(head.get("k")))
     kind = _KINDS.get(head.get("k"))  # type: ignore[arg-type]
     if kind is None:
         raise DecodeError(f"unknown kind {head.get('k')!r}")

@@ -34,6 +34,7 @@ class Kind(str, Enum):
     # control plane: node agent <-> coordinator
     AGENT_JOIN = "agent_join"
     AGENT_WELCOME = "agent_welcome"
+    REFUSED = "refused"  # coordinator -> agent: not admitted, and why (readable by any version)
     AGENT_EXIT = "agent_exit"  # a local rank process ended (pid, exit status)
     SPAWN = "spawn"  # coordinator -> agent: (re)start the local ranks for an attempt
     KILL = "kill"  # coordinator -> agent: terminate the local ranks
@@ -58,12 +59,22 @@ class Kind(str, Enum):
 
 @dataclass(frozen=True, kw_only=True)
 class AgentJoin:
-    """A node agent asks to join (node -1: assign one)."""
+    """A node agent asks to join (node -1: assign one) of a cluster of this shape (0: any).
+
+    No token: over TCP, holding the token is what completing the CurveZMQ handshake proves."""
 
     node: int = num(-1, 4095)
     host: str
     pid: int = num(0)
-    token: str
+    nnodes: int = num(0, 4096, default=0)
+    nproc_per_node: int = num(0, 4096, default=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refused:
+    """The coordinator refused an agent's join: the one-line reason the node exits with."""
+
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,9 +98,11 @@ class AgentExit:
 
 @dataclass(frozen=True, kw_only=True)
 class Spawn:
-    """Start the local ranks for ``attempt`` from ``start_step``."""
+    """Start the local ranks for ``attempt`` from ``start_step``; ``nonce`` (this node's,
+    this attempt's) gives each rank the proof it joins with (``control.security``)."""
 
     attempt: int = num(0)
+    nonce: str
     start_step: int = num(1)
     speed: float = num(1e-6, 1e9)
     sim_time: float = num(0)  # the simulated clock at the attempt's start
@@ -113,6 +126,7 @@ class Join:
     endpoints: tuple[str, ...]
     host: str
     env: dict[str, str]
+    proof: str  # that this process is the one its agent spawned for ``rank``
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +237,7 @@ class Subscribe:
 
     role: str  # "display" | "observer"
     rank: int = num(-1, default=-1)
+    proof: str = ""  # the display: rank 0's join proof for the current attempt
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,6 +264,7 @@ class Empty:
 BODIES: dict[Kind, type] = {
     Kind.AGENT_JOIN: AgentJoin,
     Kind.AGENT_WELCOME: AgentWelcome,
+    Kind.REFUSED: Refused,
     Kind.AGENT_EXIT: AgentExit,
     Kind.SPAWN: Spawn,
     Kind.KILL: Reason,

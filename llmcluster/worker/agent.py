@@ -5,7 +5,9 @@ ranks for an attempt when the coordinator says SPAWN, reports each rank's exit
 (code or signal) as it happens, terminates the group on KILL or EXIT, and kills
 its ranks and leaves by itself when the coordinator goes silent. With torchrun's log
 options it gives each rank its files (``logspec``), tails the tee'd ones to its console
-(``tail``) and writes the error.json of a rank killed by a signal (``errors``).
+(``tail``) and writes the error.json of a rank killed by a signal (``errors``). A refused
+node (the coordinator's REFUSED, or a failed CurveZMQ handshake: a wrong token or an
+impostor) exits 2 at once with the reason. Each rank it forks gets its join proof in memory.
 """
 
 from __future__ import annotations
@@ -27,20 +29,28 @@ from llmcluster.comm.shm import create_region
 from llmcluster.config import RunConfig
 from llmcluster.control.env import torchrun_env
 from llmcluster.control.link import CHECK_S, ControlLink, CoordinatorLost
+from llmcluster.control.net import reachable
 from llmcluster.control.procs import fork_child, reap, signal_name, terminate_all
 from llmcluster.control.rundir import RunDir
+from llmcluster.control.security import CurveKeys, HandshakeWatch, rank_proof
 from llmcluster.render.fmt import glog
-from llmcluster.render.launch import AgentLaunch, finish_lines, launcher_lines
-from llmcluster.render.report import agent_restart_lines
+from llmcluster.render.launch import AgentLaunch
 from llmcluster.wire import AGENT_SRC, Kind, Message
-from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Spawn
-from llmcluster.worker import logspec
+from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Refused, Spawn
+from llmcluster.worker import announce, logspec
 from llmcluster.worker.errors import ERROR_FILE_VAR, record_signal_death
 from llmcluster.worker.rank import Rank, RankSpec, shm_capacity
 from llmcluster.worker.tail import Tailed, TailLog
 
 JOIN_FIRST_WAIT_S = 2.0  # a busy coordinator (hundreds of agents) may take a while to welcome
 JOIN_MAX_WAIT_S = 8.0
+REFUSED_EXIT = 2  # a refused node: like a usage error, retrying cannot help
+
+
+class Refusal(Exception):
+    """The coordinator will not have this node; the one-line reason."""
+
+
 MP_API = "torch/distributed/elastic/multiprocessing/api.py"
 LOG_DIR_AT, REPLY_FILE_AT = f"{MP_API}:322", f"{MP_API}:396"  # _make_log_dir, reify
 PREFIX_TEMPLATE_VAR = "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"
@@ -55,7 +65,9 @@ class AgentSpec:
     host: str
     heartbeat_timeout_s: float = 3.0
     tcp_host: str | None = None  # bind rank inboxes on this address too (multi-host)
-    token: str = ""  # shared secret the coordinator requires across hosts
+    token: str = ""  # shared secret of a run across hosts: its CurveZMQ keys derive from it
+    nnodes: int = 0  # the cluster shape this node expects (0: whatever the coordinator runs)
+    nproc_per_node: int = 0
     join_timeout_s: float = 60.0  # give up if no coordinator answers for this long
     announce: bool = False  # a standalone node prints its own agent lines (rank 0 prints node 0's)
 
@@ -75,6 +87,7 @@ class NodeAgent:
         self.group_done_at: float | None = None  # when the last local rank exited
         self.sim_time = 0.0  # the simulated clock at the current attempt's start
         self.run_dir = RunDir("node-")  # the local ranks' inboxes
+        self.keys = CurveKeys.from_token(spec.token)
         self.log_run_dir: str | None = None  # <log_dir>/<run_id>_<random>, made at first spawn
         self.rank_logs: dict[int, logspec.RankLogs] = {}  # global rank -> its streams
         self.tail: TailLog | None = None  # the tee of this attempt's files
@@ -90,6 +103,8 @@ class NodeAgent:
             run_id=None,
             src=AGENT_SRC,
             timeout_s=max(self.spec.heartbeat_timeout_s, 3.0),
+            curve=self.keys,
+            watch_handshakes=True,
         )
         # a child's exit wakes the loop at once (SIGCHLD's wake-up fd), so it can wait long
         wake_read, wake_write = socket.socketpair()
@@ -115,6 +130,9 @@ class NodeAgent:
         except CoordinatorLost as lost:
             print(f"llmcluster node {self.node}: {lost}; stopping local ranks", file=sys.stderr)
             return 1
+        except Refusal as refusal:
+            print(f"llmcluster node: {refusal}", file=sys.stderr, flush=True)
+            return REFUSED_EXIT
         finally:
             signal.set_wakeup_fd(previous_fd)
             signal.signal(signal.SIGCHLD, previous_handler)
@@ -128,21 +146,27 @@ class NodeAgent:
             self.run_dir.remove()
 
     def _join(self, link: ControlLink) -> int | None:
-        """Join, retrying with backoff while the coordinator is not up yet (or not answering)."""
+        """Join, retrying with backoff while the coordinator is not up yet (or not answering);
+        raise Refusal if it refuses us (REFUSED, or a handshake that fails)."""
+        assert link.handshakes is not None
+        try:
+            return self._join_watched(link, link.handshakes)
+        finally:
+            link.unwatch()
+
+    def _join_watched(self, link: ControlLink, watch: HandshakeWatch) -> int | None:
         started, backoff, attempt = time.monotonic(), JOIN_FIRST_WAIT_S, 0
+        spec = self.spec
+        join = AgentJoin(node=self.node, host=spec.host, pid=os.getpid(), nnodes=spec.nnodes,
+                         nproc_per_node=spec.nproc_per_node)  # fmt: skip
         while True:
             attempt += 1
-            link.send(
-                Kind.AGENT_JOIN,
-                AgentJoin(
-                    node=self.node, host=self.spec.host, pid=os.getpid(), token=self.spec.token
-                ),
-            )
+            link.send(Kind.AGENT_JOIN, join)
             link.last_heard = time.monotonic()
             deadline = time.monotonic() + backoff
             try:
                 while time.monotonic() < deadline:
-                    for msg in link.wait(deadline - time.monotonic()):
+                    for msg in link.wait(min(CHECK_S, deadline - time.monotonic())):
                         code = self._handle(link, msg)
                         if code is not None:
                             return code
@@ -150,6 +174,9 @@ class NodeAgent:
                         return None
                     if self.signals:
                         return 128 + self.signals[0]
+                    watch.update()
+                    if watch.refused:
+                        raise Refusal(self._handshake_failure())
             except CoordinatorLost:
                 pass
             waited = time.monotonic() - started
@@ -161,6 +188,14 @@ class NodeAgent:
                 print(f"llmcluster node: waiting for the coordinator at {self.spec.control} "
                       f"(attempt {attempt})", file=sys.stderr)  # fmt: skip
             backoff = min(backoff * 2, JOIN_MAX_WAIT_S)
+
+    def _handshake_failure(self) -> str:
+        where = self.spec.control
+        if self.keys is None:
+            return (f"the coordinator at {where} requires a token (the handshake failed); "
+                    "pass --token or LLMCLUSTER_TOKEN")  # fmt: skip
+        return (f"the coordinator at {where} refused our token, or is not llmcluster "
+                "(the CurveZMQ handshake failed)")  # fmt: skip
 
     def _report_exit(self, link: ControlLink, pid: int, exitcode: int) -> None:
         rank = self.children.pop(pid)
@@ -231,12 +266,19 @@ class NodeAgent:
 
     def _handle(self, link: ControlLink, msg: Message) -> int | None:
         body = msg.body
+        if isinstance(body, Refused) and self.config is None:
+            raise Refusal(f"refused by the coordinator at {self.spec.control}: {body.reason}")
         if isinstance(body, AgentWelcome) and self.config is None:
             try:
-                self.config = RunConfig.from_wire(body.config)
-            except (TypeError, ValueError):
+                config = RunConfig.from_wire(body.config)
+                config.validate()
+            except (TypeError, ValueError, AttributeError):
                 link.dropped += 1
                 return None
+            if not 0 <= body.node < config.nnodes:
+                link.dropped += 1
+                return None
+            self.config = config
             link.timeout_s = max(link.timeout_s, self.config.silence_tolerance_s)
             self.node = body.node
             self._say(f"llmcluster node: joined {self.spec.control} as node {self.node} of "
@@ -261,44 +303,23 @@ class NodeAgent:
         if self.spec.announce:  # stderr, as torchrun's logging: stdout stays the ranks' own
             print(text, file=sys.stderr, flush=True)
 
-    def _agent_record(self, run_id: str, attempt: int) -> AgentLaunch:
-        config = self.config
-        assert config is not None
-        return AgentLaunch(
-            start_time=self.sim_time,
-            agent_pid=os.getpid(),
-            nnodes=config.nnodes,
-            nproc_per_node=config.nproc_per_node,
-            world_size=config.ranks,
-            master_addr=config.master_addr,
-            master_port=config.master_port,
-            run_id=run_id,
-            max_restarts=config.max_restarts,
-            attempt=attempt,
-        )
+    def _launch(self, run_id: str, attempt: int) -> AgentLaunch:
+        assert self.config is not None
+        return announce.agent_launch(self.config, run_id=run_id, attempt=attempt,
+                                     sim_time=self.sim_time, agent_pid=os.getpid())  # fmt: skip
 
     def _announce_group(self, attempt: int, run_id: str) -> None:
-        if not self.spec.announce or self.node == 0 or self.config is None:
-            return
-        run = self._agent_record(run_id, attempt)
-        if attempt == 0:
-            lines = launcher_lines(run, group_rank=self.node)
-        else:
-            lines = agent_restart_lines(run, run.start_time, attempt=attempt,
-                                        restarts_left=self.config.max_restarts - attempt,
-                                        max_restarts=self.config.max_restarts)  # fmt: skip
-        self._say("\n".join(lines))
+        if self.spec.announce and self.node != 0 and self.config is not None:
+            lines = announce.group_lines(self._launch(run_id, attempt), node=self.node,
+                                         max_restarts=self.config.max_restarts)  # fmt: skip
+            self._say("\n".join(lines))
 
     def _announce_end(self, code: int, run_id: str) -> None:
-        if not self.spec.announce or self.node == 0 or self.config is None:
-            return
-        if code != 0:
-            self._say(f"llmcluster node {self.node}: the run failed (exit code {code}); "
-                      "local worker group stopped")  # fmt: skip
-            return
-        waited = time.monotonic() - (self.group_done_at or time.monotonic())
-        run = self._agent_record(run_id, 0)
-        self._say("\n".join(finish_lines(run, run.start_time, round(waited, 6))))
+        if self.spec.announce and self.node != 0 and self.config is not None:
+            waited = time.monotonic() - (self.group_done_at or time.monotonic())
+            lines = announce.end_lines(self._launch(run_id, 0), node=self.node, code=code,
+                                       waited_s=waited)  # fmt: skip
+            self._say("\n".join(lines))
 
     def _spawn(self, spawn: Spawn, run_id: str) -> None:
         config = self.config
@@ -330,6 +351,8 @@ class NodeAgent:
                 publish=self.publish,
                 inbox=inbox,
                 speed=spawn.speed,
+                proof=rank_proof(spawn.nonce, rank),
+                curve=self.keys,
                 shm=self.shm,
                 board=self.board,
                 plan_host=self.spec.tcp_host is None and config.nnodes > 1,
@@ -362,24 +385,3 @@ class NodeAgent:
         tailed = [Tailed(logs.stdout, logs.prefix, 1) for logs in streams if logs.tee_stdout]
         tailed += [Tailed(logs.stderr, logs.prefix, 2) for logs in streams if logs.tee_stderr]
         self.tail = TailLog(tailed).start() if tailed else None
-
-
-def reachable(endpoint: str, control: str) -> str:
-    """A coordinator endpoint bound on a wildcard, as this node reaches it (the control host)."""
-    host = control.rsplit(":", 1)[0].removeprefix("tcp://")
-    for wildcard in ("tcp://0.0.0.0:", "tcp://*:"):
-        if endpoint.startswith(wildcard):
-            return f"tcp://{host}:{endpoint[len(wildcard) :]}"
-    return endpoint
-
-
-def outgoing_address(host: str, port: int) -> str:
-    """This machine's address on the route to ``host`` (what peers on other hosts can reach)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((socket.gethostbyname(host), port))  # UDP: no packet is sent
-        return probe.getsockname()[0]
-
-
-def local_host_name() -> str:
-    """This machine's short host name, as NCCL and torchrun print it."""
-    return socket.gethostname().split(".")[0] or "localhost"

@@ -3,7 +3,8 @@
 It claims the hub's display channel for its attempt, shows every record in order and
 acknowledges each one; the hub replays whatever it never acknowledged to the next rank 0
 after a restart (or the coordinator shows it itself when the run is aborted), so no
-record is lost with a rank 0 that is killed mid-run.
+record is lost with a rank 0 that is killed mid-run. It claims the channel with rank 0's
+join proof (and, across hosts, the run's CurveZMQ keys).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 import zmq
 
 from llmcluster.config import RunConfig
+from llmcluster.control.security import CurveKeys
 from llmcluster.render.sinks import make_display, silence_stdout, stdout_closed
 from llmcluster.telemetry.client import RecordClient
 from llmcluster.wire.records import Record, SummaryRecord
@@ -24,16 +26,32 @@ class DisplayThread(threading.Thread):
     """Rank 0's renderer: shows the records of the run until the summary."""
 
     def __init__(
-        self, ctx: zmq.Context, config: RunConfig, publish: str, run_id: str, attempt: int
+        self,
+        ctx: zmq.Context,
+        config: RunConfig,
+        publish: str,
+        run_id: str,
+        attempt: int,
+        *,
+        proof: str = "",
+        curve: CurveKeys | None = None,
     ) -> None:
         super().__init__(name="display", daemon=True)
         self.ctx, self.publish, self.run_id, self.attempt = ctx, publish, run_id, attempt
+        self.proof, self.curve = proof, curve
         self._stopping = threading.Event()
         self._display = make_display(config)
 
     def run(self) -> None:
         client = RecordClient(
-            self.ctx, self.publish, role="display", run_id=self.run_id, attempt=self.attempt, rank=0
+            self.ctx,
+            self.publish,
+            role="display",
+            run_id=self.run_id,
+            attempt=self.attempt,
+            rank=0,
+            curve=self.curve,
+            proof=self.proof,
         )
         closed = False
         try:

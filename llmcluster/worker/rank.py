@@ -3,7 +3,9 @@
 Life of a rank: join the coordinator, receive the address book, pass the first barrier,
 then run its workload (``training.train`` or ``bench.rank_bench``) in lock-step with every
 other rank, and wait to be told to leave. Rank 0 of a training run also hosts the display
-thread, the telemetry plane's reliable subscriber.
+thread, the telemetry plane's reliable subscriber. It joins with the proof its agent handed
+it at fork; across hosts its TCP sockets use the run's CurveZMQ keys, its inbox behind the
+token's ZAP handler. A malformed address book is dropped (counted) like any bad message.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from llmcluster.comm.shm import ShmArena
 from llmcluster.config import RunConfig
 from llmcluster.control.env import TORCHRUN_VARS
 from llmcluster.control.link import ControlLink, CoordinatorLost
+from llmcluster.control.security import Gatekeeper
 from llmcluster.render.nccl import NcclRank
 from llmcluster.wire import Kind, Message
 from llmcluster.wire.messages import Book, Done, Exit, Failure, Join, RankOnly
@@ -69,6 +72,8 @@ class RankSpec:
     publish: str  # coordinator's record hub (rank 0's display subscribes)
     inbox: list[str]  # addresses this rank's peer inbox binds (ipc://..., tcp://host:0)
     speed: float  # simulated seconds per wall second
+    proof: str = ""  # shown in JOIN: this process is the one its agent spawned for ``rank``
+    curve: Any = None  # the run's CurveKeys across hosts (a token), else None
     shm: Any = None  # the node's shared region (an inherited mmap) for large collectives
     board: Any = None  # the node's board (an inherited mmap) for the step's tiny reductions
     plan_host: bool = False  # every node on one machine: NCCL names the plan's host, not ours
@@ -81,6 +86,8 @@ class Rank:
         self.spec = spec
         self.stop_requested = False
         self.ctx = zmq.Context()
+        tcp_inbox = any(address.startswith("tcp://") for address in spec.inbox)
+        self.gatekeeper = Gatekeeper(self.ctx, spec.curve) if spec.curve and tcp_inbox else None
         self.link = ControlLink(
             self.ctx,
             endpoint=spec.control,
@@ -88,6 +95,7 @@ class Rank:
             run_id=spec.run_id,
             src=spec.rank,
             timeout_s=spec.config.silence_tolerance_s,
+            curve=spec.curve,
         )
         self.link.attempt = spec.attempt
         self.mesh = PeerMesh(
@@ -98,6 +106,7 @@ class Rank:
             node=spec.node,
             timeout_s=spec.config.collective_timeout_s,
             service=self.serve,
+            curve=spec.curve,
         )
         self.mesh.reset(spec.attempt)
         self.display: DisplayThread | None = None
@@ -142,9 +151,9 @@ class Rank:
         spec = self.spec
         try:
             if spec.rank == 0 and spec.config.bench is None:
-                self.display = DisplayThread(
-                    self.ctx, spec.config, spec.publish, spec.run_id, spec.attempt
-                )
+                self.display = DisplayThread(self.ctx, spec.config, spec.publish, spec.run_id,
+                                             spec.attempt, proof=spec.proof,
+                                             curve=spec.curve)  # fmt: skip
                 self.display.start()
             training = Training(self) if spec.config.bench is None else None
             comm = self._rendezvous(training)
@@ -205,10 +214,10 @@ class Rank:
                 endpoints=tuple(self.mesh.endpoints),
                 host=spec.host,
                 env={name: os.environ.get(name, "") for name in TORCHRUN_VARS},
+                proof=spec.proof,
             ),
         )
-        book = self._await(Kind.BOOK, RENDEZVOUS_TIMEOUT_S).body
-        assert isinstance(book, Book)
+        book = self._book()
         nodes = list(book.nodes)
         self.mesh.set_peers([list(e) for e in book.endpoints], nodes)
         topology = Topology(tuple(nodes))
@@ -247,6 +256,23 @@ class Rank:
         self.nccl = NcclLog(me, os.environ)
         self.nccl.init(bootstrap_s=bootstrap_s, total_s=total_s)
 
+    def _book(self) -> Book:
+        """The address book: one non-empty endpoint list per rank and the run's node mapping
+        (anything else is dropped and counted; the wait goes on)."""
+        deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_S
+        config = self.spec.config
+        expected = tuple(config.node_of(r) for r in range(config.ranks))
+        while True:
+            book = self._await(Kind.BOOK, deadline - time.monotonic()).body
+            if (
+                isinstance(book, Book)
+                and book.nodes == expected
+                and len(book.endpoints) == config.ranks
+                and all(book.endpoints)
+            ):
+                return book
+            self.link.dropped += 1
+
     def _finish_display(self) -> None:
         """Rank 0 stays until its display has shown the summary (or the run is over)."""
         display = self.display
@@ -269,4 +295,6 @@ class Rank:
             self.display.stop()
         self.mesh.close()
         self.link.close()
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
         self.ctx.term()
