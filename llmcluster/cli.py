@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from llmcluster import __version__
 from llmcluster.config import (
@@ -24,6 +24,9 @@ from llmcluster.config import (
     RunConfig,
     parse_duration,
 )
+
+if TYPE_CHECKING:
+    from llmcluster.exporters.prometheus_server import MetricsSettings
 
 
 class UsageError(Exception):
@@ -124,7 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grad-bucket", type=_size, default=0, metavar="SIZE")
     parser.add_argument("--record", dest="record_path", default=None, metavar="FILE")
     parser.add_argument("--list", action="store_true", help="list models, GPUs, datasets, styles")
+    _add_metrics_flags(parser)
     return parser
+
+
+def _add_metrics_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=_int, default=None, metavar="PORT",
+                        help="serve dcgm-exporter-style metrics (9400 is dcgm-exporter's port); "
+                        "a local run serves node N on PORT+N")  # fmt: skip
+    parser.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDR",
+                        help="address the metrics endpoints listen on")  # fmt: skip
+
+
+def _metrics(args: argparse.Namespace, nnodes: int) -> MetricsSettings | None:
+    from llmcluster.exporters.prometheus_server import MetricsSettings
+
+    if args.metrics_port is None:
+        return None
+    if not 1 <= args.metrics_port <= 65536 - nnodes:
+        raise ConfigError(f"--metrics-port must be between 1 and {65536 - nnodes} (one port per "
+                          f"node from it), got {args.metrics_port}")  # fmt: skip
+    return MetricsSettings(port=args.metrics_port, bind=args.metrics_bind)
 
 
 def build_bench_parser() -> argparse.ArgumentParser:
@@ -168,6 +191,7 @@ def build_node_parser() -> argparse.ArgumentParser:
                         help="this node's rank, or auto (assigned on join)")  # fmt: skip
     parser.add_argument("--heartbeat-timeout", type=_float, default=3.0)
     _add_remote_flags(parser)
+    _add_metrics_flags(parser)
     return parser
 
 
@@ -198,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args_list[0] if args_list[:1] in (["bench"], ["coordinator"], ["node"]) else "run"
     if args_list[:1] == ["schema"]:
         return _schema(args_list[1:])
+    if args_list[:1] in (["attach"], ["ps"]):
+        from llmcluster.attach import attach_main, ps_main
+
+        return (attach_main if args_list[0] == "attach" else ps_main)(args_list[1:])
     try:
         if command == "bench":
             return _bench(build_bench_parser().parse_args(args_list[1:]))
@@ -212,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--token (or LLMCLUSTER_TOKEN) is required when binding to a "
                     "non-loopback address"
                 )
+            if args.metrics_port is not None:
+                raise ConfigError("the coordinator has no GPUs: give --metrics-port to each "
+                                  "`llmcluster node`")  # fmt: skip
     except UsageError as exc:
         return _fail(str(exc))
     except ConfigError as exc:
@@ -245,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record_path=args.record_path,
         )
         config.validate()
+        metrics = _metrics(args, config.nnodes)
         from llmcluster.control.limits import check_capacity
 
         check_capacity(config.ranks, config.nnodes)
@@ -268,9 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             config, plan, bind=args.bind, port=args.port,
             token=args.token, join_timeout_s=args.join_timeout,
         )  # fmt: skip
+    from llmcluster.exporters.prometheus_server import MetricsError
     from llmcluster.launch.local import run_local
 
-    return run_local(config, plan)
+    try:
+        return run_local(config, plan, metrics)
+    except MetricsError as exc:
+        return _fail(str(exc))
 
 
 def _schema(rest: list[str]) -> int:
@@ -303,15 +339,24 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
+    from llmcluster.exporters.prometheus_server import MetricsError
     from llmcluster.launch.remote import run_node
 
     if args.node_rank != "auto" and not args.node_rank.isdigit():
         return _fail(f"--node-rank must be a number or auto, got {args.node_rank!r}")
-    return run_node(
-        master_addr=args.master_addr,
-        master_port=args.master_port,
-        node_rank=-1 if args.node_rank == "auto" else int(args.node_rank),
-        token=args.token,
-        join_timeout_s=args.join_timeout,
-        heartbeat_timeout_s=args.heartbeat_timeout,
-    )
+    try:
+        metrics = _metrics(args, 1)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    try:
+        return run_node(
+            master_addr=args.master_addr,
+            master_port=args.master_port,
+            node_rank=-1 if args.node_rank == "auto" else int(args.node_rank),
+            token=args.token,
+            join_timeout_s=args.join_timeout,
+            heartbeat_timeout_s=args.heartbeat_timeout,
+            metrics=metrics,
+        )
+    except MetricsError as exc:
+        return _fail(str(exc))

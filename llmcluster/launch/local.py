@@ -18,6 +18,7 @@ from llmcluster.control.procs import fork_child
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.server import CoordinatorServer
 from llmcluster.coordinator.state import Settings
+from llmcluster.exporters.prometheus_server import MetricsExporter, MetricsSettings
 from llmcluster.launch import runfile
 from llmcluster.launch.common import (
     choose_speed,
@@ -35,9 +36,13 @@ from llmcluster.worker.agent import AgentSpec, NodeAgent, local_host_name
 LOCAL_RENDEZVOUS_TIMEOUT_S = 60.0
 
 
-def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
-    """Run the whole cluster on this machine; returns the exit code."""
+def run_local(config: RunConfig, plan: sim.RunPlan, metrics: MetricsSettings | None = None) -> int:
+    """Run the whole cluster on this machine; returns the exit code. With ``metrics``, node
+    ``n``'s GPUs are served on ``metrics.port + n`` (raises MetricsError before anything
+    starts when a port is taken)."""
     launch_wall = process_start_wall()
+    exporter = MetricsExporter(metrics, config.nnodes) if metrics else None  # (agents close
+    # the listening sockets they inherit when forked)
     run_id = secrets.token_hex(6)
     received: list[int] = []
     sweep_stale_dirs()
@@ -80,7 +85,11 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
                 world_size=config.ranks,
                 started=launch_wall,
             )
+            if exporter:
+                exporter.start(publish, range(config.nnodes))
             with runfile.published(run):
                 return server.run()
     finally:
+        if exporter:
+            exporter.close()
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -18,6 +18,7 @@ from llmcluster.config import RunConfig
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.server import CoordinatorServer, RemoteNodes
 from llmcluster.coordinator.state import Settings
+from llmcluster.exporters.prometheus_server import MetricsSettings
 from llmcluster.launch.common import choose_speed, stop_signals_to, sweep_stale_dirs
 from llmcluster.render.sinks import show_records
 from llmcluster.wire.records import record_to_wire
@@ -67,8 +68,9 @@ def run_node(
     token: str,
     join_timeout_s: float,
     heartbeat_timeout_s: float,
+    metrics: MetricsSettings | None = None,
 ) -> int:
-    """One node agent joining a remote coordinator."""
+    """One node agent joining a remote coordinator (serving its GPUs' metrics if asked)."""
     sweep_stale_dirs()
     spec = AgentSpec(
         node=node_rank,
@@ -79,6 +81,7 @@ def run_node(
         token=token,
         join_timeout_s=join_timeout_s,
         announce=True,
+        metrics=metrics,
     )
     received: list[int] = []
     with stop_signals_to(received):

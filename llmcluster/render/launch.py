@@ -12,6 +12,7 @@ import hashlib
 from typing import Any
 
 from llmcluster.render.fmt import glog, tid_of
+from llmcluster.sim.devices import gpu_uuid, nccl_bus_id
 
 RUN_PY = "torch/distributed/run.py:803"
 API_PY = "torch/distributed/launcher/api.py:194"
@@ -144,7 +145,7 @@ def nccl_init_lines(run: dict[str, Any], rank: int) -> list[str]:
     comm = "0x" + _hex(f"{run['run_id']}{rank}", 8)
     comm_id = "0x" + _hex(run["run_id"], 16)
     local = rank % nproc
-    bus = f"{0x18 + 0x10 * local:x}000"
+    bus = nccl_bus_id(local)
     channels = 24 if gpu["intra_node_link"].startswith("NVLink") else 4
     lines = [
         f"{main} NCCL INFO Bootstrap : Using eth0:{ip}<0>",
@@ -197,8 +198,7 @@ def gpu_detect_lines(run: dict[str, Any]) -> list[str]:
     count = min(run["nproc_per_node"], run["world_size"])
     lines = []
     for index in range(count):
-        uuid = _hex(f"{run['run_id']}-gpu{index}", 32)
-        uuid = f"GPU-{uuid[:8]}-{uuid[8:12]}-{uuid[12:16]}-{uuid[16:20]}-{uuid[20:32]}"
+        uuid = gpu_uuid(run["seed"], 0, index)
         lines.append(f"GPU {index}: {gpu['smi_name']} (UUID: {uuid})")
     lines.append(
         f"Driver Version: {versions['driver']}    CUDA Version: {versions['cuda']}    "

@@ -29,6 +29,7 @@ from llmcluster.config import RunConfig
 from llmcluster.control.env import torchrun_env
 from llmcluster.control.link import CHECK_S, ControlLink, CoordinatorLost
 from llmcluster.control.procs import fork_child, reap, terminate_all
+from llmcluster.exporters.prometheus_server import MetricsExporter, MetricsSettings
 from llmcluster.render.launch import finish_lines, launcher_lines
 from llmcluster.render.report import agent_restart_lines
 from llmcluster.wire import AGENT_SRC, Kind, Message
@@ -51,6 +52,7 @@ class AgentSpec:
     token: str = ""  # shared secret the coordinator requires across hosts
     join_timeout_s: float = 60.0  # give up if no coordinator answers for this long
     announce: bool = False  # a standalone node prints its own agent lines (rank 0 prints node 0's)
+    metrics: MetricsSettings | None = None  # serve this node's GPUs (``llmcluster node``)
 
 
 class NodeAgent:
@@ -66,6 +68,8 @@ class NodeAgent:
         self.shm: mmap.mmap | None = None
         self.board: mmap.mmap | None = None
         self.group_done_at: float | None = None  # when the last local rank exited
+        # bound now, so a taken port fails before the node joins (raises MetricsError)
+        self.exporter = MetricsExporter(spec.metrics, 1) if spec.metrics else None
         self.work_dir = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-node-")  # swept
         os.chmod(self.work_dir, 0o700)
 
@@ -111,6 +115,8 @@ class NodeAgent:
             wake_write.close()
             terminate_all(list(self.children))
             self.children.clear()
+            if self.exporter:
+                self.exporter.close()
             link.close()
             ctx.term()
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -174,6 +180,8 @@ class NodeAgent:
                       f"{self.config.nnodes} ({self.spec.host})")  # fmt: skip
             self.publish = reachable(body.publish, self.spec.control)
             link.run_id = msg.run_id
+            if self.exporter:  # an observer of the hub, like dcgm-exporter beside the job
+                self.exporter.start(self.publish, [self.node])
         elif isinstance(body, Spawn) and self.config is not None:
             self._stop_group(link)
             link.attempt = body.attempt
