@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from conftest import run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmcluster.exporters import dcgm
+from llmcluster.exporters.job import JobCollector
 from llmcluster.exporters.state import MetricsState
 from llmcluster.render.smi import smi_lines
 from llmcluster.sim.devices import gpu_uuid, mem_clock_mhz, nccl_bus_id, pci_bus_id
@@ -191,3 +195,28 @@ def test_smi_table_has_nvidia_smis_layout(real) -> None:
     assert sum("NVIDIA H100 80GB HBM3" in line for line in full) == 8
     pids = [int(line.split()[4]) for line in full if re.match(r"\|\s+\d+\s+N/A\s+N/A", line)]
     assert pids == list(real[0].pids[8:16])
+
+
+def test_examples_query_only_series_the_exporter_serves(real) -> None:
+    run, steps, ranks = real
+    state = fold(run, steps[0], ranks[0])
+    served = {s.name for f in dcgm.families(state, 0) for s in f.samples}
+    served |= {s.name for f in JobCollector(state, threading.Lock(), 0, job=True).collect()
+               for s in f.samples}  # fmt: skip
+    examples = Path(__file__).resolve().parent.parent / "examples" / "observability"
+    dashboard = json.loads((examples / "grafana-dashboard.json").read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\b(?:DCGM_FI_|llmcluster_)\w+", e)}
+    assert used <= served, used - served
+    assert {
+        "DCGM_FI_DEV_GPU_TEMP",
+        "llmcluster_loss",
+        "llmcluster_step_time_seconds_bucket",
+    } <= used
+    titles = [p["title"] for p in dashboard["panels"]]
+    assert titles.index("Training (llmcluster_*)") > titles.index("GPU Utilization")
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "config", str(examples / "prometheus.yml")],
+                               capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
