@@ -13,12 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pexpect
 import pytest
 from conftest import cli, run_cli
+from private_dirs import private_dirs  # noqa: F401 - a fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 STEPS, JOIN_STEP = 30, 20
@@ -49,8 +49,13 @@ class StampedRun:
                 lambda: next((t for t, r in self.records if predicate(r)), None)
                 or not self.reader.is_alive(), timeout_s)  # fmt: skip
         stamp = next((t for t, r in self.records if predicate(r)), None)
-        assert found and stamp is not None, "the record never came"
+        assert found and stamp is not None, f"the record never came; {self.stderr()}"
         return stamp
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return "the run is still going"
+        return self.proc.stderr.read()[-2000:]
 
     def finish(self) -> tuple[int, list[dict[str, Any]]]:
         code = self.proc.wait(timeout=120)
@@ -73,10 +78,8 @@ def trace(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [*steps, ("summary", summary["steps"], summary["final_loss"], summary["exit"])]
 
 
-def test_two_attachers_one_late_one_detaching(tmp_path: Path, clean_table: None,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+@pytest.mark.usefixtures("private_dirs", "clean_table")
+def test_two_attachers_one_late_one_detaching() -> None:
     common = ("--ranks", "16", "--steps", str(STEPS), "--seed", "5", "--format", "jsonl")
     run = StampedRun(*common)
     early = late = None
@@ -115,8 +118,8 @@ def test_two_attachers_one_late_one_detaching(tmp_path: Path, clean_table: None,
     assert trace(records) == trace([json.loads(x) for x in alone.stdout.splitlines()])
 
 
-def test_attach_without_a_run_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+@pytest.mark.usefixtures("private_dirs")
+def test_attach_without_a_run_says_so() -> None:
     done = run_cli("attach")
     assert done.returncode == 1
     assert done.stderr.strip().startswith("llmcluster attach: no live run")

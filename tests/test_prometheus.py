@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import Running
+from private_dirs import private_dirs  # noqa: F401 - a fixture
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -99,10 +100,8 @@ def series(result: list[dict[str, Any]]) -> dict[float, float]:
     return {float(t): float(v) for t, v in only["values"]}
 
 
-def test_prometheus_sees_the_cluster(tmp_path: Path, clean_table: None,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the run's sockets and run file stay private
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+@pytest.mark.usefixtures("private_dirs", "clean_table")
+def test_prometheus_sees_the_cluster(tmp_path: Path) -> None:
     base_port = free_port(pair=True)
     targets = [f"127.0.0.1:{base_port}", f"127.0.0.1:{base_port + 1}"]
     with prometheus(tmp_path, targets) as api:
