@@ -158,6 +158,10 @@ def test_a_kill_leaves_an_xid_and_idle_gpus_energy_keeps_growing(real) -> None:
         labels for labels, _ in got["DCGM_FI_DEV_XID_ERRORS"]
     ]  # same series, sticky XID
     assert state.restarts == 1
+    hung = dataclasses.replace(failure, rank=9, local_rank=1, exitcode=1, signal=None)
+    state.update(hung)  # a rank that stopped without a signal (a hang, a crash)
+    xids = {labels["gpu"]: v for labels, v in scrape(state, 1)["DCGM_FI_DEV_XID_ERRORS"]}
+    assert xids["1"] == 43 and xids["4"] == 79
 
 
 def test_phase_samples_idle_the_tensor_pipes_and_links(real) -> None:

@@ -32,7 +32,7 @@ XID_STOPPED_PROCESSING = 43  # a GPU that stopped making progress (hung, timed o
 PHASES = ("starting", "init", "restore", "training", "eval", "checkpoint", "export",
           "failed", "restarting", "done")  # fmt: skip
 STEP_TIME_BUCKETS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-EVAL_TENSOR_SHARE = 0.6  # forward only: the tensor pipes do about a third of a step's work
+EVAL_TENSOR_SHARE = 0.6  # forward passes only: the tensor pipes idle more than in training
 
 
 @dataclass(frozen=True)
