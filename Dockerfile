@@ -1,4 +1,4 @@
-# llmcluster in a small image: the package and its four runtime dependencies, a non-root user.
+# llmcluster in a small image: the package and its runtime dependencies, a non-root user.
 # BASE is a build argument so the image builds from a local base without a registry (the compose
 # smoke test imports a debootstrapped Debian); PIP_OPTIONS lets such a build stay offline
 # ("--no-index --no-build-isolation" when the base already holds the dependencies).

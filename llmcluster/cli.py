@@ -16,7 +16,6 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from llmcluster import sim
 from llmcluster.cli_flags import (
     HelpShown,
     UsageError,
@@ -25,6 +24,18 @@ from llmcluster.cli_flags import (
     build_node_parser,
     build_parser,
     join_dash_values,
+)
+from llmcluster.commands import (
+    BenchRun,
+    Command,
+    CoordinatorRun,
+    LocalRun,
+    NodeRun,
+    Printed,
+    ShowList,
+    ShowSchema,
+    execute,
+    one_line,
 )
 from llmcluster.config import (
     MAX_NNODES,
@@ -37,70 +48,12 @@ from llmcluster.config import (
     check_token,
     env_text,
 )
+from llmcluster.exporters.prometheus_server import MetricsSettings
 from llmcluster.setup import checked_plan
 from llmcluster.worker.logspec import prepare_log_dir
 
 SUBCOMMANDS = ("bench", "coordinator", "node")
 SEED_RANGE = 2**31  # a fresh seed when --seed is not given: small enough to retype
-
-
-@dataclasses.dataclass(frozen=True)
-class Printed:
-    """``--help`` or ``--version`` already printed its text."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ShowList:
-    """``--list``: the catalog."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalRun:
-    """A whole run on this machine."""
-
-    config: RunConfig
-    plan: sim.RunPlan
-
-
-@dataclasses.dataclass(frozen=True)
-class CoordinatorRun:
-    """``llmcluster coordinator``: serve remote node agents over TCP."""
-
-    config: RunConfig
-    plan: sim.RunPlan
-    bind: str
-    port: int
-    token: str
-    join_timeout_s: float
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeRun:
-    """``llmcluster node``: one node agent joining a coordinator."""
-
-    master_addr: str
-    master_port: int
-    node_rank: int  # -1: assigned on join
-    token: str
-    join_timeout_s: float
-    heartbeat_timeout_s: float
-    nnodes: int  # expected by this node (0: any), checked at the join
-    nproc_per_node: int
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchRun:
-    """``llmcluster bench``: allreduce over the fabric, nccl-tests style."""
-
-    config: RunConfig  # with the bench workload
-
-
-@dataclasses.dataclass(frozen=True)
-class ShowSchema:
-    """``llmcluster schema``: the JSON Schema of the JSONL records."""
-
-
-Command = Printed | ShowList | ShowSchema | LocalRun | CoordinatorRun | NodeRun | BenchRun
 
 
 def _parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -128,9 +81,13 @@ def parse(argv: Sequence[str]) -> Command:
     if args.list:
         return ShowList()
     if command == "coordinator":
+        if args.metrics_port is not None:
+            raise ConfigError(
+                "the coordinator has no GPUs: give --metrics-port to each `llmcluster node`"
+            )
         return _coordinator(args)
     config = _run_config(args, ranks=args.ranks)
-    return LocalRun(config, checked_plan(config))
+    return LocalRun(config, checked_plan(config), _metrics(args, config.nnodes))
 
 
 def _seed(value: int | None) -> int:
@@ -187,11 +144,17 @@ def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
     return config
 
 
-def _resolved(config: RunConfig, plan: sim.RunPlan) -> RunConfig:
-    """Ranks rebuild the identical plan from the resolved names without re-running the picks."""
-    return dataclasses.replace(
-        config, model=plan.model.name, gpu=plan.gpu.name, dataset=plan.dataset.name
-    )
+def _metrics(args: argparse.Namespace, nnodes: int) -> MetricsSettings | None:
+    """``--metrics-port``/``--metrics-bind``: one port per node from the given one."""
+    if args.metrics_port is None:
+        return None
+    if not 1 <= args.metrics_port <= 65536 - nnodes:
+        raise ConfigError(
+            f"--metrics-port must be between 1 and {65536 - nnodes} (one port per node from "
+            f"it), got {args.metrics_port}"
+        )
+    bind = check_address(args.metrics_bind, flag="--metrics-bind")
+    return MetricsSettings(port=args.metrics_port, bind=bind)
 
 
 def _port_from(value: int | None, *, flag: str, highest: int) -> int:
@@ -285,6 +248,7 @@ def _node(args: argparse.Namespace) -> NodeRun:
         heartbeat_timeout_s=args.heartbeat_timeout,
         nnodes=args.nnodes,
         nproc_per_node=args.nproc_per_node,
+        metrics=_metrics(args, 1),
     )
 
 
@@ -310,47 +274,6 @@ def _bench(args: argparse.Namespace) -> BenchRun:
 
     check_capacity(config.ranks, config.nnodes)
     return BenchRun(config)
-
-
-def execute(command: Command) -> int:
-    """Run a validated command; returns the exit code."""
-    if isinstance(command, Printed):
-        return 0
-    if isinstance(command, ShowList):
-        from llmcluster.listing import print_listing
-
-        print_listing()
-        return 0
-    if isinstance(command, ShowSchema):
-        import json
-
-        from llmcluster.wire.records import records_json_schema
-
-        print(json.dumps(records_json_schema(), indent=2))
-        return 0
-    if isinstance(command, BenchRun):
-        from llmcluster.launch.bench import run_bench
-
-        return run_bench(command.config)
-    if isinstance(command, NodeRun):
-        from llmcluster.launch.remote import run_node
-
-        return run_node(**dataclasses.asdict(command))
-    if isinstance(command, CoordinatorRun):
-        from llmcluster.launch.remote import run_coordinator
-
-        return run_coordinator(
-            _resolved(command.config, command.plan), command.plan, bind=command.bind,
-            port=command.port, token=command.token, join_timeout_s=command.join_timeout_s,
-        )  # fmt: skip
-    from llmcluster.launch.local import run_local
-
-    return run_local(_resolved(command.config, command.plan), command.plan)
-
-
-def one_line(message: str) -> str:
-    """The message with control characters escaped, so it stays on one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def parse_or_fail(argv: Sequence[str]) -> Command | int:
@@ -386,5 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not _fd_open(1) or sys.stdout is None:  # stdout closed (>&-): refuse to run, as ls does
         print("llmcluster: error: stdout is closed; nothing to show the run on", file=sys.stderr)
         return 2
-    command = parse_or_fail(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["attach"], ["ps"]):  # second terminals onto a run: their own commands
+        from llmcluster.attach import attach_main, ps_main
+
+        return (attach_main if args[0] == "attach" else ps_main)(args[1:])
+    command = parse_or_fail(args)
     return command if isinstance(command, int) else execute(command)

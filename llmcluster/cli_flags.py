@@ -228,6 +228,14 @@ def _add_log_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_metrics_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=_int, default=None, metavar="PORT",
+                        help="serve dcgm-exporter-style metrics (9400 is dcgm-exporter's port); "
+                        "a local run serves node N on PORT+N (default: off)")  # fmt: skip
+    parser.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDR",
+                        help="address the metrics endpoints listen on")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (a training run on this machine)."""
     parser = _Parser(
@@ -237,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=COMMANDS_EPILOG,
     )
     _add_run_flags(parser)
+    _add_metrics_flags(parser)
     return parser
 
 
@@ -336,6 +345,7 @@ def build_coordinator_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nnodes", default=None,
                         help="N or MIN:MAX (default: $NNODES, else 1)")  # fmt: skip
     _add_remote_flags(parser)
+    _add_metrics_flags(parser)  # refused: a coordinator has no GPUs to serve
     return parser
 
 
@@ -364,6 +374,7 @@ def build_node_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat-timeout", type=_float, default=3.0,
                         help="seconds of coordinator silence before giving up")  # fmt: skip
     _add_remote_flags(parser)
+    _add_metrics_flags(parser)
     return parser
 
 

@@ -12,6 +12,7 @@ docker.io/docker-compose/debootstrap, or a daemon that does not come up.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import re
@@ -30,7 +31,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("dockerd", "docker", "docker-compose", "debootstrap", "nsenter", "ip")
 BASE_TAG = "llmcluster-compose-base"
-DEPENDENCIES = ("pyzmq", "msgpack", "rich", "numpy", "wheel")  # wheel: setuptools' bdist_wheel
+# the runtime dependencies, and wheel (setuptools' bdist_wheel)
+DEPENDENCIES = ("pyzmq", "msgpack", "rich", "numpy", "prometheus-client", "wheel")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmcluster"
 STEPS = 6
 
@@ -60,7 +62,8 @@ def _debian_source() -> tuple[str, str]:
 def _base_tarball(work: Path) -> Path:
     """A Debian minbase root with python3, venv and the runtime dependencies (cached)."""
     suite, mirror = _debian_source()
-    tarball = CACHE / f"compose-base-{suite}-{platform.machine()}.tar"
+    deps = hashlib.sha256(" ".join(DEPENDENCIES).encode()).hexdigest()[:8]  # new ones: a new base
+    tarball = CACHE / f"compose-base-{suite}-{platform.machine()}-{deps}.tar"
     if tarball.exists():
         return tarball
     rootfs = work / "rootfs"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import stat
+import tempfile
 import time
 
 import pytest
@@ -80,11 +82,18 @@ def test_signal_stops_at_step_boundary_with_summary(sig: int, code: int, clean_t
     assert "Traceback" not in err
 
 
+def _run_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "llmcluster-[0-9]*-*")))
+
+
 def test_kill_9_coordinator_leaves_nothing(clean_table: None) -> None:
+    before = _run_dirs()
     run = Running("--ranks", "16", "--steps", "100000", "--format", "jsonl", "--speed", "200")
     try:
         _wait_step(run, 1)
         assert len(own_processes()) >= 16 + 2
+        ours = _run_dirs() - before
+        assert len(ours) == 3  # the coordinator's and its two agents'
         killed = time.monotonic()
         run.proc.kill()
         left = wait_until_clean(3.0)
@@ -92,6 +101,7 @@ def test_kill_9_coordinator_leaves_nothing(clean_table: None) -> None:
     finally:
         run.kill()
     assert left == [], f"still alive {took:.1f}s after kill -9: {left}"
+    assert not ours & _run_dirs(), "a socket directory outlived the run"
 
 
 def test_crashed_rank_fails_the_run_cleanly(clean_table: None) -> None:

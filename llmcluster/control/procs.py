@@ -1,9 +1,9 @@
 """Owned child processes: fork with a parent-death signal, a name in ``ps``, and reaping.
 
-Every process of a run is created here. A child gets ``PR_SET_PDEATHSIG`` (SIGKILL
-when its parent dies), ignores terminal SIGINT and SIGHUP (the coordinator decides
-how a run stops), closes the file descriptors it inherited (ZeroMQ sockets of its parent),
-and calls ``os._exit`` so no parent finaliser runs twice.
+Every process of a run is created here. A child gets ``PR_SET_PDEATHSIG`` (SIGKILL, or
+the signal its creator chose, when its parent dies), ignores terminal SIGINT and SIGHUP
+(the coordinator decides how a run stops), closes the file descriptors it inherited (ZeroMQ
+sockets of its parent), and calls ``os._exit`` so no parent finaliser runs twice.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ def set_process_name(name: str) -> None:
         _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(parent_pid: int, death_signal: int) -> None:
     if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -69,11 +69,13 @@ def fork_child(
     env: dict[str, str] | None = None,
     stdout: str = "",
     stderr: str = "",
+    death_signal: int = signal.SIGKILL,
 ) -> int:
     """Fork a child that runs ``target()`` and exits with its return code; return its pid.
 
     ``stdout``/``stderr``: a file the child's stream goes to (torchrun's redirects), or ""
-    to keep the parent's."""
+    to keep the parent's. ``death_signal``: what the child gets when its parent dies (a node
+    agent takes SIGTERM, so it can stop its ranks and clean up after a killed coordinator)."""
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -83,7 +85,7 @@ def fork_child(
         return pid
     code = 1
     try:
-        _die_with_parent(parent)
+        _die_with_parent(parent, death_signal)
         signal.set_wakeup_fd(-1)  # the parent's wake-up channel is not ours
         _close_inherited_fds()
         for fd, path in ((1, stdout), (2, stderr)):

@@ -67,6 +67,12 @@ def _dead_owner(path: str) -> bool:
     return False
 
 
+def remove_if_stale(path: str) -> None:
+    """Remove ``path`` if its owner is gone (an agent cleaning up after a killed coordinator)."""
+    if os.path.isdir(path) and _stale(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def sweep_stale_dirs() -> None:
     """Remove the socket directories of runs, agents and ranks that are gone."""
     for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{PREFIX}*-*")):

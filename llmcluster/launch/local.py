@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import time
 
 from llmcluster import sim
@@ -19,6 +20,7 @@ from llmcluster.control.rundir import RunDir, sweep_stale_dirs
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.server import CoordinatorServer
 from llmcluster.coordinator.state import Settings
+from llmcluster.exporters.prometheus_server import MetricsExporter, MetricsSettings
 from llmcluster.launch import runfile
 from llmcluster.launch.common import (
     choose_speed,
@@ -34,9 +36,13 @@ from llmcluster.worker.agent import AgentSpec, NodeAgent
 LOCAL_RENDEZVOUS_TIMEOUT_S = 60.0
 
 
-def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
-    """Run the whole cluster on this machine; returns the exit code."""
+def run_local(config: RunConfig, plan: sim.RunPlan, metrics: MetricsSettings | None = None) -> int:
+    """Run the whole cluster on this machine; returns the exit code. With ``metrics``, node
+    ``n``'s GPUs are served on ``metrics.port + n`` (raises MetricsError before anything
+    starts when a port is taken)."""
     launch_wall = process_start_wall()
+    exporter = MetricsExporter(metrics, config.nnodes) if metrics else None  # (agents close
+    # the listening sockets they inherit when forked)
     run_id = secrets.token_hex(6)
     received: list[int] = []
     sweep_stale_dirs()
@@ -44,11 +50,22 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
     control, publish = f"ipc://{run_dir.path}/control", f"ipc://{run_dir.path}/records"
     host = local_host_name()
 
+    def agent_main(spec: AgentSpec) -> int:
+        stop: list[int] = []  # SIGTERM, also sent if this process dies: stop ranks, clean up
+        signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
+        return NodeAgent(spec, stop).run()
+
     def start_agent(node: int) -> int:
         spec = AgentSpec(
-            node=node, control=control, host=host, heartbeat_timeout_s=config.heartbeat_timeout_s
+            node=node,
+            control=control,
+            host=host,
+            heartbeat_timeout_s=config.heartbeat_timeout_s,
+            parent_dir=run_dir.path,
         )
-        return fork_child(lambda: NodeAgent(spec).run(), name=f"llmc-agent{node}")
+        return fork_child(
+            lambda: agent_main(spec), name=f"llmc-agent{node}", death_signal=signal.SIGTERM
+        )
 
     try:
         with stop_signals_to(received):
@@ -60,7 +77,7 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
                 start_time=timeline_start(config, plan, launch_wall),
                 secret=secrets.token_hex(16),
                 join_timeout_s=LOCAL_RENDEZVOUS_TIMEOUT_S,  # a rendezvous that never completes
-                simulated_hosts=config.nnodes > 1,
+                simulated_hosts=True,  # logs show the plan's cluster, never this machine
                 publish_endpoint=publish,
                 agent_pid=os.getpid(),
             )
@@ -81,7 +98,11 @@ def run_local(config: RunConfig, plan: sim.RunPlan) -> int:
                 world_size=config.ranks,
                 started=launch_wall,
             )
+            if exporter:
+                exporter.start(publish, range(config.nnodes))
             with runfile.published(run):
                 return server.run()
     finally:
+        if exporter:
+            exporter.close()
         run_dir.remove()

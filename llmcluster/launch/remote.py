@@ -22,6 +22,7 @@ from llmcluster.control.security import CurveKeys
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.server import CoordinatorServer, RemoteNodes
 from llmcluster.coordinator.state import Settings
+from llmcluster.exporters.prometheus_server import MetricsSettings
 from llmcluster.launch.common import (
     choose_speed,
     stop_signals_to,
@@ -79,8 +80,10 @@ def run_node(
     heartbeat_timeout_s: float,
     nnodes: int = 0,
     nproc_per_node: int = 0,
+    metrics: MetricsSettings | None = None,
 ) -> int:
-    """One node agent joining a remote coordinator (of ``nnodes`` x ``nproc_per_node``, 0: any)."""
+    """One node agent joining a remote coordinator (of ``nnodes`` x ``nproc_per_node``, 0: any),
+    serving its GPUs' metrics if asked."""
     sweep_stale_dirs()
     spec = AgentSpec(
         node=node_rank,
@@ -93,6 +96,7 @@ def run_node(
         announce=True,
         nnodes=nnodes,
         nproc_per_node=nproc_per_node,
+        metrics=metrics,
     )
     received: list[int] = []
     with stop_signals_to(received):

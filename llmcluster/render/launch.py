@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from llmcluster.render.fmt import glog, tid_of
+from llmcluster.sim.devices import gpu_uuid, nccl_bus_id
 from llmcluster.wire.records import RunRecord
 
 RUN_PY = "torch/distributed/run.py:803"
@@ -26,6 +27,13 @@ OMP_TEXT = (
 )
 MAX_CHANNEL_LINES = 4  # of 24 on NVLink nodes; big worlds list 2 (each line has every rank)
 BIG_WORLD = 64
+
+
+def mkdtemp_name(seed: str) -> str:
+    """Eight characters as Python's ``tempfile.mkdtemp`` picks them (``[a-z0-9_]``), seeded."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_"
+    digest = hashlib.sha256(f"log_dir/{seed}".encode()).digest()
+    return "".join(alphabet[b % len(alphabet)] for b in digest[:8])
 
 
 def _hex(seed: str, digits: int) -> str:
@@ -93,7 +101,7 @@ def launcher_lines(run: Launch, group_rank: int = 0) -> list[str]:
         f"{i}   rdzv_configs     : {{'timeout': 900}}",
         f"{i}   max_restarts     : {run.max_restarts}",
         f"{i}   monitor_interval : 0.1",
-        f"{i}   log_dir          : /tmp/torchelastic_{_hex(run.run_id, 8)}",
+        f"{i}   log_dir          : /tmp/torchelastic_{mkdtemp_name(run.run_id)}",
         f"{i}   metrics_cfg      : {{}}",
         f"{i} ",
     ]
@@ -190,7 +198,7 @@ def nccl_init_lines(run: RunRecord, rank: int) -> list[str]:
     comm = "0x" + _hex(f"{run.run_id}{rank}", 8)
     comm_id = "0x" + _hex(run.run_id, 16)
     local = rank % nproc
-    bus = f"{0x18 + 0x10 * local:x}000"
+    bus = nccl_bus_id(local)
     channels = 24 if run.gpu.intra_node_link.startswith("NVLink") else 4
     lines = [
         f"{main} NCCL INFO Bootstrap : Using eth0:{ip}<0>",
@@ -241,7 +249,6 @@ def gpu_detect_lines(run: RunRecord) -> list[str]:
     """``nvidia-smi -L`` for node 0's GPUs."""
     lines = []
     for index in range(min(run.nproc_per_node, run.world_size)):
-        uuid = _hex(f"{run.run_id}-gpu{index}", 32)
-        uuid = f"GPU-{uuid[:8]}-{uuid[8:12]}-{uuid[12:16]}-{uuid[16:20]}-{uuid[20:32]}"
+        uuid = gpu_uuid(run.seed, 0, index)
         lines.append(f"GPU {index}: {run.gpu.smi_name} (UUID: {uuid})")
     return lines

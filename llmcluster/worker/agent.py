@@ -31,8 +31,9 @@ from llmcluster.control.env import torchrun_env
 from llmcluster.control.link import CHECK_S, ControlLink, CoordinatorLost
 from llmcluster.control.net import reachable
 from llmcluster.control.procs import fork_child, reap, signal_name, terminate_all
-from llmcluster.control.rundir import RunDir
+from llmcluster.control.rundir import RunDir, remove_if_stale
 from llmcluster.control.security import CurveKeys, HandshakeWatch, rank_proof
+from llmcluster.exporters.prometheus_server import MetricsExporter, MetricsSettings
 from llmcluster.render.fmt import glog
 from llmcluster.render.launch import AgentLaunch
 from llmcluster.wire import AGENT_SRC, Kind, Message
@@ -70,6 +71,8 @@ class AgentSpec:
     nproc_per_node: int = 0
     join_timeout_s: float = 60.0  # give up if no coordinator answers for this long
     announce: bool = False  # a standalone node prints its own agent lines (rank 0 prints node 0's)
+    parent_dir: str = ""  # the coordinator's socket directory (local runs): removed if it died
+    metrics: MetricsSettings | None = None  # serve this node's GPUs (``llmcluster node``)
 
 
 class NodeAgent:
@@ -86,6 +89,8 @@ class NodeAgent:
         self.board: mmap.mmap | None = None
         self.group_done_at: float | None = None  # when the last local rank exited
         self.sim_time = 0.0  # the simulated clock at the current attempt's start
+        # bound now, so a taken port fails before the node joins (raises MetricsError)
+        self.exporter = MetricsExporter(spec.metrics, 1) if spec.metrics else None
         self.run_dir = RunDir("node-")  # the local ranks' inboxes
         self.keys = CurveKeys.from_token(spec.token)
         self.log_run_dir: str | None = None  # <log_dir>/<run_id>_<random>, made at first spawn
@@ -141,6 +146,10 @@ class NodeAgent:
             terminate_all(list(self.children))
             self.children.clear()
             self._stop_tail()
+            if self.exporter:
+                self.exporter.close()
+            if self.spec.parent_dir:  # a killed coordinator cannot remove its own
+                remove_if_stale(self.spec.parent_dir)
             link.close()
             ctx.term()
             self.run_dir.remove()
@@ -285,6 +294,8 @@ class NodeAgent:
                       f"{self.config.nnodes} ({self.spec.host})")  # fmt: skip
             self.publish = reachable(body.publish, self.spec.control)
             link.run_id = msg.run_id
+            if self.exporter:  # an observer of the hub, like dcgm-exporter beside the job
+                self.exporter.start(self.publish, [self.node], self.keys)
         elif isinstance(body, Spawn) and self.config is not None:
             self._stop_group(link)
             self.sim_time = body.sim_time
@@ -355,7 +366,7 @@ class NodeAgent:
                 curve=self.keys,
                 shm=self.shm,
                 board=self.board,
-                plan_host=self.spec.tcp_host is None and config.nnodes > 1,
+                plan_host=self.spec.tcp_host is None,  # one machine: the plan's host names
             )
             env = torchrun_env(
                 rank=rank,
