@@ -14,7 +14,9 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import time
 import uuid
 
@@ -152,3 +154,38 @@ def test_started_with_stderr_closed_still_runs(clean_table: None) -> None:
                           timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
     assert done.returncode == 0
     assert records(done.stdout)[-1]["exit"] == "completed"
+
+
+@pytest.mark.timeout(90)
+def test_kill_9_of_a_tcp_coordinator_leaves_its_node_nothing(clean_table: None) -> None:
+    with socket.socket() as probe:  # two free loopback ports: control and records
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "llmcluster-[0-9]*-*")))
+    token = ("--token", "kill-nine")
+    coordinator = subprocess.Popen(
+        cli("coordinator", "--bind", "127.0.0.1", "--port", str(port), "--nnodes", "1",
+            "--nproc-per-node", "4", "--steps", "100000", "--speed", "200", "--format",
+            "jsonl", *token),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    node = subprocess.Popen(
+        cli("node", "--master-addr", "127.0.0.1", "--master-port", str(port), *token),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert node.stdout is not None
+        for line in node.stdout:  # rank 0's display: the run is training
+            if line.startswith('{"type":"step"'):
+                break
+        made = set(glob.glob(os.path.join(tempfile.gettempdir(), "llmcluster-[0-9]*-*"))) - before
+        assert made  # the node agent's socket directory
+        coordinator.kill()
+        assert node.wait(timeout=30) == 1  # it noticed the silence and stopped its ranks
+        assert wait_until_clean(5.0) == []
+        assert not made & set(glob.glob(os.path.join(tempfile.gettempdir(), "llmcluster-*")))
+    finally:
+        for proc in (coordinator, node):
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
