@@ -43,7 +43,9 @@ def build_setup(config: RunConfig) -> RunSetup:
         dataset=config.dataset,
     )
     faults = parse_faults(tuple(config.inject), config.ranks) + chaos_faults(plan, config.chaos)
-    events = tuple(sorted(plan.events + fault_events(plan, faults), key=lambda e: (e.step, e.kind)))
+    # a plan's own OOMs kill ranks: only when failures are asked for (--chaos), never by surprise
+    natural = tuple(e for e in plan.events if e.kind != "oom" or config.chaos > 0)
+    events = tuple(sorted(natural + fault_events(plan, faults), key=lambda e: (e.step, e.kind)))
     plan = replace(plan, events=events)
     return RunSetup(plan, process_faults(plan, faults))
 
