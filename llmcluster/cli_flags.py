@@ -303,7 +303,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FAULT",
         help="inject a fault, e.g. kill:rank=17,step=40  hang:rank=3,step=25  "
-        "straggler:rank=5,slowdown=1.3  throttle:gpu=12  nan:step=60  spike:step=80 "
+        "oom:rank=2,step=30  straggler:rank=5,slowdown=1.3  throttle:gpu=12  nan:step=60  "
+        "spike:step=80 "
         "(repeatable; default: none)",
     )
     parser.add_argument("--chaos", type=_float, default=0.0, metavar="RATE",
