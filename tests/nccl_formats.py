@@ -9,7 +9,9 @@ import re
 PREFIX = re.compile(
     r"^(?P<host>[\w.-]+):(?P<pid>\d+):(?P<tid>\d+) \[(?P<dev>\d+)\] NCCL INFO (?P<msg>.*)$"
 )
-VERSION = re.compile(r"^NCCL version \d+\.\d+\.\d+\+cuda\d+\.\d+$")
+VERSION = re.compile(
+    r"^(NCCL version \d+\.\d+\.\d+\+cuda|RCCL version \d+\.\d+\.\d+\+hip)\d+\.\d+$"
+)
 POINTER = r"0x[0-9a-f]+"
 MESSAGES = {
     "bootstrap": re.compile(r"^Bootstrap ?: Using \w+:[\d.]+<0>$"),
@@ -83,7 +85,10 @@ REAL_INFO = [  # verbatim from the reference files
     "r24-02-22-23-29-0066-raycluster-lv52c-worker-l4-8-fqztx:615:18953 [2] NCCL INFO AllReduce: opCount 139d sendbuff 0x78d056200000 recvbuff 0x78d056200000 count 7382228 datatype 7 op 0 root 0 comm 0x78cfda045840 [nranks=128] stream 0x78d07125e5e0",  # noqa: E501
     "ubuntu:199574:201142 [1] NCCL INFO Send: opCount 12 sendbuff 0x7f505e93c000 recvbuff (nil) count 2420736 datatype 7 op 0 root 1 comm 0x7f5128002e10 [nranks=2] stream 0x55f1de727ae0",  # noqa: E501
 ]
-REAL_VERSION = ["NCCL version 2.21.5+cuda12.4"]
+REAL_VERSION = [
+    "NCCL version 2.21.5+cuda12.4",
+    "RCCL version 2.6.4+hip3.5",  # RCCL's VERSION_STRING (ROCm/rccl PR #212, src/init.cc)
+]
 TRACEBACK_LINE = re.compile(r"^\[rank\d+\]: .*$")  # "[rank6]: Traceback (most recent call last):"
 REAL_TRACEBACK = ["[rank6]: Traceback (most recent call last):",
                   "[rank6]: torch.AcceleratorError: CUDA error: misaligned address"]  # fmt: skip

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pexpect
 import pytest
 from conftest import cli, records, run_cli
+from nccl_formats import nccl_kind
 from render_fixtures import (
     make_failure,
     make_ranks,
@@ -55,8 +56,6 @@ MEGATRON_ITERATION = re.compile(
 )
 WIDTHS = (80, 120, 200)
 GLOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d{3}000 \d+ torch/distributed/[\w/]+\.py:\d+\]")
-NCCL = re.compile(r"^node-\d{3}:\d+:\d+ \[\d\] NCCL INFO ")
-CHANNEL = re.compile(r"NCCL INFO Channel (\d\d)/24 : ((?: {1,3}\d{1,4})+)$")
 
 
 def lines_of(style: str, recs: list[Record], *, width: int = 120, ascii_only: bool = False,
@@ -170,30 +169,42 @@ def test_launcher_lines_are_torchrun_glog() -> None:
     assert " 39990 " in lines[0] and lines[0].startswith("W")
 
 
-def test_nccl_init_lines_match_nccl_2_21() -> None:
+def test_merged_nccl_init_is_rank_zeros_own_lines_in_nccls_format() -> None:
     run = make_run()
-    lines = render.nccl_init_lines(run, 0)
+    lines = render.merged_init_lines(run, 0)
     versions = run.plan.versions
-    assert 15 <= len(lines) <= 40
-    assert lines.count(f"NCCL version {versions['nccl']}+cuda{versions['cuda']}") == 1
-    assert all(NCCL.match(x) for x in lines if not x.startswith("NCCL version"))
-    assert lines[0].startswith("node-000:40000:40000 [0] NCCL INFO Bootstrap : Using eth0:")
+    assert lines[2] == f"NCCL version {versions['nccl']}+cuda{versions['cuda']}"
+    kinds = [nccl_kind(line) for line in lines]
+    assert None not in kinds, [
+        line for line, kind in zip(lines, kinds, strict=True) if kind is None
+    ]
+    assert all(line.startswith("node-000:40000:") for line in lines if line != lines[2])
     major, minor = versions["cuda"].split(".")[:2]
     assert f"NCCL INFO cudaDriverVersion {int(major) * 1000 + int(minor) * 10}" in lines[1]
-    assert any("comm 0x" in x and "rank 0 nRanks 64 nNodes 8 localRanks 8 localRank 0 MNNVL 0"
-               in x for x in lines)  # fmt: skip
-    channels = [m for m in map(CHANNEL.search, lines) if m]
-    assert channels and " :    0   1   2" in lines[lines.index(channels[0].string)]
-    for match in channels:
-        assert sorted(map(int, match[2].split())) == list(range(64))  # a ring visits everyone
+    rings = [found for kind, found in filter(None, kinds) if kind == "ring"]
+    assert len(rings) == 24 and all(int(ring["total"]) == 24 for ring in rings)  # H100: 24
+    for ring in rings:
+        assert sorted(map(int, ring["members"].split())) == list(range(64))  # visits everyone
     assert "Trees [0] 1/8/16->0->-1" in "\n".join(lines)
-    assert lines[-1].endswith("busId 18000 commId " + lines[-1].split("commId ")[1])
-    assert lines[-1].endswith("- Init COMPLETE")
-    other = render.nccl_init_lines(run, 13)
-    assert not any(x.startswith("NCCL version") for x in other)
+    comm = [found for kind, found in filter(None, kinds) if kind == "init"]
+    assert [found["state"] for found in comm] == ["START", "COMPLETE"]
+    assert comm[0]["bus"] == "18000" and int(comm[0]["comm"], 16) % 16 == 0
+    other = render.merged_init_lines(run, 13)
+    assert not any("version" in line.split(" NCCL INFO ")[0] for line in other)
     assert other[0].startswith("node-001:40039:40039 [5] NCCL INFO")
-    assert other[-1].split("commId ")[1] == lines[-1].split("commId ")[1]  # one communicator
-    assert len(render.nccl_init_lines(make_run(256), 0)) <= 40
+    commids = {line.split("commId ")[1] for line in lines + other if "commId" in line}
+    assert len(commids) == 2  # START and COMPLETE of one communicator both ranks share
+    assert render.merged_init_lines(run, 0) == lines  # the plan, not the clock: one seed, one log
+
+
+def test_rccl_prints_its_own_version_line() -> None:
+    run = make_run()
+    rocm = dataclasses.replace(
+        run, plan=dataclasses.replace(run.plan, versions={**run.plan.versions,
+                                                          "nccl": "2.20.5",
+                                                          "cuda": "rocm-6.2.41133"}))  # fmt: skip
+    line = render.merged_init_lines(rocm, 0)[2]
+    assert line == "RCCL version 2.20.5+hip6.2" and nccl_kind(line) is not None
 
 
 def test_gpu_detection_is_nvidia_smi_l_for_node_zero() -> None:

@@ -9,7 +9,8 @@ workers: renderers take records (and the config) only.
 from llmcluster.render.bench import bench_table_lines
 from llmcluster.render.dashboard import DashboardState, dashboard_renderable
 from llmcluster.render.grid import grid_lines
-from llmcluster.render.launch import gpu_detect_lines, launcher_lines, nccl_init_lines
+from llmcluster.render.launch import gpu_detect_lines, launcher_lines
+from llmcluster.render.nccl import merged_init_lines
 from llmcluster.render.report import (
     failure_lines,
     interrupt_lines,
@@ -31,7 +32,7 @@ __all__ = [
     "interrupt_lines",
     "launcher_lines",
     "make_style",
-    "nccl_init_lines",
+    "merged_init_lines",
     "restart_lines",
     "summary_lines",
     "summary_renderable",

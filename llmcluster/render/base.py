@@ -24,7 +24,8 @@ from llmcluster.render.fmt import (
     tee_prefix,
 )
 from llmcluster.render.grid import grid_lines
-from llmcluster.render.launch import gpu_detect_lines, launcher_lines, nccl_init_lines
+from llmcluster.render.launch import gpu_detect_lines, launcher_lines
+from llmcluster.render.nccl import merged_init_lines
 from llmcluster.render.report import (
     failure_lines,
     interrupt_lines,
@@ -131,7 +132,7 @@ class Style:
 
     def run_lines(self, run: RunRecord) -> list[str]:
         """torchrun's launch, NCCL's init on rank 0, nvidia-smi, then the framework set-up."""
-        nccl = prefixed(self.tee_prefix(0), nccl_init_lines(run, 0))
+        nccl = prefixed(self.tee_prefix(0), merged_init_lines(run, 0))
         if run.attempt:  # a restarted worker group: the new communicator only
             return nccl
         return [*launcher_lines(run), *nccl, *gpu_detect_lines(run), *self.preamble(run)]

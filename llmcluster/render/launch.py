@@ -1,9 +1,9 @@
-"""The start of a run as real tools print it: torchrun's agent, NCCL's init, GPU detection.
+"""The start of a run as real tools print it: torchrun's agent and GPU detection (NCCL's init
+is ``render.nccl``'s).
 
 Formats follow ``shared/reference/real-logs.md`` sections 2a (torchrun glog lines, the
-OMP_NUM_THREADS banner, the elastic agent's launch configs and rendezvous result), 2b
-(``host:pid:tid [dev] NCCL INFO`` lines with ring/tree listings and ``Init COMPLETE``)
-and 2g (nvidia-smi's GPU listing). Every value comes from the ``run`` record; a node
+OMP_NUM_THREADS banner, the elastic agent's launch configs and rendezvous result) and 2g
+(nvidia-smi's GPU listing). Every value comes from the ``run`` record; a node
 agent, which has no run record, describes its launch with an ``AgentLaunch``.
 """
 
@@ -13,8 +13,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
-from llmcluster.render.fmt import glog, tid_of
-from llmcluster.sim.devices import gpu_uuid, nccl_bus_id
+from llmcluster.render.fmt import glog
+from llmcluster.sim.devices import gpu_uuid
 from llmcluster.wire.records import RunRecord
 
 RUN_PY = "torch/distributed/run.py:803"
@@ -25,8 +25,6 @@ OMP_TEXT = (
     "your system being overloaded, please further tune the variable for optimal performance in "
     "your application as needed. "
 )
-MAX_CHANNEL_LINES = 4  # of 24 on NVLink nodes; big worlds list 2 (each line has every rank)
-BIG_WORLD = 64
 
 
 def mkdtemp_name(seed: str) -> str:
@@ -149,100 +147,6 @@ def host_of(run: RunRecord, node: int) -> str:
 def pid_of(run: RunRecord, rank: int) -> int:
     """A rank's pid (0 when the run record does not list it)."""
     return run.pids[rank] if rank < len(run.pids) else 0
-
-
-def nccl_prefix(run: RunRecord, rank: int, *, thread: int = 0) -> str:
-    """``host:pid:tid [dev]`` for a rank."""
-    node, local = divmod(rank, run.nproc_per_node)
-    host, pid = host_of(run, node), pid_of(run, rank)
-    return f"{host}:{pid}:{tid_of(pid, thread)} [{local}]"
-
-
-def ring_orders(world: int, nproc: int, channels: int) -> list[list[int]]:
-    """Per-channel ring orders: node by node, local order rotated per channel pair."""
-    nodes = -(-world // nproc)
-    orders = []
-    for channel in range(channels):
-        order = []
-        for node in range(nodes):
-            local = list(range(node * nproc, min(world, (node + 1) * nproc)))
-            shift = (channel // 2) % max(1, len(local) - 1)
-            order += [local[0], *local[1:][shift:], *local[1:][:shift]]
-        orders.append(order)
-    return orders
-
-
-def tree_line(world: int, nproc: int, rank: int) -> str:
-    """``down0/down1/down2->rank->up``: a chain inside the node, a binary tree of node leaders."""
-    node, local = divmod(rank, nproc)
-    nodes = -(-world // nproc)
-    local_count = min(nproc, world - node * nproc)
-    downs = [rank + 1] if local + 1 < local_count else []
-    if local == 0:
-        downs += [child * nproc for child in (2 * node + 1, 2 * node + 2) if child < nodes]
-        up = (node - 1) // 2 * nproc if node else -1
-    else:
-        up = rank - 1
-    downs = ([*downs, -1, -1, -1])[:3]
-    return f"{downs[0]}/{downs[1]}/{downs[2]}->{rank}->{up}"
-
-
-def nccl_init_lines(run: RunRecord, rank: int) -> list[str]:
-    """NCCL_DEBUG=INFO bootstrap and communicator init for ``rank`` (rank 0 adds the version)."""
-    versions = run.plan.versions
-    world, nproc, nnodes = run.world_size, run.nproc_per_node, run.nnodes
-    main, init = nccl_prefix(run, rank), nccl_prefix(run, rank, thread=183)
-    ip = f"10.{(rank // nproc) // 250}.{(rank // nproc) % 250}.{11 + (rank // nproc) % 200}"
-    major, _, minor = versions["cuda"].removeprefix("rocm-").partition(".")
-    cuda_driver = f"{int(major) * 1000 + int(minor.split('.')[0] or 0) * 10}"
-    comm = "0x" + _hex(f"{run.run_id}{rank}", 8)
-    comm_id = "0x" + _hex(run.run_id, 16)
-    local = rank % nproc
-    bus = nccl_bus_id(local)
-    channels = 24 if run.gpu.intra_node_link.startswith("NVLink") else 4
-    lines = [
-        f"{main} NCCL INFO Bootstrap : Using eth0:{ip}<0>",
-        f"{main} NCCL INFO cudaDriverVersion {cuda_driver}",
-    ]
-    if rank == 0:
-        lines.append(f"NCCL version {versions['nccl']}+cuda{versions['cuda']}")
-    nics = " ".join(f"[{i}]mlx5_{i}:1/IB" for i in range(min(8, nproc)))
-    lines += [
-        f"{main} NCCL INFO NET/IB : Using {nics} [RO]; OOB eth0:{ip}<0>",
-        f"{main} NCCL INFO Using non-device net plugin version 0",
-        f"{main} NCCL INFO Using network IB",
-        f"{init} NCCL INFO ncclCommInitRank comm {comm} rank {rank} nranks {world} cudaDev {local} "
-        f"nvmlDev {local} busId {bus} commId {comm_id} - Init START",
-        f"{init} NCCL INFO comm {comm} rank {rank} nRanks {world} nNodes {nnodes} "
-        f"localRanks {min(nproc, world)} localRank {local} MNNVL 0",
-    ]
-    orders = ring_orders(world, nproc, channels)
-    shown = MAX_CHANNEL_LINES if world <= BIG_WORLD else 2
-    for channel in range(min(channels, shown)):
-        ranks = "".join(f"{r:4d}" for r in orders[channel])
-        lines.append(f"{init} NCCL INFO Channel {channel:02d}/{channels:02d} : {ranks}")
-    tree = tree_line(world, nproc, rank)
-    trees = " ".join(f"[{c}] {tree}" for c in range(min(channels, 2)))
-    lines += [
-        f"{init} NCCL INFO Trees {trees}",
-        f"{init} NCCL INFO P2P Chunksize set to 524288",
-    ]
-    nxt = orders[0][(orders[0].index(rank) + 1) % world] if world > 1 else rank
-    if world > 1:
-        same_node = nxt // nproc == rank // nproc
-        via = "P2P/CUMEM/read" if same_node else "NET/IB/0/GDRDMA"
-        kind = "" if same_node else " [send]"
-        hop = f"{rank}[{local}] -> {nxt}[{nxt % nproc}]{kind}"
-        lines.append(f"{init} NCCL INFO Channel 00/0 : {hop} via {via}")
-    lines += [
-        f"{init} NCCL INFO Connected all rings, use ring PXN 0 GDR 1",
-        f"{init} NCCL INFO Connected all trees",
-        f"{init} NCCL INFO {channels} coll channels, {channels} collnet channels, 0 nvls channels, "
-        f"{channels} p2p channels, {max(1, channels // 8)} p2p channels per peer",
-        f"{init} NCCL INFO ncclCommInitRank comm {comm} rank {rank} nranks {world} cudaDev {local} "
-        f"nvmlDev {local} busId {bus} commId {comm_id} - Init COMPLETE",
-    ]
-    return [line for line in lines if line]
 
 
 def gpu_detect_lines(run: RunRecord) -> list[str]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from llmcluster.render.launch import ring_orders, tree_line
+from llmcluster.render.launch import host_of, pid_of
+from llmcluster.sim.devices import nccl_bus_id
+from llmcluster.wire.records import RunRecord
 
-DGX_BUS_IDS = ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db")  # DGX H100/A100 GPU buses
 NVLS_LINKS = ("NVLink4", "NVLink5")  # NVLink SHARP needs Hopper's NVSwitch or later
 DATATYPES = {"int64": 4, "float16": 6, "float32": 7, "float64": 8, "bfloat16": 9}  # nccl.h
 REDOPS = {"sum": 0, "prod": 1, "max": 2, "min": 3, "mean": 4}  # ncclAvg is 4
@@ -70,8 +71,12 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def version_line(me: NcclRank) -> str:
-    """Rank 0's bare ``NCCL version 2.21.5+cuda12.4`` (no host:pid:tid prefix)."""
-    return f"NCCL version {me.nccl}+cuda{me.cuda.removeprefix('rocm-')}"
+    """Rank 0's bare version line, no host:pid:tid prefix: NCCL's ``VERSION_STRING``
+    (``NCCL version 2.21.5+cuda12.4``), or RCCL's on ROCm (``RCCL version 2.20.5+hip6.2``)."""
+    if me.cuda.startswith("rocm-"):
+        hip = ".".join(me.cuda.removeprefix("rocm-").split(".")[:2])
+        return f"RCCL version {me.nccl}+hip{hip}"
+    return f"NCCL version {me.nccl}+cuda{me.cuda}"
 
 
 def channel_count(me: NcclRank) -> int:
@@ -93,6 +98,35 @@ def _transport(me: NcclRank, peer: int, channel: int, direction: str) -> str:
     return "via P2P/CUMEM/read" if cumem else "via P2P/IPC/read"
 
 
+def ring_orders(world: int, nproc: int, channels: int) -> list[list[int]]:
+    """Per-channel ring orders: node by node, local order rotated per channel pair."""
+    nodes = -(-world // nproc)
+    orders = []
+    for channel in range(channels):
+        order = []
+        for node in range(nodes):
+            local = list(range(node * nproc, min(world, (node + 1) * nproc)))
+            shift = (channel // 2) % max(1, len(local) - 1)
+            order += [local[0], *local[1:][shift:], *local[1:][:shift]]
+        orders.append(order)
+    return orders
+
+
+def tree_line(world: int, nproc: int, rank: int) -> str:
+    """``down0/down1/down2->rank->up``: a chain inside the node, a binary tree of node leaders."""
+    node, local = divmod(rank, nproc)
+    nodes = -(-world // nproc)
+    local_count = min(nproc, world - node * nproc)
+    downs = [rank + 1] if local + 1 < local_count else []
+    if local == 0:
+        downs += [child * nproc for child in (2 * node + 1, 2 * node + 2) if child < nodes]
+        up = (node - 1) // 2 * nproc if node else -1
+    else:
+        up = rank - 1
+    downs = ([*downs, -1, -1, -1])[:3]
+    return f"{downs[0]}/{downs[1]}/{downs[2]}->{rank}->{up}"
+
+
 def init_lines(me: NcclRank, *, bootstrap_s: float, total_s: float) -> list[NcclLine]:
     """``ncclCommInitRank`` from bootstrap to ``Init COMPLETE`` for this rank (the version line
     is separate: it belongs to the VERSION level)."""
@@ -105,7 +139,7 @@ def init_lines(me: NcclRank, *, bootstrap_s: float, total_s: float) -> list[Nccl
     major, _, minor = me.cuda.removeprefix("rocm-").partition(".")
     driver = int(major) * 1000 + int(minor.split(".")[0] or 0) * 10
     comm, comm_id = comm_pointer(me), "0x" + _hex(me.comm_seed, 16)
-    bus = (DGX_BUS_IDS[local] if local < len(DGX_BUS_IDS) else f"{0xE0 + local:x}") + "000"
+    bus = nccl_bus_id(local)
     channels = channel_count(me)
     local_count = min(nproc, world - me.node * nproc)
     nics = " ".join(f"[{i}]mlx5_{i}:1/IB" for i in range(min(8, nproc)))
@@ -207,7 +241,44 @@ def coll_line(
     )
 
 
+def info_line(me: NcclRank, tid: int, text: str) -> str:
+    """One whole ``NCCL INFO`` line of this rank's thread ``tid``."""
+    return f"{prefix(me, tid)}NCCL INFO {text}"
+
+
 def prefix(me: NcclRank, tid: int) -> str:
     """``host:pid:tid [cudaDev] `` (the host cut at its first dot, as NCCL does)."""
     host = me.host.split(".")[0].replace("%", "-").replace("/", "-")
     return f"{host}:{me.pid}:{tid} [{me.local_rank}] "
+
+
+def run_rank(run: RunRecord, rank: int) -> NcclRank:
+    """What ``rank`` of the run knows at its communicator's init, from the run record."""
+    node, local = divmod(rank, run.nproc_per_node)
+    return NcclRank(
+        rank=rank,
+        local_rank=local,
+        node=node,
+        host=host_of(run, node),
+        pid=pid_of(run, rank),
+        world_size=run.world_size,
+        nproc_per_node=run.nproc_per_node,
+        nnodes=run.nnodes,
+        intra_node_link=run.gpu.intra_node_link,
+        nccl=run.plan.versions["nccl"],
+        cuda=run.plan.versions["cuda"],
+        comm_seed=f"{run.run_id}/{run.attempt}",
+    )
+
+
+def merged_init_lines(run: RunRecord, rank: int) -> list[str]:
+    """``rank``'s NCCL_DEBUG=INFO init as the merged log shows it (rank 0 adds the version):
+    the same lines the rank writes to its own stream, with init timings taken from the plan
+    rather than the wall clock, so that one seed gives one log."""
+    me = run_rank(run, rank)
+    bootstrap_s = 0.05 + 0.0004 * run.world_size
+    timings = {"bootstrap_s": bootstrap_s, "total_s": bootstrap_s + 0.25 + 0.002 * run.world_size}
+    lines = [info_line(me, line.tid, line.text) for line in init_lines(me, **timings)]
+    if rank == 0:  # after bootstrap and the driver version, where NCCL prints it
+        lines.insert(2, version_line(me))
+    return lines

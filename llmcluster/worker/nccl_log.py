@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from llmcluster.render.nccl import NcclRank, coll_line, init_lines, prefix, version_line
+from llmcluster.render.nccl import NcclRank, coll_line, info_line, init_lines, version_line
 from llmcluster.worker import nccl_env
 from llmcluster.worker.nccl_env import Level
 
@@ -39,9 +39,6 @@ class NcclLog:
             out.write("".join(f"{line}\n" for line in lines))
             out.flush()
 
-    def _info(self, tid: int, text: str) -> str:
-        return f"{prefix(self.me, tid)}NCCL INFO {text}"
-
     def init(self, *, bootstrap_s: float, total_s: float) -> None:
         """The communicator came up: the version line (rank 0), ENV and INIT lines."""
         if self.debug.level is Level.NONE:
@@ -50,9 +47,9 @@ class NcclLog:
         out = []
         for index, line in enumerate(lines):
             if self.debug.info(line.flags):
-                out.append(self._info(line.tid, line.text))
+                out.append(info_line(self.me, line.tid, line.text))
             if index == 0 and self.debug.info(("ENV",)):
-                out += [self._info(self.me.pid, text) for text in self.env]
+                out += [info_line(self.me, self.me.pid, text) for text in self.env]
             if index == 1 and self.me.rank == 0 and self.debug.version:
                 out.append(version_line(self.me))
         self._write(out)
@@ -69,7 +66,7 @@ class NcclLog:
                 op=op,
                 buffer=buffer,
             )
-            self._write([self._info(self.me.pid, text)])
+            self._write([info_line(self.me, self.me.pid, text)])
         self.op_count += 1
 
     def close(self) -> None:
