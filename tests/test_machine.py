@@ -149,11 +149,12 @@ class Harness:
             body = Stats(rank=rank, step=step, stats=stats)
             self.message(self.rank_id(rank), Kind.STATS, body, rank)
 
-    def samples(self, step: int, phase: PhaseName) -> int:
-        """Every rank's GPU samples during ``phase`` after ``step``; returns how many each."""
+    def samples(self, step: int, phase: PhaseName, ranks: range | None = None) -> int:
+        """Every rank's (or ``ranks``') GPU samples during ``phase`` after ``step``; returns
+        how many each."""
         count = sim.phase_samples(self.machine.plan, phase.value, step)
         for index in range(count):
-            for rank in range(self.config.ranks):
+            for rank in ranks if ranks is not None else range(self.config.ranks):
                 stats = RankStats(loss=5.0, local_loss=5.0, tokens=0, grad_norm=1.0,
                                   compute_s=0.0, step_time_s=15.0, comm_s=0.0,
                                   exposed_comm_s=0.0, arrive=1000.0, wait_ms=0.0, util=5.0,
@@ -233,6 +234,30 @@ def test_steps_merge_in_rank_order_and_phases_follow_their_step() -> None:
     assert evaluation.TYPE == "eval" and evaluation.val_ppl == pytest.approx(math.exp(5.1))
     ranks = next(r for r in h.published() if r.TYPE == "ranks")
     assert [s.rank for s in ranks.ranks] == [0, 1, 2, 3]
+
+
+def test_the_next_phase_begins_only_after_the_last_ended() -> None:
+    """Rank 0 ended the eval and began the checkpoint while rank 3's last eval samples were
+    still on the wire: the checkpoint waits behind the eval's end."""
+    h = Harness()
+    h.start()
+    plan = h.machine.plan
+    at = next(
+        s for s in range(1, 7) if sim.is_eval_step(plan, s) and sim.is_checkpoint_step(plan, s)
+    )
+    for step in range(1, at + 1):
+        h.step(step)
+    for name, state in ((PhaseName.EVAL, PhaseState.BEGIN), (PhaseName.EVAL, PhaseState.END)):
+        body = PhaseReport(rank=0, step=at, name=name, state=state,
+                           val_loss=5.0 if state is PhaseState.END else None)  # fmt: skip
+        h.message(h.rank_id(0), Kind.PHASE, body, 0)
+    count = h.samples(at, PhaseName.EVAL, ranks=range(3))
+    begin = PhaseReport(rank=0, step=at, name=PhaseName.CHECKPOINT, state=PhaseState.BEGIN)
+    h.message(h.rank_id(0), Kind.PHASE, begin, 0)
+    assert h.types()[-1] == "phase" and h.published()[-1].name == PhaseName.EVAL
+    h.samples(at, PhaseName.EVAL, ranks=range(3, 4))
+    assert h.types()[-count - 3 :] == ["phase", *["ranks"] * count, "eval", "phase"]
+    assert h.published()[-1].name == PhaseName.CHECKPOINT
 
 
 def test_messages_of_an_earlier_attempt_or_unknown_senders_are_dropped() -> None:

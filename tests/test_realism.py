@@ -437,3 +437,17 @@ def test_one_seed_is_one_timeline_at_any_speed(clean_table: None) -> None:
     differing = [(a["type"], sorted(k for k in a if a.get(k) != b.get(k)))
                  for a, b in zip(fast_sim, auto_sim, strict=False) if a != b]  # fmt: skip
     assert fast_sim == auto_sim, differing[:3]
+
+
+@pytest.mark.parametrize("gpu_name", [g.name for g in CATALOG.gpus])
+def test_node_names_never_name_another_gpu(gpu_name: str) -> None:
+    """A pattern that names GPUs (p4d, a3-mega, mi300x...) is used only for those GPUs."""
+    tagged = [p for p in CATALOG.hostname_patterns if p.gpus]
+    foreign = {p.pattern.split("{")[0] for p in tagged if not p.fits(gpu_name)}
+    own = {p.pattern.split("{")[0] for p in tagged if p.fits(gpu_name)}
+    seen = set()
+    for seed in range(60):
+        host = plan(seed=seed, gpu=gpu_name).node_names[0]
+        assert not any(host.startswith(stem) for stem in foreign - own), (seed, host)
+        seen.add(host)
+    assert len(seen) > 5  # still a variety of clusters

@@ -66,7 +66,14 @@ class Reports:
     def phase(self, body: Phase, infos: Sequence[RankInfo] = ()) -> list[Record]:
         """A phase rank 0 began or ended: held until its step has been published, and its end
         until every sample of it has been (so the records' order and times never depend on
-        which socket delivered first)."""
+        which socket delivered first). Reports wait behind a held one: the next phase never
+        begins before the last has ended."""
+        if self.held:
+            self.held.append(body)
+            return []
+        return self._phase(body, infos)
+
+    def _phase(self, body: Phase, infos: Sequence[RankInfo]) -> list[Record]:
         key = (body.name, body.step)
         if not self.accepting or body.step > self.merged_step:
             self.held.append(body)
@@ -103,7 +110,13 @@ class Reports:
     def release(self, infos: Sequence[RankInfo] = ()) -> list[Record]:
         """Phase reports that can now be published (their step, or their samples, are in)."""
         held, self.held = self.held, []
-        return [record for body in held for record in self.phase(body, infos)]
+        out: list[Record] = []
+        for index, body in enumerate(held):
+            out += self._phase(body, infos)
+            if self.held:  # it still waits, and so do the reports after it
+                self.held += held[index + 1 :]
+                break
+        return out
 
     @property
     def ranks_dropped(self) -> int:

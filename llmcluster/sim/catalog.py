@@ -96,13 +96,25 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class HostPattern:
+    """A node host-name pattern and the GPUs it names (empty: any GPU)."""
+
+    pattern: str
+    gpus: tuple[str, ...] = ()
+
+    def fits(self, gpu_name: str) -> bool:
+        """Whether a cluster of ``gpu_name`` nodes could be called this."""
+        return not self.gpus or gpu_name.startswith(self.gpus)
+
+
+@dataclass(frozen=True)
 class Catalog:
     """Everything the simulation can pick from."""
 
     models: tuple[ModelSpec, ...]
     gpus: tuple[GpuSpec, ...]
     datasets: tuple[DatasetSpec, ...]
-    hostname_patterns: tuple[str, ...]
+    hostname_patterns: tuple[HostPattern, ...]
 
     def model(self, name: str) -> ModelSpec:
         """The model called ``name`` (case-insensitive)."""
@@ -175,20 +187,29 @@ def _read_json(name: str) -> list[Any]:
     return entries
 
 
-def _read_patterns(name: str) -> tuple[str, ...]:
+def _read_patterns(name: str, gpu_names: tuple[str, ...]) -> tuple[HostPattern, ...]:
     text = resources.files("llmcluster.data").joinpath(name).read_text(encoding="utf-8")
-    lines = (line.strip() for line in text.splitlines())
-    return tuple(line for line in lines if line and not line.startswith("#"))
+    patterns = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        pattern, *gpus = line.split()
+        unknown = [g for g in gpus if not any(n.startswith(g) for n in gpu_names)]
+        if unknown:
+            raise CatalogError(f"{name}: {pattern}: no GPU called {unknown[0]}*")
+        patterns.append(HostPattern(pattern, tuple(gpus)))
+    return tuple(patterns)
 
 
 @cache
 def load_catalog() -> Catalog:
     """Read and check the catalogs shipped in ``llmcluster/data`` (cached per process)."""
+    gpus = tuple(_build(GpuSpec, e, "gpus.json") for e in _read_json("gpus.json"))
     return Catalog(
         models=tuple(_build(ModelSpec, e, "models.json") for e in _read_json("models.json")),
-        gpus=tuple(_build(GpuSpec, e, "gpus.json") for e in _read_json("gpus.json")),
+        gpus=gpus,
         datasets=tuple(
             _build(DatasetSpec, e, "datasets.json") for e in _read_json("datasets.json")
         ),
-        hostname_patterns=_read_patterns("hostnames.txt"),
+        hostname_patterns=_read_patterns("hostnames.txt", tuple(g.name for g in gpus)),
     )

@@ -134,7 +134,8 @@ def make_plan(
     precision = "bf16" if gpu_spec.bf16_supported else "fp16"
     interval = _nice_interval(total_steps)
     nnodes = -(-world_size // nproc_per_node)
-    pattern = catalog.hostname_patterns[int(rng.integers(len(catalog.hostname_patterns)))]
+    fitting = [p.pattern for p in catalog.hostname_patterns if p.fits(gpu_spec.name)]
+    pattern = fitting[int(rng.integers(len(fitting)))]
     salt = int(rng.integers(1, 250))
     stacks = ROCM_VERSIONS if gpu_spec.vendor == "AMD" else VERSIONS
     versions = dict(stacks[int(rng.integers(len(stacks)))])
