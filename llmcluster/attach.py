@@ -13,6 +13,7 @@ style.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -223,7 +224,10 @@ def watch(endpoint: str, config: RunConfig, view: str, node: int,
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): what a shell reports for SIGPIPE
+        return 128 + signal.SIGPIPE
     finally:
-        screen.close()
+        with contextlib.suppress(BrokenPipeError):
+            screen.close()
         client.close()
         ctx.term()

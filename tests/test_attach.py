@@ -97,6 +97,11 @@ def test_two_attachers_one_late_one_detaching() -> None:
         seen = time.monotonic()
         next_step = run.arrival(lambda r: r["type"] == "step" and r["step"] == JOIN_STEP + 1)
         assert seen < next_step, "an attacher showed the grid only after the next step"
+        piped = subprocess.Popen([sys.executable, "-m", "llmcluster", "attach", "--view", "log"],
+                                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+        assert piped.stdout is not None and piped.stdout.readline()  # as `attach | head -1`
+        piped.stdout.close()
+        assert piped.wait(timeout=60) == 141  # a closed pipe ends it as SIGPIPE would
         early.sendintr()  # detach mid-run
         early.expect(pexpect.EOF)
         early.close()

@@ -9,6 +9,7 @@ stdout (``| head``, a hung-up terminal) is silenced, never a traceback: the run 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -179,8 +180,6 @@ class _Tee:
 def make_console(config: RunConfig, *, file: Any = None) -> Any:
     """A rich Console honouring --no-color, NO_COLOR, --ascii, --record and a non-TTY stdout;
     ``--record FILE.cast`` records what it shows, with its timing, as asciicast v2."""
-    from rich.console import Console
-
     no_color = config.no_color or "NO_COLOR" in os.environ
     target = file or sys.stdout
     casting = bool(config.record_path and config.record_path.endswith(".cast"))
@@ -190,7 +189,7 @@ def make_console(config: RunConfig, *, file: Any = None) -> Any:
         width = size.columns
         target = _Tee(target, CastWriter(config.record_path or "", width=size.columns,
                                          height=size.lines, title="llmcluster"))  # fmt: skip
-    return Console(
+    return _console_class()(
         file=target,
         width=width,
         no_color=no_color,
@@ -201,6 +200,19 @@ def make_console(config: RunConfig, *, file: Any = None) -> Any:
         legacy_windows=False,
         record=bool(config.record_path) and not casting,
     )
+
+
+@functools.cache
+def _console_class() -> type:
+    """rich's Console, except that a closed pipe raises ``BrokenPipeError`` for the caller to
+    handle (rich's own ``on_broken_pipe`` exits with status 1, as if the program had failed)."""
+    from rich.console import Console
+
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return PipeConsole
 
 
 def wants_live(config: RunConfig, console: Any) -> bool:
