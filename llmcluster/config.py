@@ -109,6 +109,11 @@ def check_record_target(path: str) -> None:
         raise ConfigError(f"--record: {path!r} is not writable")
 
 
+def makes_log_files(log_dir: str | None, redirects: str, tee: str) -> bool:
+    """torchrun's rule: a log dir, a redirect or a tee makes the per-rank log files."""
+    return bool(log_dir) or redirects != "0" or tee != "0"
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     """``llmcluster bench``: the collectives alone, swept over sizes like nccl-tests."""
@@ -165,6 +170,11 @@ class RunConfig:
         stretched beyond 256 ranks, where one 2-core machine cannot schedule every process
         within 3 s while a thousand of them start."""
         return self.heartbeat_timeout_s * max(1.0, self.ranks / SILENCE_SCALE_RANKS)
+
+    @property
+    def makes_log_files(self) -> bool:
+        """Every rank writes its own files (torchrun's log options asked)."""
+        return makes_log_files(self.log_dir, self.redirects, self.tee)
 
     @property
     def nnodes(self) -> int:

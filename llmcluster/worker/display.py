@@ -4,7 +4,9 @@ It claims the hub's display channel for its attempt, shows every record in order
 acknowledges each one; the hub replays whatever it never acknowledged to the next rank 0
 after a restart (or the coordinator shows it itself when the run is aborted), so no
 record is lost with a rank 0 that is killed mid-run. It claims the channel with rank 0's
-join proof (and, across hosts, the run's CurveZMQ keys).
+join proof (and, across hosts, the run's CurveZMQ keys). ``run_shown`` is set once the
+attempt's ``run`` record (torchrun's launch lines) is out, so rank 0's own framework lines
+never cut into them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from llmcluster.config import RunConfig
 from llmcluster.control.security import CurveKeys
 from llmcluster.render.sinks import make_display, silence_stdout, stdout_closed
 from llmcluster.telemetry.client import RecordClient
-from llmcluster.wire.records import Record, SummaryRecord
+from llmcluster.wire.records import Record, RunRecord, SummaryRecord
 
 POLL_S = 0.1
 
@@ -40,6 +42,7 @@ class DisplayThread(threading.Thread):
         self.ctx, self.publish, self.run_id, self.attempt = ctx, publish, run_id, attempt
         self.proof, self.curve = proof, curve
         self._stopping = threading.Event()
+        self.run_shown = threading.Event()
         self._display = make_display(config)
 
     def run(self) -> None:
@@ -78,6 +81,8 @@ class DisplayThread(threading.Thread):
             if not stdout_closed():
                 raise
             silence_stdout()
+        if isinstance(record, RunRecord):
+            self.run_shown.set()
 
     def stop(self) -> None:
         """Ask the thread to finish and wait for the terminal to be restored."""

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from enum import IntFlag
 from string import Template
 
+from llmcluster.config import makes_log_files
+
 _MAPPING_REGEX = r"^(\d:[0123],)*(\d:[0123])$"
 _VALUE_REGEX = r"^[0123]$"
 FILTER_ERROR = (
@@ -86,7 +88,7 @@ class LogsSpec:
     @property
     def makes_files(self) -> bool:
         """A log dir, a redirect or a tee was asked: the per-node directory tree exists."""
-        return bool(self.log_dir) or self.redirects != "0" or self.tee != "0"
+        return makes_log_files(self.log_dir, self.redirects, self.tee)
 
 
 @dataclass(frozen=True)
