@@ -98,6 +98,8 @@ def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
     for flag, value in (("--model", args.model), ("--gpu", args.gpu), ("--dataset", args.dataset)):
         if value is not None and not value.strip():
             raise ConfigError(f"{flag} must name a catalog entry (see --list), got {value!r}")
+    if args.smi_every is not None and args.smi_every <= 0:
+        raise ConfigError(f"--smi-every must be a positive number of steps, got {args.smi_every}")
     for spec in args.inject:
         if not spec.strip(" ;"):
             raise ConfigError(f"--inject needs a fault such as kill:rank=1,step=5, got {spec!r}")
@@ -129,6 +131,7 @@ def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
         tee=args.tee,
         local_ranks_filter=args.local_ranks_filter,
         role=args.role,
+        smi_every=args.smi_every or 0,
     )
     config.validate()
     if config.log_dir:

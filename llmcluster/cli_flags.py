@@ -311,6 +311,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
                         help="random rank failures per step, e.g. 0.01")  # fmt: skip
     parser.add_argument("--grad-bucket", type=_size, default=0, metavar="SIZE",
                         help="extra real gradient bytes reduced per step, e.g. 16M")  # fmt: skip
+    parser.add_argument("--smi-every", type=_int, default=None, metavar="N",
+                        help="print node 0's nvidia-smi table every N steps, as a job that "
+                        "shells out to nvidia-smi (default: never)")  # fmt: skip
     parser.add_argument("--record", dest="record_path", default=None, metavar="FILE",
                         help="save what rank 0 showed as .svg, .html or .txt "
                         "(default: none)")  # fmt: skip

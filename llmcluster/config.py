@@ -163,6 +163,7 @@ class RunConfig:
     tee: str = "0"
     local_ranks_filter: str = ""
     role: str = "default"
+    smi_every: int = 0  # --smi-every: node 0's nvidia-smi table every N steps (0: never)
 
     @property
     def silence_tolerance_s(self) -> float:
@@ -240,6 +241,15 @@ class RunConfig:
             raise ConfigError("--record saves what the terminal showed; it needs --format log")
         if self.record_path and not self.record_path.endswith(RECORD_SUFFIXES):
             raise ConfigError("--record must name a .svg, .html, .txt or .cast file")
+        if not 0 <= self.smi_every <= 10_000_000:
+            raise ConfigError(
+                f"--smi-every must be a positive number of steps, got {self.smi_every}"
+            )
+        if self.smi_every and self.output_format == "jsonl":
+            raise ConfigError(
+                "--smi-every adds nvidia-smi tables to the text log and --format "
+                "jsonl has none; pick one"
+            )
         if self.exit_after_s is not None and not 0 < self.exit_after_s <= MAX_DURATION_S:
             raise ConfigError("--exit-after-time must be positive and at most 366 days")
         if not 0.0 <= self.chaos <= 1.0:

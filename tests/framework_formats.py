@@ -8,6 +8,7 @@ against real output before it judges ours (``test_framework_formats_match_real_l
 from __future__ import annotations
 
 import re
+import textwrap
 
 E = r"-?\d\.\d+E[+-]\d\d"  # Megatron's {:.6E}
 STAMP = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\]"
@@ -184,3 +185,36 @@ def framework_kind(style: str, line: str) -> str | None:
         if pattern.match(line):
             return kind
     return None
+
+
+SMI = {  # nvidia-smi's default table, 550/570-era drivers (observability.md section 5)
+    "date": re.compile(r"^\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4} {7}$"),
+    "rule": re.compile(r"^\+-{89}\+$|^[|+]-{41}\+-{24}\+-{22}[|+]$"),
+    "version": re.compile(
+        r"^\| NVIDIA-SMI [\d.]+ +Driver Version: [\d.]+ +CUDA Version: [\d.]+ +\|$"
+    ),
+    "head": re.compile(
+        r"^\| (GPU  Name +Persistence-M|Fan  Temp   Perf +Pwr:Usage/Cap) \| .+ \|$"
+        r"|^\| {41}\| {24}\| +MIG M\. \|$"
+    ),
+    "double": re.compile(r"^\|=+(\+=+\+=+)?\|$"),
+    "gpu": re.compile(
+        r"^\| +(?P<gpu>\d+)  .{29} *(On|Off) +\| +[0-9A-F]{8}:[0-9A-F]{2}:[0-9A-F]{2}\.\d (On|Off)"
+        r" \| +(\d+|N/A) \|$"
+    ),
+    "usage": re.compile(
+        r"^\| (N/A|\d+%) +\d+C +P\d +\d+W / +\d+W \| +\d+MiB / +\d+MiB \| +\d+% +Default \|$"
+    ),
+    "mig": re.compile(r"^\| {41}\| {24}\| +(Disabled|Enabled|N/A) \|$"),
+    "blank": re.compile(r"^ {89,91}$"),
+    "processes": re.compile(r"^\|( Processes:|  GPU   GI   CI|        ID   ID) .*\|$"),
+    "process": re.compile(r"^\| +\d+ +N/A +N/A +\d+ +(C|G|C\+G) +\S+ +\d+MiB \|$"),
+    "none": re.compile(r"^\|  No running processes found +\|$"),
+}
+
+
+def real_smi_lines(text: str) -> list[str]:
+    """The verbatim table lines of ``observability.md`` section 5."""
+    table = text.split("## 5. nvidia-smi default table")[1]
+    blocks = [textwrap.dedent(block) for block in table.split("```")[1::2]]
+    return [line for block in blocks for line in block.splitlines()[1:] if line.strip()]

@@ -32,6 +32,7 @@ from llmcluster.render.report import (
     restart_lines,
     summary_lines,
 )
+from llmcluster.render.smi import smi_lines
 from llmcluster.wire.records import (
     CheckpointRecord,
     EvalRecord,
@@ -109,6 +110,7 @@ class Style:
                  view: View = View.MERGED, rank: int = 0) -> None:  # fmt: skip
         self.width, self.ascii_only = width, ascii_only
         self.view, self.rank = view, rank  # rank: whose stream the RANK view writes
+        self.smi_every = 0  # node 0's nvidia-smi table every N steps (0: never)
         self.run: RunRecord | None = None
         self.failed_rank = -1  # the last failure's rank (its agent does not stop it again)
 
@@ -245,8 +247,11 @@ class Style:
         return prefixed(self.prefix(run), [*event_lines(step), line])
 
     def ranks_lines(self, run: RunRecord, rec: RanksRecord) -> list[str]:
-        """Per-GPU telemetry: no framework prints it."""
-        return []
+        """Per-GPU telemetry: no framework prints it; ``--smi-every N``: rank 0's job shells
+        out to ``nvidia-smi`` every N steps (its node's table, in rank 0's stream)."""
+        if not self.smi_every or rec.phase is not None or rec.step % self.smi_every:
+            return []
+        return prefixed(self.tee_prefix(0), smi_lines(run, rec, 0))
 
     def eval_lines(self, run: RunRecord, rec: EvalRecord) -> list[str]:
         """Validation results."""
@@ -304,9 +309,10 @@ class DefaultStyle(Style):
 
     def ranks_lines(self, run: RunRecord, rec: RanksRecord) -> list[str]:
         """The GPU grid at step 1 and every ``GRID_EVERY_STEPS`` steps."""
+        smi = super().ranks_lines(run, rec)
         if rec.phase is not None or (rec.step % GRID_EVERY_STEPS and rec.step != 1):
-            return []
-        return grid_lines(run, rec, width=self.width, ascii_only=self.ascii_only)
+            return smi
+        return [*grid_lines(run, rec, width=self.width, ascii_only=self.ascii_only), *smi]
 
     def summary(self, run: RunRecord | None, rec: SummaryRecord) -> list[str]:
         table = summary_lines(run, rec, width=self.width, ascii_only=self.ascii_only)

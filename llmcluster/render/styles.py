@@ -20,9 +20,12 @@ STYLES: dict[str, type[Style]] = {
 
 
 def make_style(name: str, *, width: int = 120, ascii_only: bool = False,
-               bench: bool = False, view: View = View.MERGED, rank: int = 0) -> Style:  # fmt: skip
+               bench: bool = False, view: View = View.MERGED, rank: int = 0,
+               smi_every: int = 0) -> Style:  # fmt: skip
     """A fresh renderer for style ``name`` (nccl-tests' for ``llmcluster bench``), writing
-    ``view``'s lines (``base.View``)."""
+    ``view``'s lines (``base.View``), node 0's nvidia-smi table every ``smi_every`` steps."""
     if bench:
         return BenchStyle(width=width, ascii_only=ascii_only)
-    return STYLES[name](width=width, ascii_only=ascii_only, view=view, rank=rank)
+    style = STYLES[name](width=width, ascii_only=ascii_only, view=view, rank=rank)
+    style.smi_every = smi_every
+    return style

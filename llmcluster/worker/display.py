@@ -5,8 +5,8 @@ acknowledges each one; the hub replays whatever it never acknowledged to the nex
 after a restart (or the coordinator shows it itself when the run is aborted), so no
 record is lost with a rank 0 that is killed mid-run. It claims the channel with rank 0's
 join proof (and, across hosts, the run's CurveZMQ keys). ``run_shown`` is set once the
-attempt's ``run`` record (torchrun's launch lines) is out, so rank 0's own framework lines
-never cut into them.
+attempt's ``run`` record (torchrun's launch lines) is out, and ``lock`` is held while a
+record is shown, so rank 0's own framework lines never cut into them.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class DisplayThread(threading.Thread):
         self.proof, self.curve = proof, curve
         self._stopping = threading.Event()
         self.run_shown = threading.Event()
+        self.lock = threading.Lock()  # one record's lines are never cut by the rank's own
         self._display = make_display(config)
 
     def run(self) -> None:
@@ -76,7 +77,8 @@ class DisplayThread(threading.Thread):
         """Show one record; a closed stdout (``| head``, a hung-up terminal) is silenced and
         the records still acknowledged, so the run (told by its stdout watch) ends promptly."""
         try:
-            self._display.show(record)
+            with self.lock:
+                self._display.show(record)
         except OSError:
             if not stdout_closed():
                 raise

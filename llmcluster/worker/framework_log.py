@@ -18,6 +18,7 @@ import contextlib
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -38,9 +39,10 @@ def writes_own_lines(config: RunConfig) -> bool:
 
 
 class FrameworkLog:
-    """One rank's framework output for one attempt (``spec`` is the rank's ``RankSpec``)."""
+    """One rank's framework output for one attempt (``spec`` is the rank's ``RankSpec``;
+    ``lock``: rank 0's display's, so a record it shows is never cut by these lines)."""
 
-    def __init__(self, spec: Any, plan: sim.RunPlan) -> None:
+    def __init__(self, spec: Any, plan: sim.RunPlan, lock: threading.Lock | None = None) -> None:
         config: RunConfig = spec.config
         self.style = make_style(config.style, width=shutil.get_terminal_size().columns,
                                 ascii_only=config.ascii_only, view=View.RANK,
@@ -56,10 +58,11 @@ class FrameworkLog:
                               real_hosts=(), pids=(), env=(), agent_pid=0)  # fmt: skip
         self.warned = False
         self.started = time.monotonic()
+        self.lock = lock or threading.Lock()  # rank 0: its display's (whole records at once)
 
     def _write(self, out: TextIO, lines: list[str]) -> None:
         if lines:
-            with contextlib.suppress(OSError):  # a closed stdout: the rank goes on training
+            with self.lock, contextlib.suppress(OSError):  # closed stdout: training goes on
                 out.write("".join(f"{line}\n" for line in lines))
                 out.flush()
 

@@ -160,7 +160,8 @@ class Rank:
                 self.display.start()
             training = Training(self) if spec.config.bench is None else None
             if training is not None and writes_own_lines(spec.config):
-                self.framework = FrameworkLog(spec, training.plan)
+                lock = self.display.lock if self.display is not None else None
+                self.framework = FrameworkLog(spec, training.plan, lock)
             comm = self._rendezvous(training)
             if training is None:
                 rows = rank_bench(comm, spec.config.bench, spec.config.algorithm)
