@@ -50,7 +50,7 @@ from llmcluster.config import (
 )
 from llmcluster.exporters.prometheus_server import MetricsSettings
 from llmcluster.setup import checked_plan
-from llmcluster.worker.logspec import prepare_log_dir
+from llmcluster.worker.logspec import NodeLogOptions, prepare_log_dir
 
 SUBCOMMANDS = ("bench", "coordinator", "node")
 SEED_RANGE = 2**31  # a fresh seed when --seed is not given: small enough to retype
@@ -242,6 +242,13 @@ def _node(args: argparse.Namespace) -> NodeRun:
         socket.gethostbyname(check_address(address, flag=flag))
     except OSError:
         raise ConfigError(f"{flag}: cannot resolve {address!r} to an IPv4 address") from None
+    logs = NodeLogOptions(log_dir=args.log_dir, redirects=args.redirects, tee=args.tee,
+                          local_ranks_filter=args.local_ranks_filter, role=args.role)  # fmt: skip
+    if logs.log_dir:
+        try:
+            prepare_log_dir(logs.log_dir)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return NodeRun(
         master_addr=address,
         master_port=_port_from(args.master_port, flag="--master-port", highest=65535),
@@ -252,6 +259,7 @@ def _node(args: argparse.Namespace) -> NodeRun:
         nnodes=args.nnodes,
         nproc_per_node=args.nproc_per_node,
         metrics=_metrics(args, 1),
+        logs=None if logs == NodeLogOptions() else logs,
     )
 
 

@@ -191,9 +191,13 @@ def _ranks_filter(text: str) -> str:
     return text
 
 
-def _add_log_flags(parser: argparse.ArgumentParser) -> None:
-    """torchrun's log options, spelled as torchrun spells them, defaults from its PET_* vars."""
-    env = os.environ.get
+def _add_log_flags(parser: argparse.ArgumentParser, *, inherit: bool = False) -> None:
+    """torchrun's log options, spelled as torchrun spells them, defaults from its PET_* vars
+    (``inherit``: a node's, whose unset options are the coordinator's: default None)."""
+
+    def env(name: str, default: str | None = None) -> str | None:
+        return os.environ.get(name, None if inherit else default)
+
     parser.add_argument(
         "--log-dir",
         "--log_dir",
@@ -377,6 +381,7 @@ def build_node_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--heartbeat-timeout", type=_float, default=3.0,
                         help="seconds of coordinator silence before giving up")  # fmt: skip
+    _add_log_flags(parser, inherit=True)  # this node's ranks (default: the coordinator's)
     _add_remote_flags(parser)
     _add_metrics_flags(parser)
     return parser
