@@ -132,6 +132,7 @@ def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
         local_ranks_filter=args.local_ranks_filter,
         role=args.role,
         smi_every=args.smi_every or 0,
+        tensorboard_dir=args.tensorboard_dir,
     )
     config.validate()
     if config.log_dir:
@@ -141,10 +142,23 @@ def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
             raise ConfigError(str(exc)) from None
     if config.record_path:
         check_record_target(config.record_path)
+    if config.tensorboard_dir is not None:
+        _tensorboard_dir(config.tensorboard_dir)
     from llmcluster.control.limits import check_capacity
 
     check_capacity(config.ranks, config.nnodes)
     return config
+
+
+def _tensorboard_dir(path: str) -> None:
+    """``--tensorboard DIR``: the optional extra is installed and DIR can be made."""
+    from llmcluster.worker import tensorboard
+
+    try:
+        tensorboard.require()
+        prepare_log_dir(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc).replace("log_dir:", "--tensorboard:")) from None
 
 
 def _metrics(args: argparse.Namespace, nnodes: int) -> MetricsSettings | None:

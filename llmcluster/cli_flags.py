@@ -318,6 +318,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smi-every", type=_int, default=None, metavar="N",
                         help="print node 0's nvidia-smi table every N steps, as a job that "
                         "shells out to nvidia-smi (default: never)")  # fmt: skip
+    parser.add_argument("--tensorboard", dest="tensorboard_dir", default=None, metavar="DIR",
+                        help="write the run's scalars as TensorBoard event files (needs the "
+                        "tensorboard extra; default: none)")  # fmt: skip
     parser.add_argument("--record", dest="record_path", default=None, metavar="FILE",
                         help="save what rank 0 showed as .svg, .html or .txt "
                         "(default: none)")  # fmt: skip

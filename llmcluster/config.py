@@ -164,6 +164,7 @@ class RunConfig:
     local_ranks_filter: str = ""
     role: str = "default"
     smi_every: int = 0  # --smi-every: node 0's nvidia-smi table every N steps (0: never)
+    tensorboard_dir: str | None = None  # --tensorboard: rank 0 writes the run's scalars there
 
     @property
     def silence_tolerance_s(self) -> float:
