@@ -293,3 +293,28 @@ def test_last_ranks_iteration_lines_are_the_merged_logs(tmp_path: str, clean_tab
     own = _per_rank_run(str(tmp_path), "megatron", *pinned)[7]
     assert len(shown) == 6
     assert [line for line in own if MEGATRON["iteration"].match(line)] == shown
+
+
+def test_hf_processes_warn_of_gradient_checkpointing_with_full_recompute() -> None:
+    """Each process's stderr at its first step: transformers' and torch's warnings (RANK view),
+    only with full activation recompute (the Trainer's gradient checkpointing)."""
+    import dataclasses
+
+    from llmcluster.config import RunConfig
+    from llmcluster.coordinator.describe import run_record
+    from llmcluster.render.base import View
+    from llmcluster.render.styles import make_style
+    from llmcluster.setup import build_setup
+
+    config = RunConfig(ranks=8, nproc_per_node=4, seed=7, steps=6)
+    run = run_record(config, build_setup(config).plan, run_id="r", speed=1.0, start_time=0.0,
+                     attempt=0, hosts=(), real_hosts=(), pids=(), env=(), agent_pid=0)  # fmt: skip
+    for recompute, expected in (("selective", 0), ("full", 3)):
+        shaped = dataclasses.replace(run, plan=dataclasses.replace(run.plan, recompute=recompute))
+        for rank in (0, 5):
+            style = make_style("hf", view=View.RANK, rank=rank)
+            lines = style.warnings(shaped)
+            assert len(lines) == expected
+            assert all(any(p.match(line) for p in HF_STDERR.values()) for line in lines)
+            process = [HF["process"].match(line) for line in style.lines(shaped)]
+            assert [int(m["local"]) for m in process if m] == [rank % 4]
