@@ -6,6 +6,9 @@ training started, the last timestamp printed) and turns each record into the lin
 tool prints. The default style is llmcluster's own clean, timestamped log with every
 headline number, the GPU grid and the summary box; the framework styles print only what
 the framework, torchrun, NCCL or nvidia-smi print, each line with its torchrun prefix.
+A renderer writes one ``View``: the merged log rank 0 shows, or (with torchrun's log options)
+rank 0's torchrun/NCCL lines and each rank's own framework lines (``shows(rank)`` says whether
+a line printed by ``rank`` belongs to this view).
 Every number comes from a record; nothing is recomputed differently from what JSONL shows.
 """
 
