@@ -50,7 +50,7 @@ from llmcluster.config import (
 )
 from llmcluster.exporters.prometheus_server import MetricsSettings
 from llmcluster.setup import checked_plan
-from llmcluster.worker.logspec import prepare_log_dir
+from llmcluster.worker.logspec import NodeLogOptions, prepare_log_dir
 
 SUBCOMMANDS = ("bench", "coordinator", "node")
 SEED_RANGE = 2**31  # a fresh seed when --seed is not given: small enough to retype
@@ -98,6 +98,8 @@ def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
     for flag, value in (("--model", args.model), ("--gpu", args.gpu), ("--dataset", args.dataset)):
         if value is not None and not value.strip():
             raise ConfigError(f"{flag} must name a catalog entry (see --list), got {value!r}")
+    if args.smi_every is not None and args.smi_every <= 0:
+        raise ConfigError(f"--smi-every must be a positive number of steps, got {args.smi_every}")
     for spec in args.inject:
         if not spec.strip(" ;"):
             raise ConfigError(f"--inject needs a fault such as kill:rank=1,step=5, got {spec!r}")
@@ -129,6 +131,8 @@ def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
         tee=args.tee,
         local_ranks_filter=args.local_ranks_filter,
         role=args.role,
+        smi_every=args.smi_every or 0,
+        tensorboard_dir=args.tensorboard_dir,
     )
     config.validate()
     if config.log_dir:
@@ -138,10 +142,23 @@ def _run_config(args: argparse.Namespace, *, ranks: int) -> RunConfig:
             raise ConfigError(str(exc)) from None
     if config.record_path:
         check_record_target(config.record_path)
+    if config.tensorboard_dir is not None:
+        _tensorboard_dir(config.tensorboard_dir)
     from llmcluster.control.limits import check_capacity
 
     check_capacity(config.ranks, config.nnodes)
     return config
+
+
+def _tensorboard_dir(path: str) -> None:
+    """``--tensorboard DIR``: the optional extra is installed and DIR can be made."""
+    from llmcluster.worker import tensorboard
+
+    try:
+        tensorboard.require()
+        prepare_log_dir(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc).replace("log_dir:", "--tensorboard:")) from None
 
 
 def _metrics(args: argparse.Namespace, nnodes: int) -> MetricsSettings | None:
@@ -239,6 +256,13 @@ def _node(args: argparse.Namespace) -> NodeRun:
         socket.gethostbyname(check_address(address, flag=flag))
     except OSError:
         raise ConfigError(f"{flag}: cannot resolve {address!r} to an IPv4 address") from None
+    logs = NodeLogOptions(log_dir=args.log_dir, redirects=args.redirects, tee=args.tee,
+                          local_ranks_filter=args.local_ranks_filter, role=args.role)  # fmt: skip
+    if logs.log_dir:
+        try:
+            prepare_log_dir(logs.log_dir)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return NodeRun(
         master_addr=address,
         master_port=_port_from(args.master_port, flag="--master-port", highest=65535),
@@ -249,6 +273,7 @@ def _node(args: argparse.Namespace) -> NodeRun:
         nnodes=args.nnodes,
         nproc_per_node=args.nproc_per_node,
         metrics=_metrics(args, 1),
+        logs=None if logs == NodeLogOptions() else logs,
     )
 
 

@@ -191,9 +191,13 @@ def _ranks_filter(text: str) -> str:
     return text
 
 
-def _add_log_flags(parser: argparse.ArgumentParser) -> None:
-    """torchrun's log options, spelled as torchrun spells them, defaults from its PET_* vars."""
-    env = os.environ.get
+def _add_log_flags(parser: argparse.ArgumentParser, *, inherit: bool = False) -> None:
+    """torchrun's log options, spelled as torchrun spells them, defaults from its PET_* vars
+    (``inherit``: a node's, whose unset options are the coordinator's: default None)."""
+
+    def env(name: str, default: str | None = None) -> str | None:
+        return os.environ.get(name, None if inherit else default)
+
     parser.add_argument(
         "--log-dir",
         "--log_dir",
@@ -311,6 +315,12 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
                         help="random rank failures per step, e.g. 0.01")  # fmt: skip
     parser.add_argument("--grad-bucket", type=_size, default=0, metavar="SIZE",
                         help="extra real gradient bytes reduced per step, e.g. 16M")  # fmt: skip
+    parser.add_argument("--smi-every", type=_int, default=None, metavar="N",
+                        help="print node 0's nvidia-smi table every N steps, as a job that "
+                        "shells out to nvidia-smi (default: never)")  # fmt: skip
+    parser.add_argument("--tensorboard", dest="tensorboard_dir", default=None, metavar="DIR",
+                        help="write the run's scalars as TensorBoard event files (needs the "
+                        "tensorboard extra; default: none)")  # fmt: skip
     parser.add_argument("--record", dest="record_path", default=None, metavar="FILE",
                         help="save what rank 0 showed as .svg, .html or .txt "
                         "(default: none)")  # fmt: skip
@@ -374,6 +384,7 @@ def build_node_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--heartbeat-timeout", type=_float, default=3.0,
                         help="seconds of coordinator silence before giving up")  # fmt: skip
+    _add_log_flags(parser, inherit=True)  # this node's ranks (default: the coordinator's)
     _add_remote_flags(parser)
     _add_metrics_flags(parser)
     return parser

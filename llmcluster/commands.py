@@ -11,6 +11,7 @@ import sys
 from llmcluster import sim
 from llmcluster.config import RunConfig
 from llmcluster.exporters.prometheus_server import MetricsError, MetricsSettings
+from llmcluster.worker.logspec import NodeLogOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ class NodeRun:
     nnodes: int  # expected by this node (0: any), checked at the join
     nproc_per_node: int
     metrics: MetricsSettings | None = None  # this node's GPUs
+    logs: NodeLogOptions | None = None  # its ranks' torchrun log options (None: the run's)
 
 
 @dataclasses.dataclass(frozen=True)

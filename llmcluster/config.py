@@ -109,6 +109,11 @@ def check_record_target(path: str) -> None:
         raise ConfigError(f"--record: {path!r} is not writable")
 
 
+def makes_log_files(log_dir: str | None, redirects: str, tee: str) -> bool:
+    """torchrun's rule: a log dir, a redirect or a tee makes the per-rank log files."""
+    return bool(log_dir) or redirects != "0" or tee != "0"
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     """``llmcluster bench``: the collectives alone, swept over sizes like nccl-tests."""
@@ -158,6 +163,8 @@ class RunConfig:
     tee: str = "0"
     local_ranks_filter: str = ""
     role: str = "default"
+    smi_every: int = 0  # --smi-every: node 0's nvidia-smi table every N steps (0: never)
+    tensorboard_dir: str | None = None  # --tensorboard: rank 0 writes the run's scalars there
 
     @property
     def silence_tolerance_s(self) -> float:
@@ -165,6 +172,11 @@ class RunConfig:
         stretched beyond 256 ranks, where one 2-core machine cannot schedule every process
         within 3 s while a thousand of them start."""
         return self.heartbeat_timeout_s * max(1.0, self.ranks / SILENCE_SCALE_RANKS)
+
+    @property
+    def makes_log_files(self) -> bool:
+        """Every rank writes its own files (torchrun's log options asked)."""
+        return makes_log_files(self.log_dir, self.redirects, self.tee)
 
     @property
     def nnodes(self) -> int:
@@ -230,6 +242,15 @@ class RunConfig:
             raise ConfigError("--record saves what the terminal showed; it needs --format log")
         if self.record_path and not self.record_path.endswith(RECORD_SUFFIXES):
             raise ConfigError("--record must name a .svg, .html, .txt or .cast file")
+        if not 0 <= self.smi_every <= 10_000_000:
+            raise ConfigError(
+                f"--smi-every must be a positive number of steps, got {self.smi_every}"
+            )
+        if self.smi_every and self.output_format == "jsonl":
+            raise ConfigError(
+                "--smi-every adds nvidia-smi tables to the text log and --format "
+                "jsonl has none; pick one"
+            )
         if self.exit_after_s is not None and not 0 < self.exit_after_s <= MAX_DURATION_S:
             raise ConfigError("--exit-after-time must be positive and at most 366 days")
         if not 0.0 <= self.chaos <= 1.0:

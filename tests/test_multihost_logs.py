@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import subprocess
 
 import pytest
+from framework_formats import MEGATRON
 from nccl_formats import PREFIX, nccl_kind
 from test_multihost import COORD, LLMC, NETNS, _env, _reap, hosts  # noqa: F401 - the fixture
 
@@ -65,3 +68,40 @@ def test_two_hosts_show_inter_node_net_lines_and_both_nodes_trees(clean_table: N
         net = [h for h in hops if h["via"].startswith("NET/IB/")]
         assert net and all(int(h["src"]) // 4 != int(h["dst"]) // 4 for h in net)
         assert {h["dir"] for h in net} == {"send", "receive"}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.usefixtures("hosts")
+def test_each_node_takes_its_own_torchrun_log_flags(tmp_path: str, clean_table: None) -> None:
+    """Node 0 redirects into its log dir, node 1 tees local rank 3 only with its own role; the
+    coordinator asked for neither. The last rank (node 1's local rank 3) prints Megatron's
+    iteration lines itself."""
+    node0_dir = os.path.join(str(tmp_path), "node0")
+    coord = _start("coord", "coordinator", "--bind", COORD, "--port", "29500", "--nnodes", "2",
+                   "--nproc-per-node", "4", "--token", "s3cret", "--join-timeout", "60",
+                   "--style", "megatron", "--ui", "log", "--steps", "3",
+                   "--speed", "1e6")  # fmt: skip
+    node_args = ("node", "--master-addr", COORD, "--master-port", "29500", "--token", "s3cret")
+    nodes = [
+        _start("node1", *node_args, "--node-rank", "0", "-r", "3", "--log-dir", node0_dir),
+        _start("node2", *node_args, "--node-rank", "1", "-t", "3", "--local-ranks-filter", "3",
+               "--role", "worker"),
+    ]  # fmt: skip
+    try:
+        outputs = [node.communicate(timeout=150) for node in nodes]
+        assert [node.returncode for node in nodes] == [0, 0], [err for _, err in outputs]
+        coord.communicate(timeout=30)
+        assert coord.returncode == 0
+    finally:
+        _reap(coord, *nodes)
+    (out0, err0), (out1, _) = outputs
+    assert out0 == ""  # every stream of node 0 went to its files
+    assert f"log directory set to: {node0_dir}/" in err0
+    stdouts = sorted(glob.glob(f"{node0_dir}/*_*/attempt_0/*/stdout.log"))
+    assert [path.split(os.sep)[-2] for path in stdouts] == ["0", "1", "2", "3"]
+    with open(stdouts[0]) as f:
+        assert any(MEGATRON["world"].match(line) for line in f.read().splitlines())
+    lines = out1.splitlines()
+    assert lines and all(line.startswith("[worker3]:") for line in lines)
+    iterations = [MEGATRON["iteration"].match(line[len("[worker3]:") :]) for line in lines]
+    assert [int(m["it"]) for m in iterations if m] == [1, 2, 3]

@@ -11,6 +11,19 @@ from collections.abc import Iterator
 import jsonschema
 import pytest
 from conftest import records, run_cli
+from framework_formats import (
+    GLOG,
+    GPU_LIST,
+    HF,
+    HF_STDERR,
+    MEGATRON,
+    REAL_DEEPSPEED,
+    REAL_GLOG,
+    REAL_HF,
+    REAL_HF_STDERR,
+    REAL_MEGATRON,
+    framework_kind,
+)
 from nccl_formats import ERROR_FILE_SCHEMA, TRACEBACK_LINE, nccl_kind
 
 FAST = ("--speed", "2000")
@@ -188,3 +201,120 @@ def test_nothing_asked_makes_no_log_directory(tmp_path: str, clean_table: None) 
     assert not glob.glob(os.path.join(tmp_path, "torchelastic_*"))
     assert "reply file" not in done.stderr
     assert [r["type"] for r in records(done.stdout)][-1] == "summary"
+
+
+RANK_PREFIX = re.compile(r"^\[(\d+)\]:")
+SHAPE = ("--ranks", "8", "--nproc-per-node", "4", "--model", "llama-3-8b", "--gpu", "A100-40GB")
+
+
+def test_framework_formats_match_real_lines() -> None:
+    for style, lines in (("megatron", REAL_MEGATRON), ("deepspeed", REAL_DEEPSPEED),
+                         ("hf", REAL_HF)):  # fmt: skip
+        for line in lines:
+            assert framework_kind(style, line) is not None, line
+    for line in REAL_HF_STDERR:
+        assert any(p.match(line) for p in HF_STDERR.values()), line
+    assert all(GLOG.match(line) for line in REAL_GLOG)
+
+
+def _per_rank_run(tmp_path: str, style: str, *extra: str) -> dict[int, list[str]]:
+    """A run whose ranks tee into files with a global-rank prefix; each rank's stdout lines
+    (the console's, checked equal to the files')."""
+    done = run_cli(*SHAPE, "--steps", "6", *FAST, "--seed", "7", "--style", style, "--ui", "log",
+                   "-t", "3", "--log-dir", tmp_path, *extra, timeout=120,
+                   env={"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": "[${rank}]:"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    by_rank: dict[int, list[str]] = {rank: [] for rank in range(8)}
+    for line in done.stdout.splitlines():
+        found = RANK_PREFIX.match(line)
+        assert found, line
+        by_rank[int(found[1])].append(line[found.end() :])
+    files = [_lines(path) for path in _rank_files(tmp_path, 0, "stdout.log")]
+    assert sorted(files) == sorted(by_rank.values())  # the tee shows each file, in order
+    return by_rank
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("style", ["megatron", "deepspeed", "hf"])
+def test_every_rank_writes_its_own_framework_lines_in_real_formats(
+    tmp_path: str, clean_table: None, style: str
+) -> None:
+    by_rank = _per_rank_run(str(tmp_path), style)
+    kinds: dict[int, list[str]] = {rank: [] for rank in range(8)}
+    for rank, lines in by_rank.items():
+        for line in lines:
+            kind = framework_kind(style, line)
+            if kind is None and rank == 0:  # rank 0 also shows torchrun's and NCCL's lines
+                kind = "torchrun" if GLOG.match(line) or GPU_LIST.match(line) else None
+                kind = kind or ("nccl" if nccl_kind(line) else None)
+            assert kind is not None, f"rank {rank}: {line!r}"
+            kinds[rank].append(kind)
+    for path in _rank_files(str(tmp_path), 0, "stderr.log"):  # healthy: warnings at most
+        assert all(any(p.match(line) for p in HF_STDERR.values()) for line in _lines(path))
+    if style == "megatron":  # print_rank_last, print_rank_0, report_memory on DP-rank-0s
+        iterations = [MEGATRON["iteration"].match(line) for line in by_rank[7]]
+        assert [int(m["it"]) for m in iterations if m] == list(range(1, 7))
+        assert all("iteration" not in kinds[r] and "validation" not in kinds[r] for r in range(7))
+        assert "validation" in kinds[7] and "world" in kinds[0]
+        assert all("world" not in kinds[r] for r in range(1, 8))
+        reporters = set()
+        for rank, lines in by_rank.items():
+            for line in lines:
+                found = MEGATRON["memory"].match(line)
+                if found:
+                    assert int(found["rank"]) == rank
+                    reporters.add(rank)
+        assert reporters == {0, 1, 2, 3}  # tp 4: the data-parallel rank 0s
+    elif style == "deepspeed":  # log_dist(ranks=[0]) on rank 0, logger.info on every rank
+        for rank, lines in by_rank.items():
+            assert {"accelerator", "cdb", "commit", "zero_saved"} <= set(kinds[rank]), rank
+            assert all("[Rank 0]" not in line for line in lines) or rank == 0
+            shards = {line.rsplit("/", 1)[1] for line in lines if "zero checkpoint saved" in line}
+            assert shards == {f"bf16_zero_pp_rank_{rank // 4}_mp_rank_{rank % 4:02d}"
+                              "_optim_states.pt"}  # fmt: skip
+        assert "[Rank 0] step=6," in "\n".join(by_rank[0])
+    else:  # the main process prints the Trainer's lines, every process its warning
+        for rank in range(8):
+            process = [HF["process"].match(line) for line in by_rank[rank]]
+            assert [int(m["local"]) for m in process if m] == [rank % 4]
+        assert "tqdm" in kinds[0] and "dict" in kinds[0]
+        assert all(kinds[r] == ["process"] for r in range(1, 8))
+
+
+@pytest.mark.timeout(240)
+def test_last_ranks_iteration_lines_are_the_merged_logs(tmp_path: str, clean_table: None) -> None:
+    """The last rank's own lines carry the numbers and timestamps the coordinator publishes."""
+    pinned = ("--start-time", "2026-01-05T09:00")
+    merged = run_cli(*SHAPE, "--steps", "6", *FAST, "--seed", "7", "--style", "megatron",
+                     "--ui", "log", *pinned, timeout=120)  # fmt: skip
+    assert merged.returncode == 0, merged.stderr
+    shown = [line.split(":", 1)[1] for line in merged.stdout.splitlines()
+             if line.startswith("[default3]:") and MEGATRON["iteration"].match(line.split(":", 1)[1])]  # fmt: skip  # noqa: E501
+    own = _per_rank_run(str(tmp_path), "megatron", *pinned)[7]
+    assert len(shown) == 6
+    assert [line for line in own if MEGATRON["iteration"].match(line)] == shown
+
+
+def test_hf_processes_warn_of_gradient_checkpointing_with_full_recompute() -> None:
+    """Each process's stderr at its first step: transformers' and torch's warnings (RANK view),
+    only with full activation recompute (the Trainer's gradient checkpointing)."""
+    import dataclasses
+
+    from llmcluster.config import RunConfig
+    from llmcluster.coordinator.describe import run_record
+    from llmcluster.render.base import View
+    from llmcluster.render.styles import make_style
+    from llmcluster.setup import build_setup
+
+    config = RunConfig(ranks=8, nproc_per_node=4, seed=7, steps=6)
+    run = run_record(config, build_setup(config).plan, run_id="r", speed=1.0, start_time=0.0,
+                     attempt=0, hosts=(), real_hosts=(), pids=(), env=(), agent_pid=0)  # fmt: skip
+    for recompute, expected in (("selective", 0), ("full", 3)):
+        shaped = dataclasses.replace(run, plan=dataclasses.replace(run.plan, recompute=recompute))
+        for rank in (0, 5):
+            style = make_style("hf", view=View.RANK, rank=rank)
+            lines = style.warnings(shaped)
+            assert len(lines) == expected
+            assert all(any(p.match(line) for p in HF_STDERR.values()) for line in lines)
+            process = [HF["process"].match(line) for line in style.lines(shaped)]
+            assert [int(m["local"]) for m in process if m] == [rank % 4]

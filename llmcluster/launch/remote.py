@@ -30,6 +30,7 @@ from llmcluster.launch.common import (
 )
 from llmcluster.render.sinks import show_records
 from llmcluster.worker.agent import AgentSpec, NodeAgent
+from llmcluster.worker.logspec import NodeLogOptions
 
 
 def run_coordinator(
@@ -81,9 +82,10 @@ def run_node(
     nnodes: int = 0,
     nproc_per_node: int = 0,
     metrics: MetricsSettings | None = None,
+    logs: NodeLogOptions | None = None,
 ) -> int:
     """One node agent joining a remote coordinator (of ``nnodes`` x ``nproc_per_node``, 0: any),
-    serving its GPUs' metrics if asked."""
+    serving its GPUs' metrics if asked, its ranks' logs as its own ``logs`` options say."""
     sweep_stale_dirs()
     spec = AgentSpec(
         node=node_rank,
@@ -97,6 +99,7 @@ def run_node(
         nnodes=nnodes,
         nproc_per_node=nproc_per_node,
         metrics=metrics,
+        logs=logs,
     )
     received: list[int] = []
     with stop_signals_to(received):

@@ -6,12 +6,16 @@ training started, the last timestamp printed) and turns each record into the lin
 tool prints. The default style is llmcluster's own clean, timestamped log with every
 headline number, the GPU grid and the summary box; the framework styles print only what
 the framework, torchrun, NCCL or nvidia-smi print, each line with its torchrun prefix.
+A renderer writes one ``View``: the merged log rank 0 shows, or (with torchrun's log options)
+rank 0's torchrun/NCCL lines and each rank's own framework lines (``shows(rank)`` says whether
+a line printed by ``rank`` belongs to this view).
 Every number comes from a record; nothing is recomputed differently from what JSONL shows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, ClassVar
 
 from llmcluster.render.fmt import (
@@ -32,6 +36,7 @@ from llmcluster.render.report import (
     restart_lines,
     summary_lines,
 )
+from llmcluster.render.smi import smi_lines
 from llmcluster.wire.records import (
     CheckpointRecord,
     EvalRecord,
@@ -49,6 +54,28 @@ from llmcluster.wire.records import (
 )
 
 GRID_EVERY_STEPS = 10
+FRAMEWORK_RECORDS = (StepRecord, PhaseRecord, EvalRecord, CheckpointRecord, ExportRecord)
+
+
+class View(Enum):
+    """Whose lines a renderer writes.
+
+    ``MERGED``: rank 0 shows the whole job's log, each framework line with the torchrun prefix
+    of the rank that prints it (no torchrun log option asked: llmcluster's classic view).
+    With torchrun's log options every rank writes its own streams: rank 0's display is then
+    the ``AGENT`` view (torchrun's, NCCL's and the run's own lines, no framework line) and each
+    rank's training thread renders the ``RANK`` view (only what the framework prints on that
+    rank, unprefixed: the real tee adds the prefix).
+    """
+
+    MERGED = "merged"
+    AGENT = "agent"
+    RANK = "rank"
+
+
+def framework_view(style: str, *, makes_files: bool) -> View:
+    """The display's view: AGENT when a framework style runs with per-rank log files."""
+    return View.AGENT if makes_files and style != "default" else View.MERGED
 
 
 def prefixed(prefix: str, lines: list[str]) -> list[str]:
@@ -83,8 +110,11 @@ class Style:
     tee: ClassVar[bool] = False  # launched by torchrun --tee 3: worker lines get [defaultN]:
     explains: ClassVar[bool] = False  # adds llmcluster's own ``llmcluster:`` explanations
 
-    def __init__(self, *, width: int = 120, ascii_only: bool = False) -> None:
+    def __init__(self, *, width: int = 120, ascii_only: bool = False,
+                 view: View = View.MERGED, rank: int = 0) -> None:  # fmt: skip
         self.width, self.ascii_only = width, ascii_only
+        self.view, self.rank = view, rank  # rank: whose stream the RANK view writes
+        self.smi_every = 0  # node 0's nvidia-smi table every N steps (0: never)
         self.run: RunRecord | None = None
         self.failed_rank = -1  # the last failure's rank (its agent does not stop it again)
 
@@ -95,15 +125,26 @@ class Style:
         return [ascii_safe(line) for line in lines] if self.ascii_only else lines
 
     def _dispatch(self, record: Record) -> list[str]:
+        view = self.view
         if isinstance(record, RunRecord):
             self.run = record
             self.start_attempt()
+            if view is View.RANK:  # a (re)started worker process prints its set-up again
+                return self.preamble(record)
             return self.run_lines(record)
         if isinstance(record, SummaryRecord):
+            if view is View.AGENT:
+                return interrupt_lines(self.run, record) if self.run else []
+            if view is View.RANK:
+                return self.final_lines(self.run, record) if self.run else []
             return self.summary(self.run, record)
         run = self.run
         if run is None:
             return []
+        if view is View.AGENT and isinstance(record, FRAMEWORK_RECORDS):
+            return []  # the ranks print them themselves
+        if view is View.RANK and not isinstance(record, FRAMEWORK_RECORDS):
+            return []  # torchrun's and the run's own lines are the display's
         handlers: dict[type, Callable[[RunRecord, Any], list[str]]] = {
             StepRecord: self.step_line,
             RanksRecord: self.ranks_lines,
@@ -120,8 +161,17 @@ class Style:
 
     # ---- shared by every style ---------------------------------------------------------------
     def tee_prefix(self, local_rank: int) -> str:
-        """The prefix torchrun gives a worker's lines in this style ('' without --tee)."""
-        return tee_prefix(local_rank) if self.tee else ""
+        """The prefix torchrun gives a worker's lines in this style's merged view ('' when
+        each rank writes its own stream: the real tee adds it)."""
+        return tee_prefix(local_rank) if self.tee and self.view is View.MERGED else ""
+
+    def shows(self, rank: int) -> bool:
+        """Whether this renderer writes the lines ``rank`` prints (every rank's when merged)."""
+        return self.view is not View.RANK or self.rank == rank
+
+    def warnings(self, run: RunRecord) -> list[str]:
+        """What this view's rank warns on its stderr as training starts (the RANK view)."""
+        return []
 
     def prefix(self, run: RunRecord) -> str:
         """The prefix of the rank that prints the training log."""
@@ -135,7 +185,8 @@ class Style:
         nccl = prefixed(self.tee_prefix(0), merged_init_lines(run, 0))
         if run.attempt:  # a restarted worker group: the new communicator only
             return nccl
-        return [*launcher_lines(run), *nccl, *gpu_detect_lines(run), *self.preamble(run)]
+        preamble = self.preamble(run) if self.view is View.MERGED else []
+        return [*launcher_lines(run), *nccl, *gpu_detect_lines(run), *preamble]
 
     def failure_lines(self, run: RunRecord, rec: FailureRecord) -> list[str]:
         """torchrun and NCCL reporting a dead rank."""
@@ -200,8 +251,11 @@ class Style:
         return prefixed(self.prefix(run), [*event_lines(step), line])
 
     def ranks_lines(self, run: RunRecord, rec: RanksRecord) -> list[str]:
-        """Per-GPU telemetry: no framework prints it."""
-        return []
+        """Per-GPU telemetry: no framework prints it; ``--smi-every N``: rank 0's job shells
+        out to ``nvidia-smi`` every N steps (its node's table, in rank 0's stream)."""
+        if not self.smi_every or rec.phase is not None or rec.step % self.smi_every:
+            return []
+        return prefixed(self.tee_prefix(0), smi_lines(run, rec, 0))
 
     def eval_lines(self, run: RunRecord, rec: EvalRecord) -> list[str]:
         """Validation results."""
@@ -259,9 +313,10 @@ class DefaultStyle(Style):
 
     def ranks_lines(self, run: RunRecord, rec: RanksRecord) -> list[str]:
         """The GPU grid at step 1 and every ``GRID_EVERY_STEPS`` steps."""
+        smi = super().ranks_lines(run, rec)
         if rec.phase is not None or (rec.step % GRID_EVERY_STEPS and rec.step != 1):
-            return []
-        return grid_lines(run, rec, width=self.width, ascii_only=self.ascii_only)
+            return smi
+        return [*grid_lines(run, rec, width=self.width, ascii_only=self.ascii_only), *smi]
 
     def summary(self, run: RunRecord | None, rec: SummaryRecord) -> list[str]:
         table = summary_lines(run, rec, width=self.width, ascii_only=self.ascii_only)

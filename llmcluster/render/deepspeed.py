@@ -5,6 +5,17 @@
 The renderer keeps what the engine keeps: the running average of the throughput timer
 (which, like DeepSpeed's ``ThroughputTimer``, skips the first step of a worker group) and
 the last timestamp printed, so no line is ever stamped before an earlier one.
+
+Who prints what (DeepSpeed 0.16.4): ``log_dist(..., ranks=[0])`` lines (``[Rank 0] ...``:
+the engine's set-up, steps, timers) and ``Initializing TorchBackend`` on rank 0 only; plain
+``logger.info`` lines on every rank: the accelerator and ``cdb=None`` at import and
+``init_distributed``, each rank's own ZeRO shard save (``[Torch] Saving/Saved``, ``zero
+checkpoint saved``), ``Checkpoint ... is ready now!`` (``commit`` runs on every rank), and at
+a restore the model states and the rank's own shard loaded, ``successfully read N ZeRO
+state_dicts`` and ``loading N zero partition checkpoints for rank R``. The model states are
+saved by the data-parallel rank 0s (``save_non_zero_checkpoint``), and ``Saving model
+checkpoint`` is logged with ``ranks=[0, 1]``. The merged view shows rank 0's lines; the RANK
+view exactly its rank's.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
-from llmcluster.render.base import Style, event_lines, memory_gib, prefixed
+from llmcluster.render.base import Style, View, event_lines, memory_gib, prefixed
 from llmcluster.render.fmt import deepspeed_ts, num
 from llmcluster.render.hf import export_lines, steps_per_epoch
 from llmcluster.wire.records import (
@@ -29,9 +40,13 @@ from llmcluster.wire.records import (
 VERSION = "0.16.4"
 LOG_DIST = "logging.py:128:log_dist"
 CONFIG_PRINT = "config.py:1003:print"
+CKPT = "torch_checkpoint_engine.py"
+SAVE, SAVED, LOAD, LOADED, COMMIT = (f"{CKPT}:21:save", f"{CKPT}:23:save", f"{CKPT}:27:load",
+                                     f"{CKPT}:29:load", f"{CKPT}:33:commit")  # fmt: skip
+SAVE_ZERO = "engine.py:3645:_save_zero_checkpoint"
+READ_ZERO = "engine.py:3185:_get_all_zero_checkpoint_state_dicts"
+LOAD_ZERO = "engine.py:3135:_load_zero_checkpoint"
 OPTIMIZER_SHARE = 0.02  # of a step shown as the optimizer step in DeepSpeed's timer line
-MODEL_STATES = "mp_rank_00_model_states.pt"
-OPTIM_STATES = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
 DOTS_TO = 29  # DeepSpeedConfig.print: "  {name} {'.' * (29 - len(name))} {value}"
 
 
@@ -92,6 +107,19 @@ def _config_dump(run: RunRecord) -> list[tuple[str, str]]:
     return sorted(entries.items())
 
 
+def model_states(run: RunRecord, rank: int) -> str:
+    """The model states file a data-parallel rank 0 saves (its model-parallel rank's)."""
+    return f"mp_rank_{rank % run.plan.tp:02d}_model_states.pt"
+
+
+def optim_states(run: RunRecord, rank: int) -> str:
+    """This rank's ZeRO shard (``_get_zero_ckpt_prefix``: ``bf16_`` with bf16 enabled)."""
+    plan = run.plan
+    bf16 = "bf16_" if plan.precision == "bf16" else ""
+    dp_rank, mp_rank = (rank // plan.tp) % plan.dp, rank % plan.tp
+    return f"{bf16}zero_pp_rank_{dp_rank}_mp_rank_{mp_rank:02d}_optim_states.pt"
+
+
 def _user_config(run: RunRecord) -> str:
     """The ``json = {...}`` user configuration DeepSpeed prints after the dump."""
     plan = run.plan
@@ -118,8 +146,9 @@ class DeepSpeedStyle(Style):
     )
     tee: ClassVar[bool] = True
 
-    def __init__(self, *, width: int = 120, ascii_only: bool = False) -> None:
-        super().__init__(width=width, ascii_only=ascii_only)
+    def __init__(self, *, width: int = 120, ascii_only: bool = False,
+                 view: View = View.MERGED, rank: int = 0) -> None:  # fmt: skip
+        super().__init__(width=width, ascii_only=ascii_only, view=view, rank=rank)
         self.last_t = 0.0  # never stamp a line before the previous one
         self.start_attempt()
 
@@ -139,20 +168,36 @@ class DeepSpeedStyle(Style):
         first, *rest = text.split("\n")
         return [self._info(t, CONFIG_PRINT, first), *rest]
 
+    def _rank(self) -> int:
+        """The rank whose lines this view writes (rank 0's when merged)."""
+        return self.rank if self.view is View.RANK else 0
+
+    def _saves_model(self, run: RunRecord) -> bool:
+        """``save_non_zero_checkpoint``: this view's rank is a data-parallel rank 0."""
+        return (self._rank() // run.plan.tp) % run.plan.dp == 0
+
     def preamble(self, run: RunRecord) -> list[str]:
         t = run.start_time
         lines = [
             self._info(t, "real_accelerator.py:219:get_accelerator",
                        "Setting ds_accelerator to cuda (auto detect)"),
-            self._info(t, "comm.py:652:init_distributed", "cdb=None"),
-            self._info(t, "comm.py:683:init_distributed",
-                       "Initializing TorchBackend in DeepSpeed with backend nccl"),
+            self._info(t, "comm.py:658:init_distributed", "cdb=None"),
         ]  # fmt: skip
+        if self.shows(0):
+            lines.append(
+                self._info(
+                    t,
+                    "comm.py:689:init_distributed",
+                    "Initializing TorchBackend in DeepSpeed with backend nccl",
+                )
+            )
         return prefixed(self.prefix(run), lines)
 
     def _engine_lines(self, run: RunRecord, t: float) -> list[str]:
         """``deepspeed.initialize``: the optimizer, the scheduler and the configuration dump."""
         self.engine_shown = True
+        if not self.shows(0):
+            return []
         plan = run.plan
         optimizer = "DeepSpeedZeroOptimizer" if plan.zero_stage else "FusedAdam"
         lines = [
@@ -175,28 +220,50 @@ class DeepSpeedStyle(Style):
         t, tag = rec.time, f"global_step{rec.step}"
         if rec.name is PhaseName.INIT:
             return self._engine_lines(run, rec.time + rec.expected_s)
+        rank, folder = self._rank(), f"{run.plan.checkpoint_dir}/{tag}"
         if rec.name is PhaseName.CHECKPOINT:
-            model_states = f"{run.plan.checkpoint_dir}/{tag}/{MODEL_STATES}"
-            lines = [
-                self._info(t, LOG_DIST, f"[Rank 0] [Torch] Checkpoint {tag} is about to be saved!"),
-                self._info(t, LOG_DIST, f"[Rank 0] Saving model checkpoint: {model_states}"),
-                self._info(t, "torch_checkpoint_engine.py:21:save",
-                           f"[Torch] Saving {model_states}..."),
-            ]  # fmt: skip
+            states = f"{folder}/{model_states(run, rank)}"
+            lines = []
+            if self.shows(0):
+                lines.append(
+                    self._info(
+                        t, LOG_DIST, f"[Rank 0] [Torch] Checkpoint {tag} is about to be saved!"
+                    )
+                )
+            if self._saves_model(run):
+                if rank in (0, 1):  # log_dist(..., ranks=[0, 1])
+                    lines.append(
+                        self._info(t, LOG_DIST, f"[Rank {rank}] Saving model checkpoint: {states}")
+                    )
+                lines.append(self._info(t, SAVE, f"[Torch] Saving {states}..."))
             return prefixed(self.prefix(run), lines)
         if rec.name is PhaseName.RESTORE:
-            path = f"{run.plan.checkpoint_dir}/global_step{rec.step}/{MODEL_STATES}"
-            return prefixed(self.prefix(run), [
-                self._info(t, "torch_checkpoint_engine.py:27:load",
-                           f"[Torch] Loading checkpoint from {path}..."),
-                self._info(t + rec.expected_s, "torch_checkpoint_engine.py:29:load",
-                           f"[Torch] Loaded checkpoint from {path}."),
-            ])  # fmt: skip
+            done = t + rec.expected_s
+            paths = [f"{folder}/{model_states(run, rank)}"]
+            if run.plan.zero_stage:
+                paths.append(f"{folder}/{optim_states(run, rank)}")
+            lines = []
+            for path in paths:
+                lines += [
+                    self._info(t, LOAD, f"[Torch] Loading checkpoint from {path}..."),
+                    self._info(done, LOADED, f"[Torch] Loaded checkpoint from {path}."),
+                ]
+            if run.plan.zero_stage and self.view is View.RANK:
+                dp = run.plan.dp
+                lines += [
+                    self._info(done, READ_ZERO,
+                               f"successfully read {dp} ZeRO state_dicts for rank {rank}"),
+                    self._info(done, LOAD_ZERO,
+                               f"loading {dp} zero partition checkpoints for rank {rank}"),
+                ]  # fmt: skip
+            return prefixed(self.prefix(run), lines)
         return []
 
     def step_line(self, run: RunRecord, step: StepRecord) -> list[str]:
         plan, t, n = run.plan, step.time, step.step
         lines = [] if self.engine_shown else self._engine_lines(run, t - step.step_time_s)
+        if not self.shows(0):
+            return lines
         if self.first_step is None:
             self.first_step = n
         elif step.step_time_s > 0:  # ThroughputTimer skips a worker group's first step
@@ -238,6 +305,8 @@ class DeepSpeedStyle(Style):
         return [*lines, *prefixed(self.prefix(run), text)]
 
     def eval_lines(self, run: RunRecord, rec: EvalRecord) -> list[str]:
+        if not self.shows(0):
+            return []
         line = (
             f"epoch {(rec.step - 1) // steps_per_epoch(run)} | eval at step {rec.step} | "
             f"val_loss {num(rec.val_loss, '.4f')} | val_ppl {num(rec.val_ppl, '.2f')}"
@@ -246,30 +315,30 @@ class DeepSpeedStyle(Style):
 
     def checkpoint_lines(self, run: RunRecord, rec: CheckpointRecord) -> list[str]:
         """The checkpoint engine's save sequence, stamped from the save's start to its end."""
-        t1, tag, plan = rec.time, f"global_step{rec.step}", run.plan
+        t1, tag, plan, rank = rec.time, f"global_step{rec.step}", run.plan, self._rank()
         t0 = t1 - rec.save_s
         folder = f"{plan.checkpoint_dir}/{tag}"
         mem = plan.memory
         states = mem.weights_gb + mem.optimizer_gb
         t_model = t0 + rec.save_s * (mem.weights_gb / states if states else 0.5)
-        lines = [
-            self._info(t_model, "torch_checkpoint_engine.py:23:save",
-                       f"[Torch] Saved {folder}/{MODEL_STATES}."),
-        ]  # fmt: skip
+        lines = []
+        if self._saves_model(run):
+            lines.append(
+                self._info(t_model, SAVED, f"[Torch] Saved {folder}/{model_states(run, rank)}.")
+            )
         if plan.zero_stage:
+            shard = f"{folder}/{optim_states(run, rank)}"
             lines += [
-                self._info(t_model, "torch_checkpoint_engine.py:21:save",
-                           f"[Torch] Saving {folder}/{OPTIM_STATES}..."),
-                self._info(t1, "torch_checkpoint_engine.py:23:save",
-                           f"[Torch] Saved {folder}/{OPTIM_STATES}."),
-                self._info(t1, "engine.py:3536:_save_zero_checkpoint",
-                           f"zero checkpoint saved {folder}/{OPTIM_STATES}"),
-            ]  # fmt: skip
-        lines.append(self._info(t1, "torch_checkpoint_engine.py:33:commit",
-                                f"[Torch] Checkpoint {tag} is ready now!"))  # fmt: skip
+                self._info(t_model, SAVE, f"[Torch] Saving {shard}..."),
+                self._info(t1, SAVED, f"[Torch] Saved {shard}."),
+                self._info(t1, SAVE_ZERO, f"zero checkpoint saved {shard}"),
+            ]
+        lines.append(self._info(t1, COMMIT, f"[Torch] Checkpoint {tag} is ready now!"))
         return prefixed(self.prefix(run), lines)
 
     def export_lines(self, run: RunRecord, rec: ExportRecord) -> list[str]:
+        if not self.shows(0):
+            return []
         return prefixed(self.prefix(run), export_lines(rec))  # the script's save_pretrained
 
     def final_lines(self, run: RunRecord, rec: SummaryRecord) -> list[str]:

@@ -2,6 +2,12 @@
 progress bar, a dict per logging step, eval dicts and ``save_pretrained``'s lines
 (``real-logs.md`` 2e).
 
+The main process prints all of it. Every process (``log_level_replica`` is ``warning``)
+prints the example script's ``Process rank: ...`` warning at start and, with gradient
+checkpointing (full recompute), the model's ``use_cache=True`` warning and torch's
+``use_reentrant`` UserWarning on its stderr at the first step; the RANK view writes them for
+its rank, the merged view only the main process's lines.
+
 Like the Trainer, the renderer counts epochs in samples (``step x global batch`` over the
 dataset's examples), and like tqdm it measures elapsed time on the run's clock since
 training started (evaluations and saves included) and shows an exponentially smoothed
@@ -11,16 +17,18 @@ rate, so the final bar agrees with ``train_runtime``.
 from __future__ import annotations
 
 import math
+import time
 from typing import ClassVar
 
-from llmcluster.render.base import Style, event_lines
-from llmcluster.render.fmt import duration, finite
+from llmcluster.render.base import Style, View, event_lines
+from llmcluster.render.fmt import clock, duration, finite
 from llmcluster.wire.records import (
     CheckpointRecord,
     EvalRecord,
     ExportRecord,
     PhaseName,
     PhaseRecord,
+    Record,
     RunRecord,
     StepRecord,
     SummaryRecord,
@@ -29,6 +37,18 @@ from llmcluster.wire.records import (
 TQDM_SMOOTHING = 0.3  # tqdm's default exponential moving average weight
 GRACEFUL_EXITS = ("completed", "exit-after-time")  # the training loop returned: train() reports
 MIN_BAR = 10
+USE_CACHE = (
+    "`use_cache=True` is incompatible with gradient checkpointing. Setting `use_cache=False`."
+)
+REENTRANT = (  # torch 2.4's warning, raised through torch/_dynamo/eval_frame.py
+    "/usr/local/lib/python3.11/dist-packages/torch/_dynamo/eval_frame.py:745: UserWarning: "
+    "torch.utils.checkpoint: the use_reentrant parameter should be passed explicitly. In "
+    "version 2.5 we will raise an exception if use_reentrant is not passed. "
+    "use_reentrant=False is recommended, but if you need to preserve the current default "
+    "behavior, you can pass use_reentrant=True. Refer to docs for more details on the "
+    "differences between the two variants.",
+    "  return fn(*args, **kwargs)",
+)
 
 
 def steps_per_epoch(run: RunRecord) -> int:
@@ -82,8 +102,9 @@ class HfStyle(Style):
         "{'loss': 3.4121, 'grad_norm': 0.8421, 'learning_rate': 0.000285, 'epoch': 0.03}"
     )
 
-    def __init__(self, *, width: int = 120, ascii_only: bool = False) -> None:
-        super().__init__(width=width, ascii_only=ascii_only)
+    def __init__(self, *, width: int = 120, ascii_only: bool = False,
+                 view: View = View.MERGED, rank: int = 0) -> None:  # fmt: skip
+        super().__init__(width=width, ascii_only=ascii_only, view=view, rank=rank)
         self.start_attempt()
 
     def start_attempt(self) -> None:
@@ -110,10 +131,34 @@ class HfStyle(Style):
         filled = width * n // total
         return f"{percent}{'█' * filled}{' ' * (width - filled)}{meta}"
 
+    def _process_line(self, run: RunRecord) -> list[str]:
+        """run_clm's ``logger.warning`` on every process (its basicConfig format, stdout)."""
+        if self.view is not View.RANK:
+            return []
+        local = self.rank % run.nproc_per_node
+        stamp = time.strftime("%m/%d/%Y %H:%M:%S", clock(run.start_time))
+        return [
+            f"{stamp} - WARNING - __main__ - Process rank: {local}, device: cuda:{local}, "
+            f"n_gpu: 1, distributed training: {run.world_size > 1}, 16-bits training: "
+            f"{run.plan.precision == 'fp16'}"
+        ]
+
+    def warnings(self, run: RunRecord) -> list[str]:
+        """Gradient checkpointing's warnings, once per process at its first step."""
+        return [USE_CACHE, *REENTRANT] if run.plan.recompute == "full" else []
+
+    def lines(self, record: Record) -> list[str]:
+        """Only the main process prints the Trainer's lines (every process its warning)."""
+        lines = super().lines(record)
+        if self.shows(0) or not lines:
+            return lines
+        return self._process_line(self.run) if isinstance(record, RunRecord) and self.run else []
+
     def preamble(self, run: RunRecord) -> list[str]:
         plan = run.plan
         epochs = math.ceil(plan.total_steps / steps_per_epoch(run))
         return [
+            *self._process_line(run),
             "***** Running training *****",
             f"  Num examples = {examples(run):,}",
             f"  Num Epochs = {epochs:,}",

@@ -1,17 +1,20 @@
 """Megatron-LM's log (``--style megatron``): ``training_log``'s iteration line, the validation
 block, the memory report and the checkpoint lines (``real-logs.md`` 2d).
 
-Megatron prints through ``print_rank_last`` (the last pipeline rank), so torchrun tees the
-training log as the last local rank (``[default7]:``); each data-parallel rank 0 prints the
-memory report. Megatron has no exit line of its own at the end of a run (``exiting program
-at iteration N`` belongs to ``--exit-interval``).
+Megatron prints the iteration line and the validation block through ``print_rank_last``
+(the last global rank: ``[default7]:`` when tee'd), its set-up and checkpoint lines through
+``print_rank_0``, and ``report_memory`` on every rank whose data-parallel rank is 0 (each
+``[Rank N]``, after the first log interval and around the first three checkpoint saves).
+The merged view shows rank 0's memory report only; the RANK view writes exactly what its rank
+prints. Megatron has no exit line of its own at the end of a run (``exiting program at
+iteration N`` belongs to ``--exit-interval``).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from llmcluster.render.base import Style, event_lines, memory_gib, prefixed
+from llmcluster.render.base import Style, View, event_lines, memory_gib, prefixed
 from llmcluster.render.fmt import finite, iso, num
 from llmcluster.wire.records import (
     CheckpointRecord,
@@ -25,6 +28,13 @@ from llmcluster.wire.records import (
 )
 
 MEMORY_REPORT_STEP = 10  # "(after 10 iterations)": once, after the first log interval
+MAX_CHECKPOINTS_MEMORY_REPORTED = 3  # training.py's MAX_NUM_CHECKPOINTS_MEMORY_REPORTED
+
+
+def dp_rank(run: RunRecord, rank: int) -> int:
+    """A global rank's data-parallel rank in Megatron's default order (tp fastest, then dp,
+    then pp)."""
+    return (rank // run.plan.tp) % run.plan.dp
 
 
 class MegatronStyle(Style):
@@ -40,10 +50,32 @@ class MegatronStyle(Style):
     )
     tee: ClassVar[bool] = True
 
+    def start_attempt(self) -> None:
+        self.checkpoints_reported = 0  # a (re)started process counts its reports afresh
+
     def prefix(self, run: RunRecord) -> str:
         return self.tee_prefix((run.world_size - 1) % run.nproc_per_node)
 
+    def _last(self, run: RunRecord) -> bool:
+        """print_rank_last prints on this view."""
+        return self.shows(run.world_size - 1)
+
+    def _memory(self, run: RunRecord, when: str) -> list[str]:
+        """``report_memory``: rank 0's line (tee'd as local rank 0) when merged, this rank's
+        when it is a data-parallel rank 0 in the RANK view."""
+        rank = self.rank if self.view is View.RANK else 0
+        if self.view is View.RANK and dp_rank(run, rank) != 0:
+            return []
+        allocated, peak, reserved = (1024 * gib for gib in memory_gib(run))
+        return [
+            f"{self.tee_prefix(0)}[Rank {rank}] {when} memory (MB) | allocated: {allocated:.2f} "
+            f"| max allocated: {peak:.2f} | reserved: {reserved:.2f} | max reserved: "
+            f"{reserved:.2f}"
+        ]
+
     def preamble(self, run: RunRecord) -> list[str]:
+        if not self.shows(0):
+            return []
         plan, model, t = run.plan, run.model, run.start_time
         divisor = 128 * plan.tp
         padded = -(-model.vocab // divisor) * divisor
@@ -97,17 +129,14 @@ class MegatronStyle(Style):
             f"{grad}number of skipped iterations: {skipped:3d} | "
             f"number of nan iterations: {0 if finite(step.loss) else 1:3d} |"
         )
-        lines = prefixed(self.prefix(run), [*event_lines(step), line])
-        if step.step == MEMORY_REPORT_STEP:  # each data-parallel rank 0: tee'd as local rank 0
-            allocated, peak, reserved = (1024 * gib for gib in memory_gib(run))
-            lines.append(
-                f"{self.tee_prefix(0)}[Rank 0] (after {MEMORY_REPORT_STEP} iterations) memory "
-                f"(MB) | allocated: {allocated:.2f} | max allocated: {peak:.2f} | reserved: "
-                f"{reserved:.2f} | max reserved: {reserved:.2f}"
-            )
+        lines = prefixed(self.prefix(run), [*event_lines(step), line]) if self._last(run) else []
+        if step.step == MEMORY_REPORT_STEP:
+            lines += self._memory(run, f"(after {MEMORY_REPORT_STEP} iterations)")
         return lines
 
     def eval_lines(self, run: RunRecord, rec: EvalRecord) -> list[str]:
+        if not self._last(run):
+            return []
         text = (
             f" validation loss at iteration {rec.step} | lm loss value: "
             f"{num(rec.val_loss, '.6E')} | lm loss PPL: {num(rec.val_ppl, '.6E')} | "
@@ -117,13 +146,15 @@ class MegatronStyle(Style):
 
     def checkpoint_lines(self, run: RunRecord, rec: CheckpointRecord) -> list[str]:
         plan = run.plan
-        return prefixed(
-            self.prefix(run),
-            [
-                f"  [{iso(rec.time)}] successfully saved checkpoint from iteration "
-                f"{rec.step:7d} to {plan.checkpoint_dir} [ t 1/{plan.tp}, p 1/{plan.pp} ]",
-            ],
-        )
+        lines = [
+            f"  [{iso(rec.time)}] successfully saved checkpoint from iteration "
+            f"{rec.step:7d} to {plan.checkpoint_dir} [ t 1/{plan.tp}, p 1/{plan.pp} ]",
+        ]
+        lines = prefixed(self.prefix(run), lines) if self.shows(0) else []
+        if self.view is View.RANK and self.checkpoints_reported < MAX_CHECKPOINTS_MEMORY_REPORTED:
+            self.checkpoints_reported += 1
+            lines += self._memory(run, f"(after save_checkpoint for iteration {rec.step})")
+        return lines
 
     def export_lines(self, run: RunRecord, rec: ExportRecord) -> list[str]:
         return []  # the HF conversion is a separate tool; Megatron prints nothing for it
@@ -150,7 +181,14 @@ class MegatronStyle(Style):
             lines = [f"[after training is done] datetime: {t} "]
         else:
             return []  # init: the preamble already shows Megatron's initialisation
-        return prefixed(self.prefix(run), lines)
+        lines = prefixed(self.prefix(run), lines) if self.shows(0) else []
+        if (
+            rec.name is PhaseName.CHECKPOINT
+            and self.view is View.RANK
+            and self.checkpoints_reported < MAX_CHECKPOINTS_MEMORY_REPORTED
+        ):
+            lines = self._memory(run, f"(before save_checkpoint for iteration {step})") + lines
+        return lines
 
     def final_lines(self, run: RunRecord, rec: SummaryRecord) -> list[str]:
         return []

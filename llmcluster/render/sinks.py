@@ -72,11 +72,14 @@ class LogDisplay:
     default style)."""
 
     def __init__(self, config: RunConfig, console: Any) -> None:
+        from llmcluster.render.base import framework_view
         from llmcluster.render.styles import make_style
 
         self.config, self.console = config, console
+        view = framework_view(config.style, makes_files=config.makes_log_files)
         self.style = make_style(config.style, width=console.width, ascii_only=config.ascii_only,
-                                bench=_is_bench(config))  # fmt: skip
+                                bench=_is_bench(config), view=view,
+                                smi_every=config.smi_every)  # fmt: skip
 
     def show(self, record: Record) -> None:
         for line in self.style.lines(record):

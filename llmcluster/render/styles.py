@@ -8,7 +8,7 @@ keeps state between records, so each display makes its own with ``make_style``;
 
 from __future__ import annotations
 
-from llmcluster.render.base import DefaultStyle, Style
+from llmcluster.render.base import DefaultStyle, Style, View
 from llmcluster.render.bench import BenchStyle
 from llmcluster.render.deepspeed import DeepSpeedStyle
 from llmcluster.render.hf import HfStyle
@@ -20,7 +20,12 @@ STYLES: dict[str, type[Style]] = {
 
 
 def make_style(name: str, *, width: int = 120, ascii_only: bool = False,
-               bench: bool = False) -> Style:  # fmt: skip
-    """A fresh renderer for style ``name`` (nccl-tests' for ``llmcluster bench``)."""
-    cls = BenchStyle if bench else STYLES[name]
-    return cls(width=width, ascii_only=ascii_only)
+               bench: bool = False, view: View = View.MERGED, rank: int = 0,
+               smi_every: int = 0) -> Style:  # fmt: skip
+    """A fresh renderer for style ``name`` (nccl-tests' for ``llmcluster bench``), writing
+    ``view``'s lines (``base.View``), node 0's nvidia-smi table every ``smi_every`` steps."""
+    if bench:
+        return BenchStyle(width=width, ascii_only=ascii_only)
+    style = STYLES[name](width=width, ascii_only=ascii_only, view=view, rank=rank)
+    style.smi_every = smi_every
+    return style

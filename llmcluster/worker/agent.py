@@ -73,6 +73,7 @@ class AgentSpec:
     announce: bool = False  # a standalone node prints its own agent lines (rank 0 prints node 0's)
     parent_dir: str = ""  # the coordinator's socket directory (local runs): removed if it died
     metrics: MetricsSettings | None = None  # serve this node's GPUs (``llmcluster node``)
+    logs: logspec.NodeLogOptions | None = None  # its own log flags (``llmcluster node``)
 
 
 class NodeAgent:
@@ -287,7 +288,7 @@ class NodeAgent:
             if not 0 <= body.node < config.nnodes:
                 link.dropped += 1
                 return None
-            self.config = config
+            self.config = self.spec.logs.over(config) if self.spec.logs else config
             link.timeout_s = max(link.timeout_s, self.config.silence_tolerance_s)
             self.node = body.node
             self._say(f"llmcluster node: joined {self.spec.control} as node {self.node} of "

@@ -15,6 +15,7 @@ asked (then without ``--log-dir`` the base is ``mkdtemp(prefix="torchelastic_")`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ import tempfile
 from dataclasses import dataclass
 from enum import IntFlag
 from string import Template
+
+from llmcluster.config import RunConfig, makes_log_files
 
 _MAPPING_REGEX = r"^(\d:[0123],)*(\d:[0123])$"
 _VALUE_REGEX = r"^[0123]$"
@@ -86,7 +89,23 @@ class LogsSpec:
     @property
     def makes_files(self) -> bool:
         """A log dir, a redirect or a tee was asked: the per-node directory tree exists."""
-        return bool(self.log_dir) or self.redirects != "0" or self.tee != "0"
+        return makes_log_files(self.log_dir, self.redirects, self.tee)
+
+
+@dataclass(frozen=True)
+class NodeLogOptions:
+    """``llmcluster node``'s own torchrun log flags for its ranks (None: the coordinator's)."""
+
+    log_dir: str | None = None
+    redirects: str | None = None
+    tee: str | None = None
+    local_ranks_filter: str | None = None
+    role: str | None = None
+
+    def over(self, config: RunConfig) -> RunConfig:
+        """The run's config as this node's ranks see it: its own log options where given."""
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass(frozen=True)

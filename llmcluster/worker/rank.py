@@ -35,10 +35,12 @@ from llmcluster.wire.messages import Book, Done, Exit, Failure, Join, RankOnly
 from llmcluster.worker.bench import print_bench, rank_bench
 from llmcluster.worker.display import DisplayThread
 from llmcluster.worker.errors import record_error, record_exception
+from llmcluster.worker.framework_log import FrameworkLog, writes_own_lines
 from llmcluster.worker.nccl_log import NcclLog
 from llmcluster.worker.training import RankDied, Training
 
 RENDEZVOUS_TIMEOUT_S = 60.0
+RUN_SHOWN_WAIT_S = 5.0
 
 
 def shm_capacity(config: RunConfig) -> int:
@@ -111,6 +113,7 @@ class Rank:
         self.mesh.reset(spec.attempt)
         self.display: DisplayThread | None = None
         self.nccl: NcclLog | None = None
+        self.framework: FrameworkLog | None = None
         self.started = time.monotonic()
 
     # ---- control --------------------------------------------------------------------------
@@ -156,6 +159,9 @@ class Rank:
                                              curve=spec.curve)  # fmt: skip
                 self.display.start()
             training = Training(self) if spec.config.bench is None else None
+            if training is not None and writes_own_lines(spec.config):
+                lock = self.display.lock if self.display is not None else None
+                self.framework = FrameworkLog(spec, training.plan, lock)
             comm = self._rendezvous(training)
             if training is None:
                 rows = rank_bench(comm, spec.config.bench, spec.config.algorithm)
@@ -169,6 +175,8 @@ class Rank:
                 self.link.send(Kind.DONE, Done(rank=spec.rank, step=0))
             else:
                 last = training.run(comm)
+                if self.framework is not None:
+                    self.framework.finish(last)
                 self.link.send(Kind.DONE, Done(rank=spec.rank, step=last))
                 self._finish_display()
             self._await(Kind.EXIT, 3600)
@@ -233,8 +241,21 @@ class Rank:
         comm.barrier()
         if training is not None:
             self._nccl_init(training, booked - self.started, time.monotonic() - self.started)
+            if self.framework is not None:
+                self._await_run_shown()
+                self.framework.ready()
         self.link.send(Kind.READY, RankOnly(rank=spec.rank))
         return comm
+
+    def _await_run_shown(self) -> None:
+        """Rank 0 writes its framework lines after the launch lines its display shows (serving
+        the control link meanwhile; at most RUN_SHOWN_WAIT_S)."""
+        deadline = time.monotonic() + RUN_SHOWN_WAIT_S
+        display = self.display
+        while display is not None and not display.run_shown.wait(0.02):
+            if time.monotonic() > deadline:
+                return
+            self.serve()
 
     def _nccl_init(self, training: Training, bootstrap_s: float, total_s: float) -> None:
         """The communicator is up: this rank's NCCL init lines, as NCCL_DEBUG asks."""

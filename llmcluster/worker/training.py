@@ -27,6 +27,7 @@ from llmcluster.sim.faults import Fault
 from llmcluster.wire import Kind
 from llmcluster.wire.messages import Phase, PhaseState, RankStats, Stats
 from llmcluster.wire.records import PhaseName
+from llmcluster.worker.framework_log import FrameworkLog
 from llmcluster.worker.nccl_log import NcclLog
 
 
@@ -46,6 +47,7 @@ class RankHost(Protocol):
     mesh: Any
     stop_requested: bool
     nccl: NcclLog | None  # the rank's NCCL debug output (a COLL line per collective)
+    framework: FrameworkLog | None  # the rank's own framework lines (per-rank log files)
 
     def sleep(self, seconds: float) -> None: ...
 
@@ -139,6 +141,8 @@ class Training:
             dropped=host.mesh.dropped + host.link.dropped,
         )
         host.link.send(Kind.STATS, Stats(rank=spec.rank, step=step, stats=self.last))
+        if host.framework is not None:
+            host.framework.step(step, self.last)
         return bool(agreed[1] > 0)
 
     def _nccl(self, count: int, datatype: str, op: str, buffer: str) -> None:
@@ -183,6 +187,8 @@ class Training:
         then meet in an allreduce (the mean of ``value``: the validation loss)."""
         spec, host, link = self.spec, self.host, self.host.link
         sim_s = sim.phase_seconds(self.plan, name.value, step)
+        if host.framework is not None:
+            host.framework.phase_begin(name, step)
         if spec.rank == 0:
             link.send(Kind.PHASE, Phase(rank=0, step=step, name=name, state=PhaseState.BEGIN))
         slices = sim.phase_samples(self.plan, name.value, step)
@@ -194,8 +200,10 @@ class Training:
             np.array([0.0 if value is None else value]), "mean", algorithm=spec.config.algorithm
         )
         self._nccl(1, "float64", "mean", "phase")
+        val_loss = float(mean[0]) if value is not None else None
+        if host.framework is not None:
+            host.framework.phase_end(name, step, val_loss)
         if spec.rank == 0:
-            val_loss = float(mean[0]) if value is not None else None
             link.send(
                 Kind.PHASE,
                 Phase(rank=0, step=step, name=name, state=PhaseState.END, val_loss=val_loss),
