@@ -317,6 +317,42 @@ def test_the_kill_waits_for_the_display_but_not_forever() -> None:
     assert len(h.sent(Kind.KILL)) == 1
 
 
+def test_the_end_waits_while_the_display_is_still_showing_and_shows_what_it_never_did() -> None:
+    """A loaded machine or a far rank 0: the run ends only after the display has gone
+    RENDER_WAIT_S without showing more, and what it never showed the coordinator shows."""
+    h = Harness()
+    h.start()
+    for step in range(1, 7):
+        h.step(step)
+    h.feed(DisplayStatus(True, h.machine.published - 5))  # five records behind
+    for rank in range(4):
+        h.message(h.rank_id(rank), Kind.DONE, Done(rank=rank, step=6), rank)
+    assert h.types()[-1] == "summary"
+    behind = h.machine.published - 5
+    for _ in range(4):  # it shows one more record every 8 s: slow, but showing
+        h.tick()
+        h.tick(8.0)
+        assert h.sent(Kind.EXIT) == []
+        behind += 1
+        h.feed(DisplayStatus(True, behind))
+    h.tick()
+    h.tick(10.5)  # then nothing for longer than the wait
+    exits = h.sent(Kind.EXIT)
+    assert exits and any(isinstance(a, ShowUnshown) for a in h.actions)
+
+
+def test_a_display_that_showed_everything_ends_the_run_at_once() -> None:
+    h = Harness()
+    h.start()
+    for step in range(1, 7):
+        h.step(step)
+    for rank in range(4):
+        h.message(h.rank_id(rank), Kind.DONE, Done(rank=rank, step=6), rank)
+    h.feed(DisplayStatus(True, h.machine.published))
+    h.tick()
+    assert h.sent(Kind.EXIT) and not any(isinstance(a, ShowUnshown) for a in h.actions)
+
+
 def test_the_restart_limit_aborts_and_shows_what_the_display_never_did() -> None:
     h = Harness(max_restarts=0)
     h.start()

@@ -137,6 +137,7 @@ def test_cut_link_is_detected_within_the_heartbeat_timeout(hosts: None, clean_ta
         detected = time.monotonic() - cut_at
         assert detected < 3.0 + 3.0  # heartbeat timeout plus teardown on a loaded 2-core box
         remaining, _ = node0.communicate(timeout=60)
+        assert node0.returncode == 1  # the job failed: every node says so, as torchrun does
         recs = [json.loads(x) for x in remaining.splitlines() if x.startswith("{")]
         failure = next(r for r in recs if r["type"] == "failure")
         assert failure["node"] == 1 and failure["rank"] >= 8, failure  # the cut host's ranks

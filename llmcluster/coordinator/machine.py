@@ -57,7 +57,7 @@ HEARTBEAT_S = 1.0
 DRAIN_DISPLAY_S = 1.0  # a failure report gets this long to reach the screen before the kill
 RESTART_KILL_WAIT_S = 5.0
 ABORT_WAIT_S = 3.0
-RENDER_WAIT_S = 10.0
+RENDER_WAIT_S = 10.0  # at the end, the display may go this long without showing more
 
 
 class Coordinator(Rendezvous):
@@ -103,6 +103,8 @@ class Coordinator(Rendezvous):
         elif isinstance(event, Interrupted):
             self._stop(f"interrupted ({event.signal_name})", event.exit_code)
         elif isinstance(event, DisplayStatus):
+            if self.phase is Phase.FINISHING and event.acked > self.display_acked:
+                self.phase_deadline = -1.0  # it is still showing: its wait starts again
             self.display_present, self.display_acked = event.present, event.acked
         return self.out
 
@@ -225,6 +227,9 @@ class Coordinator(Rendezvous):
         )
 
     def _release(self) -> None:
+        if self.display_present and self.display_acked < self.wait_for_seq:
+            self.say("the display stopped showing the run; showing the rest here", warn=True)
+            self.out.append(ShowUnshown())  # nothing the run published is lost
         self.send(self.live_ranks(), Kind.EXIT, Exit(code=0))
         self.send(self.agent_identities(), Kind.EXIT, Exit(code=0))
         self.phase = Phase.OVER

@@ -307,7 +307,7 @@ class NodeAgent:
             self._stop_group(link)
         elif isinstance(body, Exit):
             self._announce_end(body.code, link.run_id or "")
-            return 0
+            return body.code  # as torchrun on every node: the job's own exit status
         return None
 
     # ---- a standalone node's own lines (node 0's are rank 0's to print) -------------------
