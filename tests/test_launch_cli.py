@@ -4,11 +4,12 @@ coordinator, bad input as one line and exit 2 before anything starts, and a one-
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from collections.abc import Iterator
 
 import pytest
-from conftest import records, run_cli
+from conftest import Running, records, run_cli
 
 from llmcluster.cli import parse
 from llmcluster.commands import LaunchRun
@@ -149,3 +150,34 @@ def test_a_one_node_launch_trains_to_the_end(clean_table: None) -> None:
     assert recs[0]["type"] == "run" and recs[0]["world_size"] == 2
     assert recs[-1]["type"] == "summary" and recs[-1]["exit"] == "completed"
     assert done.stderr.startswith("llmcluster launch: job (command line): node rank 0 of 1")
+
+
+def test_a_slurm_launcher_names_the_job_its_nodes_and_this_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slurm = {"SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "localhost,127.0.0.2",
+             "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1", "SLURMD_NODENAME": "n2",
+             "SLURM_GPUS_ON_NODE": "4", "LLMCLUSTER_TOKEN": "t"}  # fmt: skip
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    run = _launch()
+    assert run.banner.startswith(
+        "llmcluster launch: Slurm job 77 on localhost,127.0.0.2 (localhost, 127.0.0.2): "
+        "node rank 1 of 2 (n2), 4 rank(s) per node; static rendezvous at localhost:29500"
+    ), run.banner
+    assert run.coordinator is None and run.node.master_addr == "localhost"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_the_hosting_launcher_leaves_no_process_behind(sig: int, clean_table: None) -> None:
+    """Its agent (PDEATHSIG) and the agent's ranks end with it, however it ends."""
+    run = Running("launch", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+                  "--steps", "100000", "--speed", "50", "--format", "jsonl")  # fmt: skip
+    try:
+        run.wait_for(lambda record: record.get("type") == "step", timeout_s=60)
+        os.kill(run.proc.pid, sig)
+        code, _, err = run.finish(timeout_s=30)
+    finally:
+        run.kill()
+    assert code == (-sig if sig == signal.SIGKILL else 128 + sig), err[-1000:]
