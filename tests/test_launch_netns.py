@@ -83,11 +83,12 @@ def _job(per_host: list[tuple[list[str], dict[str, str]]]) -> tuple[list[dict], 
     ]
 
 
-def _losses(recs: list[dict]) -> list[float]:
-    """Every step's loss, checked bit-identical on all 12 ranks of the 3 hosts."""
+def _losses(recs: list[dict], *, in_order: bool = True) -> list[float]:
+    """Every step's loss, checked bit-identical on all 12 ranks of the 3 hosts (``in_order``:
+    host i is node rank i)."""
     run = recs[0]
-    assert run["type"] == "run" and run["world_size"] == 12
-    assert run["hosts"] == list(HOSTS) and run["master_addr"] == MASTER
+    assert run["type"] == "run" and run["world_size"] == 12 and run["master_addr"] == MASTER
+    assert (run["hosts"] if in_order else sorted(run["hosts"])) == list(HOSTS)
     ranks = [r for r in recs if r["type"] == "ranks" and r["phase"] is None]
     steps = [r for r in recs if r["type"] == "step"]
     assert len(steps) == len(ranks) == 4
@@ -95,7 +96,7 @@ def _losses(recs: list[dict]) -> list[float]:
         assert [(x["rank"], x["node"], x["local_rank"]) for x in record["ranks"]] == [
             (r, r // 4, r % 4) for r in range(12)
         ]  # torchrun's mapping: node rank * nproc + local rank
-        assert {x["host"] for x in record["ranks"] if x["node"] == 2} == {"node3"}
+        assert {x["host"] for x in record["ranks"] if x["node"] == 2} == {run["hosts"][2]}
         assert {x["loss"] for x in record["ranks"]} == {step["loss"]}
     assert recs[-1]["type"] == "summary" and recs[-1]["exit"] == "completed"
     return [s["loss"] for s in steps]
@@ -122,6 +123,20 @@ def test_the_same_command_with_only_pet_node_rank_differing(clean_table: None) -
     LOSSES["pet"] = _losses(recs)
     if "flags" in LOSSES:  # the same seed and shape: the same run, however it was placed
         assert LOSSES["pet"] == LOSSES["flags"]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("hosts")
+def test_c10d_the_endpoints_owner_hosts_and_node_ranks_follow_the_joins(
+    clean_table: None,
+) -> None:
+    args = ["--nnodes", "3", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{MASTER}:29500", *RUN]
+    recs, errs = _job([(args, {}) for _ in HOSTS])
+    losses = _losses(recs, in_order=False)
+    assert "serving it here" in errs[0] and all("joining it" in e for e in errs[1:])
+    assert all("node rank assigned at the rendezvous of 3" in e for e in errs)
+    if "flags" in LOSSES:
+        assert losses == LOSSES["flags"]
 
 
 @pytest.mark.timeout(240)
