@@ -225,10 +225,10 @@ def _launch(args: argparse.Namespace) -> LaunchRun:
     """torchrun on one node: where it stands (flags, then the environment), its agent, and
     the coordinator when this node hosts the rendezvous."""
     env = launch_env(launch_flags(args), os.environ, expand_hostnames)
-    static = env.rdzv_backend == "static"
-    hosts = env.node_rank == 0 if static else owns_address(env.master_addr)
-    token = check_token(args.token)
     alone = env.nnodes == 1  # a one-node job: loopback only, a token of its own
+    static = env.rdzv_backend == "static"
+    hosts = alone or (env.node_rank == 0 if static else owns_address(env.master_addr))
+    token = check_token(args.token)
     if not token and not alone:
         raise ConfigError(
             f"a job of {env.nnodes} nodes needs --token (or LLMCLUSTER_TOKEN), the same on "

@@ -103,6 +103,9 @@ def test_a_one_node_job_needs_no_token_and_listens_on_loopback() -> None:
     run = _launch("--nproc-per-node", "2", "--master-port", str(_free_port()))
     assert run.coordinator is not None and run.coordinator.bind == "127.0.0.1"
     assert run.coordinator.token == run.node.token != ""
+    port = _free_port()
+    c10d = _launch("--rdzv-backend", "c10d", "--rdzv-endpoint", f"192.0.2.1:{port}")
+    assert c10d.coordinator is not None and c10d.node.master_addr == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
