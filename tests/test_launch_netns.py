@@ -129,12 +129,6 @@ def test_the_same_command_with_only_pet_node_rank_differing(clean_table: None) -
 
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("hosts")
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, about 1 run in 3: when node 0 (rank 0's display) is not the coordinator's "
-    "host, the coordinator may end the run during the last phases and rank 0's output then "
-    "lacks the last checkpoint, export and summary records (under investigation)",
-)
 def test_c10d_the_endpoints_owner_hosts_and_node_ranks_follow_the_joins(
     clean_table: None,
 ) -> None:
