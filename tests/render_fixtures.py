@@ -13,8 +13,8 @@ import math
 from typing import Any
 
 from llmcluster.config import RunConfig
-from llmcluster.coordinator.describe import run_record
 from llmcluster.setup import build_setup
+from llmcluster.telemetry.describe import run_record
 from llmcluster.wire.records import (
     CheckpointRecord,
     Collective,

@@ -301,10 +301,10 @@ def test_hf_processes_warn_of_gradient_checkpointing_with_full_recompute() -> No
     import dataclasses
 
     from llmcluster.config import RunConfig
-    from llmcluster.coordinator.describe import run_record
     from llmcluster.render.base import View
     from llmcluster.render.styles import make_style
     from llmcluster.setup import build_setup
+    from llmcluster.telemetry.describe import run_record
 
     config = RunConfig(ranks=8, nproc_per_node=4, seed=7, steps=6)
     run = run_record(config, build_setup(config).plan, run_id="r", speed=1.0, start_time=0.0,

@@ -16,9 +16,9 @@ from llmcluster.config import RunConfig
 from llmcluster.control.env import env_mismatches
 from llmcluster.control.procs import signal_name
 from llmcluster.control.security import attempt_nonce, proof_ok, rank_proof
-from llmcluster.coordinator.describe import run_record
 from llmcluster.coordinator.reports import Reports
 from llmcluster.coordinator.state import Action, AgentPeer, RankPeer, Say, Settings
+from llmcluster.telemetry.describe import run_record
 from llmcluster.telemetry.merge import RankInfo
 from llmcluster.wire import AGENT_SRC, PROTOCOL_VERSION, Kind, Message
 from llmcluster.wire.messages import (

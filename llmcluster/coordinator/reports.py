@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llmcluster import sim
-from llmcluster.coordinator.progress import Progress
 from llmcluster.telemetry.merge import RankInfo, merge_sample
+from llmcluster.telemetry.progress import Progress
 from llmcluster.wire.messages import Phase, PhaseState, RankStats, Stats
 from llmcluster.wire.records import LogRecord, PhaseName, Record
 

@@ -6,7 +6,7 @@ with ``--tee``), its warnings to its stderr, so the interleaving of the ranks on
 console is their real concurrency. Rank 0's display then shows only torchrun's, NCCL's and
 the run's own lines (``render.base.View.AGENT``).
 
-The rank replays the coordinator's simulated clock (``coordinator.progress``, pure) from its
+The rank replays the coordinator's simulated clock (``telemetry.progress``, pure) from its
 attempt's start with its own step stats, which every rank holds bit-identical after the
 step's allreduce, so its records, and every number in its lines, are the ones the
 coordinator publishes; the style's RANK view picks the lines its rank prints.
@@ -24,11 +24,11 @@ from typing import Any, TextIO
 
 from llmcluster import sim
 from llmcluster.config import RunConfig
-from llmcluster.coordinator.describe import run_record
-from llmcluster.coordinator.progress import Progress
 from llmcluster.render.base import View, framework_view
 from llmcluster.render.styles import make_style
+from llmcluster.telemetry.describe import run_record
 from llmcluster.telemetry.merge import RankInfo
+from llmcluster.telemetry.progress import Progress
 from llmcluster.wire.messages import RankStats
 from llmcluster.wire.records import PhaseName, Record
 

@@ -1,4 +1,4 @@
-"""The ``run`` record: the plan and the world as the coordinator describes them after rendezvous."""
+"""The ``run`` record: the plan and the world after rendezvous, as the coordinator publishes it."""
 
 from __future__ import annotations
 
