@@ -25,10 +25,12 @@ from llmcluster.cli_flags import (
     build_parser,
     join_dash_values,
 )
+from llmcluster.cli_launch import build_launch_parser, describe, launch_flags, owns_address
 from llmcluster.commands import (
     BenchRun,
     Command,
     CoordinatorRun,
+    LaunchRun,
     LocalRun,
     NodeRun,
     Printed,
@@ -49,10 +51,12 @@ from llmcluster.config import (
     env_text,
 )
 from llmcluster.exporters.prometheus_server import MetricsSettings
+from llmcluster.launch.environment import launch_env
+from llmcluster.launch.hostlist import expand_hostnames
 from llmcluster.setup import checked_plan
 from llmcluster.worker.logspec import prepare_log_dir
 
-SUBCOMMANDS = ("bench", "coordinator", "node")
+SUBCOMMANDS = ("bench", "coordinator", "launch", "node")
 SEED_RANGE = 2**31  # a fresh seed when --seed is not given: small enough to retype
 
 
@@ -74,12 +78,14 @@ def parse(argv: Sequence[str]) -> Command:
             return _bench(_parse_args(build_bench_parser(), rest))
         if command == "node":
             return _node(_parse_args(build_node_parser(), rest))
-        parser = build_coordinator_parser() if command == "coordinator" else build_parser()
-        args = _parse_args(parser, rest)
+        parsers = {"coordinator": build_coordinator_parser, "launch": build_launch_parser}
+        args = _parse_args(parsers.get(command, build_parser)(), rest)
     except HelpShown:
         return Printed()
     if args.list:
         return ShowList()
+    if command == "launch":
+        return _launch(args)
     if command == "coordinator":
         if args.metrics_port is not None:
             raise ConfigError(
@@ -213,6 +219,44 @@ def _coordinator(args: argparse.Namespace) -> CoordinatorRun:
         master = check_address(env_text("MASTER_ADDR", socket.gethostname()), flag="MASTER_ADDR")
     config = dataclasses.replace(config, master_addr=master, master_port=port)
     return CoordinatorRun(config, plan, bind, port, token, args.join_timeout)
+
+
+def _launch(args: argparse.Namespace) -> LaunchRun:
+    """torchrun on one node: where it stands (flags, then the environment), its agent, and
+    the coordinator when this node hosts the rendezvous."""
+    env = launch_env(launch_flags(args), os.environ, expand_hostnames)
+    static = env.rdzv_backend == "static"
+    hosts = env.node_rank == 0 if static else owns_address(env.master_addr)
+    token = check_token(args.token)
+    alone = env.nnodes == 1  # a one-node job: loopback only, a token of its own
+    if not token and not alone:
+        raise ConfigError(
+            f"a job of {env.nnodes} nodes needs --token (or LLMCLUSTER_TOKEN), the same on "
+            "every node: it keys the run's CurveZMQ encryption and authentication"
+        )
+    token = token or secrets.token_hex(16)
+    master = "127.0.0.1" if alone else env.master_addr
+    shape = {"nproc_per_node": env.nproc_per_node, "max_restarts": env.max_restarts}
+    config = _run_config(argparse.Namespace(**{**vars(args), **shape}),
+                         ranks=env.nnodes * env.nproc_per_node)  # fmt: skip
+    plan = checked_plan(config)  # every node checks the run's options: bad input fails anywhere
+    coordinator = None
+    if hosts:
+        bind = "127.0.0.1" if alone else "0.0.0.0"  # as torchrun's store: every interface
+        for listen in (env.master_port, env.master_port + 1):
+            _check_listen(bind, listen)
+        config = dataclasses.replace(config, master_addr=master, master_port=env.master_port)
+        coordinator = CoordinatorRun(config, plan, bind, env.master_port, token, args.join_timeout)
+    try:  # the agent routes to it over IPv4 (its own address on that route is what peers dial)
+        socket.gethostbyname(master)
+    except OSError:
+        flag = env.origin("master_addr")
+        raise ConfigError(f"{flag}: cannot resolve {master!r} to an IPv4 address") from None
+    node = NodeRun(master_addr=master, master_port=env.master_port, node_rank=env.node_rank,
+                   token=token, join_timeout_s=args.join_timeout, heartbeat_timeout_s=3.0,
+                   nnodes=env.nnodes, nproc_per_node=env.nproc_per_node,
+                   metrics=_metrics(args, 1))  # fmt: skip
+    return LaunchRun(env, node, coordinator, describe(env, hosts_coordinator=hosts))
 
 
 def _node(args: argparse.Namespace) -> NodeRun:

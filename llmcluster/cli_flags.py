@@ -32,6 +32,7 @@ MAX_SIZE_BYTES = 1 << 40
 
 COMMANDS_EPILOG = """commands:
   llmcluster [options]              a training run on this machine (the options above)
+  llmcluster launch [options]       torchrun-style: the same command on every node of a job
   llmcluster bench [options]        allreduce over the real fabric, nccl-tests style
   llmcluster coordinator [options]  rendezvous and telemetry for node agents on other hosts
   llmcluster node [options]         join a coordinator as one node and run its local ranks
@@ -57,7 +58,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(formatter_class=_Help, **kwargs)  # type: ignore[arg-type]
 
@@ -162,11 +163,14 @@ def join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[s
     return joined
 
 
-def _add_cluster_flags(parser: argparse.ArgumentParser, *, ranks: int) -> None:
-    parser.add_argument("--ranks", "-n", type=_int, default=ranks, help="GPU ranks (processes)")
-    parser.add_argument(
-        "--nproc-per-node", "--nproc_per_node", type=_int, default=8, help="ranks per node"
-    )
+def _add_cluster_flags(parser: argparse.ArgumentParser, *, ranks: int | None) -> None:
+    """``--ranks``/``--nproc-per-node`` (``ranks=None``: a launch, where torchrun's flags say
+    the shape) and the allreduce and seed."""
+    if ranks is not None:
+        parser.add_argument("--ranks", "-n", type=_int, default=ranks, help="GPU ranks (processes)")
+        parser.add_argument(
+            "--nproc-per-node", "--nproc_per_node", type=_int, default=8, help="ranks per node"
+        )
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="hierarchical",
                         help="allreduce algorithm")  # fmt: skip
     parser.add_argument("--seed", type=_int, default=None,
@@ -228,7 +232,7 @@ def _add_log_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_metrics_flags(parser: argparse.ArgumentParser) -> None:
+def add_metrics_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=_int, default=None, metavar="PORT",
                         help="serve dcgm-exporter-style metrics (9400 is dcgm-exporter's port); "
                         "a local run serves node N on PORT+N (default: off)")  # fmt: skip
@@ -238,21 +242,23 @@ def _add_metrics_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (a training run on this machine)."""
-    parser = _Parser(
+    parser = Parser(
         prog="llmcluster",
-        usage="llmcluster [bench|coordinator|node] [options]",
+        usage="llmcluster [launch|bench|coordinator|node] [options]",
         description="Imitate a distributed LLM training run with real processes and collectives.",
         epilog=COMMANDS_EPILOG,
     )
-    _add_run_flags(parser)
-    _add_metrics_flags(parser)
+    add_run_flags(parser)
+    add_metrics_flags(parser)
     return parser
 
 
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+def add_run_flags(parser: argparse.ArgumentParser, *, ranks: int | None = 64) -> None:
+    """The options of a training run (``ranks=None``: without ``--ranks``/``--nproc-per-node``,
+    which ``llmcluster launch`` takes as torchrun does)."""
     parser.add_argument("--version", action="version", version=f"llmcluster {__version__}")
     _add_log_flags(parser)
-    _add_cluster_flags(parser, ranks=64)
+    _add_cluster_flags(parser, ranks=ranks)
     parser.add_argument(
         "--steps", type=_int, default=None, help=f"training steps (default: {DEFAULT_STEPS})"
     )
@@ -320,7 +326,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_bench_parser() -> argparse.ArgumentParser:
     """``llmcluster bench``: the collectives alone, nccl-tests style."""
-    parser = _Parser(prog="llmcluster bench", description="Benchmark allreduce over the fabric.")
+    parser = Parser(prog="llmcluster bench", description="Benchmark allreduce over the fabric.")
     _add_cluster_flags(parser, ranks=8)
     parser.add_argument("--min-bytes", "-b", type=_size, default=8, help="smallest size")
     parser.add_argument("--max-bytes", "-e", type=_size, default=16 << 20, help="largest size")
@@ -334,25 +340,25 @@ def build_bench_parser() -> argparse.ArgumentParser:
 
 def build_coordinator_parser() -> argparse.ArgumentParser:
     """``llmcluster coordinator``: rendezvous, health and telemetry for remote node agents."""
-    parser = _Parser(
+    parser = Parser(
         prog="llmcluster coordinator",
         description="Serve rendezvous, health and telemetry to node agents on other hosts.",
     )
-    _add_run_flags(parser)
+    add_run_flags(parser)
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", "--master-port", dest="port", type=_int, default=None,
                         help="control port; records on port + 1 "
                         "(default: $MASTER_PORT, else 29500)")  # fmt: skip
     parser.add_argument("--nnodes", default=None,
                         help="N or MIN:MAX (default: $NNODES, else 1)")  # fmt: skip
-    _add_remote_flags(parser)
-    _add_metrics_flags(parser)  # refused: a coordinator has no GPUs to serve
+    add_remote_flags(parser)
+    add_metrics_flags(parser)  # refused: a coordinator has no GPUs to serve
     return parser
 
 
 def build_node_parser() -> argparse.ArgumentParser:
     """``llmcluster node``: a node agent that joins a coordinator and runs its local ranks."""
-    parser = _Parser(prog="llmcluster node", description="Join a coordinator as one node.")
+    parser = Parser(prog="llmcluster node", description="Join a coordinator as one node.")
     parser.add_argument("--master-addr", default=None,
                         help="the coordinator's address (default: $MASTER_ADDR, "
                         "else 127.0.0.1)")  # fmt: skip
@@ -374,12 +380,12 @@ def build_node_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--heartbeat-timeout", type=_float, default=3.0,
                         help="seconds of coordinator silence before giving up")  # fmt: skip
-    _add_remote_flags(parser)
-    _add_metrics_flags(parser)
+    add_remote_flags(parser)
+    add_metrics_flags(parser)
     return parser
 
 
-def _add_remote_flags(parser: argparse.ArgumentParser) -> None:
+def add_remote_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None,
                         help="shared secret (default: $LLMCLUSTER_TOKEN, else none)")  # fmt: skip
     parser.add_argument("--join-timeout", type=_duration, default=120.0, metavar="DURATION",

@@ -11,6 +11,7 @@ import sys
 from llmcluster import sim
 from llmcluster.config import RunConfig
 from llmcluster.exporters.prometheus_server import MetricsError, MetricsSettings
+from llmcluster.launch.environment import LaunchEnv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,16 @@ class NodeRun:
 
 
 @dataclasses.dataclass(frozen=True)
+class LaunchRun:
+    """``llmcluster launch``: this node's agent, and the coordinator if it hosts it."""
+
+    env: LaunchEnv  # where the node stands in the job, and what said so
+    node: NodeRun  # its agent
+    coordinator: CoordinatorRun | None  # the rendezvous, when this node hosts it
+    banner: str  # the launcher's line naming the job, its nodes and this node's place
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchRun:
     """``llmcluster bench``: allreduce over the fabric, nccl-tests style."""
 
@@ -71,7 +82,9 @@ class ShowSchema:
     """``llmcluster schema``: the JSON Schema of the JSONL records."""
 
 
-Command = Printed | ShowList | ShowSchema | LocalRun | CoordinatorRun | NodeRun | BenchRun
+Command = (
+    Printed | ShowList | ShowSchema | LocalRun | CoordinatorRun | NodeRun | LaunchRun | BenchRun
+)
 
 
 def _resolved(config: RunConfig, plan: sim.RunPlan) -> RunConfig:
@@ -101,12 +114,22 @@ def execute(command: Command) -> int:
         from llmcluster.launch.bench import run_bench
 
         return run_bench(command.config)
-    if isinstance(command, NodeRun):
-        from llmcluster.launch.remote import run_node
+    if isinstance(command, LaunchRun):
+        print(command.banner, file=sys.stderr, flush=True)
+    node = command.node if isinstance(command, LaunchRun) else command
+    if isinstance(node, NodeRun):
+        from llmcluster.launch.remote import node_spec, run_launch, run_node
 
-        fields = {f.name: getattr(command, f.name) for f in dataclasses.fields(command)}
+        spec = node_spec(**{f.name: getattr(node, f.name) for f in dataclasses.fields(node)})
+        hosted = command.coordinator if isinstance(command, LaunchRun) else None
         try:
-            return run_node(**fields)
+            if hosted is None:
+                return run_node(spec)
+            return run_launch(
+                _resolved(hosted.config, hosted.plan), hosted.plan, bind=hosted.bind,
+                port=hosted.port, token=hosted.token, join_timeout_s=hosted.join_timeout_s,
+                node=spec,
+            )  # fmt: skip
         except MetricsError as exc:
             return _error_exit(str(exc))
     if isinstance(command, CoordinatorRun):

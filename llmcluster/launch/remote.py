@@ -1,26 +1,31 @@
-"""``llmcluster coordinator`` and ``llmcluster node``: the cluster across hosts over TCP.
+"""``llmcluster coordinator``, ``node`` and ``launch``: the cluster across hosts over TCP.
 
 The coordinator serves remote node agents (control on ``--port``, records on the next
-port); a node runs one agent that joins it. Both go through the same coordinator and agent
+port); a node runs one agent that joins it; ``launch`` on the node hosting the rendezvous
+forks that node's agent and serves the coordinator in the same process (the agent dies
+with it, and is reaped on every way out). All go through the same coordinator and agent
 code as a local run; only node supervision differs (remote nodes are watched by their
-heartbeats alone). With a token every TCP socket of the run (control, records, the peer mesh
-between hosts) is CurveZMQ with keys derived from it (``control.security``).
+heartbeats alone, a hosted agent is also reaped). With a token every TCP socket of the run
+(control, records, the peer mesh between hosts) is CurveZMQ with keys derived from it
+(``control.security``).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
 import time
 
 from llmcluster import sim
 from llmcluster.config import RunConfig
 from llmcluster.control.net import local_host_name, outgoing_address
+from llmcluster.control.procs import fork_child
 from llmcluster.control.rundir import sweep_stale_dirs
 from llmcluster.control.security import CurveKeys
 from llmcluster.coordinator.machine import Coordinator
-from llmcluster.coordinator.server import CoordinatorServer, RemoteNodes
+from llmcluster.coordinator.server import CoordinatorServer, NodeSupervisor, RemoteNodes
 from llmcluster.coordinator.state import Settings
 from llmcluster.exporters.prometheus_server import MetricsSettings
 from llmcluster.launch.common import (
@@ -28,14 +33,23 @@ from llmcluster.launch.common import (
     stop_signals_to,
     timeline_start,
 )
+from llmcluster.launch.nodes import HostedNode
 from llmcluster.render.sinks import show_records
 from llmcluster.worker.agent import AgentSpec, NodeAgent
 
 
 def run_coordinator(
-    config: RunConfig, plan: sim.RunPlan, *, bind: str, port: int, token: str, join_timeout_s: float
+    config: RunConfig,
+    plan: sim.RunPlan,
+    *,
+    bind: str,
+    port: int,
+    token: str,
+    join_timeout_s: float,
+    supervisor: NodeSupervisor | None = None,
 ) -> int:
-    """Serve remote node agents over TCP until the run ends."""
+    """Serve remote node agents over TCP until the run ends (``supervisor``: also agents
+    this process forked)."""
     received: list[int] = []
     publish = f"tcp://{bind}:{port + 1}"
     launch_wall = time.time()
@@ -56,7 +70,7 @@ def run_coordinator(
             machine,
             control=f"tcp://{bind}:{port}",
             publish=publish,
-            supervisor=RemoteNodes(),
+            supervisor=supervisor or RemoteNodes(),
             show_locally=lambda recs: show_records(config, recs),
             curve=CurveKeys.from_token(token),
         )
@@ -70,7 +84,7 @@ def run_coordinator(
         return server.run()
 
 
-def run_node(
+def node_spec(
     *,
     master_addr: str,
     master_port: int,
@@ -81,11 +95,10 @@ def run_node(
     nnodes: int = 0,
     nproc_per_node: int = 0,
     metrics: MetricsSettings | None = None,
-) -> int:
-    """One node agent joining a remote coordinator (of ``nnodes`` x ``nproc_per_node``, 0: any),
-    serving its GPUs' metrics if asked."""
-    sweep_stale_dirs()
-    spec = AgentSpec(
+) -> AgentSpec:
+    """The agent of a node joining a coordinator over TCP (of ``nnodes`` x ``nproc_per_node``,
+    0: any), serving its GPUs' metrics if asked."""
+    return AgentSpec(
         node=node_rank,
         control=f"tcp://{master_addr}:{master_port}",
         host=local_host_name(),
@@ -98,6 +111,42 @@ def run_node(
         nproc_per_node=nproc_per_node,
         metrics=metrics,
     )
+
+
+def run_node(spec: AgentSpec) -> int:
+    """One node agent joining a remote coordinator; signals stop it (and its ranks)."""
+    sweep_stale_dirs()
     received: list[int] = []
     with stop_signals_to(received):
         return NodeAgent(spec, received).run()
+
+
+def _hosted_agent(spec: AgentSpec) -> int:
+    """The forked agent of the hosting node: SIGTERM (also sent when the launcher dies) stops
+    it; terminal signals are the coordinator's to judge, as in a local run."""
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
+    return NodeAgent(spec, stop).run()
+
+
+def run_launch(
+    config: RunConfig,
+    plan: sim.RunPlan,
+    *,
+    bind: str,
+    port: int,
+    token: str,
+    join_timeout_s: float,
+    node: AgentSpec,
+) -> int:
+    """``llmcluster launch`` on the node hosting the rendezvous: fork this node's agent (before
+    any ZeroMQ context exists), serve the coordinator here, reap the agent on the way out."""
+    sweep_stale_dirs()
+    start = lambda: fork_child(lambda: _hosted_agent(node), name="llmc-agent",  # noqa: E731
+                               death_signal=signal.SIGTERM)  # fmt: skip
+    hosted = HostedNode(start, node.node)
+    try:
+        return run_coordinator(config, plan, bind=bind, port=port, token=token,
+                               join_timeout_s=join_timeout_s, supervisor=hosted)  # fmt: skip
+    finally:
+        hosted.close()
