@@ -47,7 +47,10 @@ def _job_env(cluster: SlurmCluster) -> dict[str, str]:
 
 
 def _records(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    """The JSONL records among the output's complete lines (a running job's last line may be
+    half written)."""
+    lines = text.split("\n")[:-1]
+    return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 def _netns_of(cluster: SlurmCluster) -> dict[int, str]:
@@ -75,6 +78,7 @@ def test_sbatch_runs_one_job_across_both_hosts(slurm: SlurmCluster, clean_table:
     run = recs[0]
     assert run["type"] == "run" and run["world_size"] == 16
     assert run["hosts"] == ["node1", "node2"]  # SLURM_JOB_NODELIST's hosts, in node order
+    assert run["master_addr"] == "node1"  # its first host serves the rendezvous
     steps = [r for r in recs if r["type"] == "step"]
     ranks_records = [r for r in recs if r["type"] == "ranks" and r["phase"] is None]
     assert len(steps) == len(ranks_records) == 4
@@ -87,7 +91,11 @@ def test_sbatch_runs_one_job_across_both_hosts(slurm: SlurmCluster, clean_table:
         assert {x["loss"] for x in ranks} == {step["loss"]}  # bit-identical on every rank
     # node 1's elastic agent logs its own group, on its own host (stderr, as torchrun's)
     assert "group_rank=1" in err and f"global_ranks={list(range(8, 16))}" in err, err
-    assert f"{job.job_id}" in out + err  # the job id is in the log, as torch-on-Slurm shows it
+    # the launcher names the job, its node list and each node as Slurm does
+    where = f"Slurm job {job.job_id} on node[1-2] (node1, node2)"
+    assert (
+        f"{where}: node rank 0 of 2 (node1)" in err and f"{where}: node rank 1 of 2 (node2)" in err
+    )
 
 
 def _stderr(job: Job) -> str:
