@@ -43,7 +43,13 @@ def _job_env(cluster: SlurmCluster) -> dict[str, str]:
     """What sbatch exports to the job: this interpreter's ``llmcluster`` first on PATH, and a
     private TMPDIR (the run's socket directories)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {"PATH": path, "TMPDIR": str(cluster.root / "tmp")}
+    tmp = str(cluster.root / "tmp")
+    return {"PATH": path, "TMPDIR": tmp, "XDG_RUNTIME_DIR": tmp}
+
+
+def _files_left(cluster: SlurmCluster) -> list[Path]:
+    """Sockets, run files or logs the job's processes left in its TMPDIR/XDG_RUNTIME_DIR."""
+    return [p for p in (cluster.root / "tmp").rglob("*") if not p.is_dir()]
 
 
 def _records(text: str) -> list[dict[str, Any]]:
@@ -72,6 +78,7 @@ def test_sbatch_runs_one_job_across_both_hosts(slurm: SlurmCluster, clean_table:
                        *RUN, "--steps", "4", "--speed", "1e6", env=_job_env(slurm))  # fmt: skip
     slurm.wait_gone(job, timeout_s=120)
     out, err = slurm.output(job), _stderr(job)
+    assert _files_left(slurm) == []
     recs = _records(out)
     assert recs and recs[-1]["type"] == "summary", f"{out}\n{err}\n{slurm.logs()}"
     assert recs[-1]["exit"] == "completed" and recs[-1]["steps"] == 4
@@ -124,10 +131,12 @@ def test_scancel_leaves_no_process_of_the_job_on_any_host(
     running = processes_marked(test_mark)
     assert len(running) >= 16 + 2, running  # 16 ranks and 2 agents, at least
     assert _hosts_of(running, netns) == {"node1", "node2"}
+    assert _files_left(slurm) != []  # while it runs: its sockets and run file are there
     assert slurm.client("scancel", str(job.job_id)).returncode == 0
     slurm.wait_gone(job, timeout_s=60)
     deadline = time.monotonic() + 20  # KillWait (5 s) bounds slurmstepd's SIGTERM -> SIGKILL
     while (left := processes_marked(test_mark)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == [], f"processes of job {job.job_id} left: {left}"
+    assert _files_left(slurm) == []
     assert "CANCELLED" in _stderr(job) + slurm.output(job)
