@@ -388,7 +388,7 @@ def test_coordinator_and_nodes_over_tcp_with_a_token_refuse_and_survive_every_cl
         taken = _refused(started, port, "--node-rank", "1", "--token", TOKEN)
         assert "node rank 1 is taken" in taken
         shape = _refused(started, port, "--token", TOKEN, "--nproc-per-node", "3")
-        assert "not 2 of 3" in shape
+        assert "--nproc-per-node 3 (the coordinator's is 2)" in shape
         with socket.create_connection(("127.0.0.1", port)) as raw:  # not even ZeroMQ
             raw.sendall(b"GET / HTTP/1.0\r\n\r\n" * 10)
         keys = CurveKeys.from_token(TOKEN)

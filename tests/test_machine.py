@@ -373,24 +373,31 @@ def _refusals(actions: list[object]) -> list[str]:
     return [a.body.reason for a in actions if isinstance(a, Send) and a.kind is Kind.REFUSED]
 
 
+def _codes(actions: list[object]) -> list[str]:
+    return [a.body.code for a in actions if isinstance(a, Send) and a.kind is Kind.REFUSED]
+
+
 def test_refused_nodes_are_told_why() -> None:
     h = Harness()
     h.message(b"a0", Kind.AGENT_JOIN, AgentJoin(node=0, host="h", pid=1), AGENT_SRC)
     cases = [
         (AgentJoin(node=0, host="h", pid=2), "node rank 0 is taken"),
         (AgentJoin(node=7, host="h", pid=3), "node rank 7 is out of range"),
-        (AgentJoin(node=1, host="h", pid=4, nnodes=3), "not 3 of 2"),
-        (AgentJoin(node=1, host="h", pid=5, nproc_per_node=8), "not 2 of 8"),
+        (AgentJoin(node=1, host="h", pid=4, nnodes=3), "--nnodes 3 (the coordinator's is 2)"),
+        (AgentJoin(node=1, host="h", pid=5, nproc_per_node=8), "--nproc-per-node 8 (the coord"),
     ]
+    codes = []
     for index, (body, why) in enumerate(cases):
         out = h.message(f"x{index}".encode(), Kind.AGENT_JOIN, body, AGENT_SRC)
         assert len(_refusals(out)) == 1 and why in _refusals(out)[0], (why, _refusals(out))
+        codes += _codes(out)
+    assert codes == ["taken", "node_rank", "shape", "shape"]
     out = h.feed(ForeignJoin(b"old", 1))
-    assert "protocol version 1" in _refusals(out)[0]
+    assert "protocol version 1" in _refusals(out)[0] and _codes(out) == ["version"]
     assert h.machine.refused == 5 and list(h.machine.agents) == [0]
     h.message(b"a1", Kind.AGENT_JOIN, AgentJoin(node=-1, host="h", pid=6), AGENT_SRC)
     out = h.message(b"a2", Kind.AGENT_JOIN, AgentJoin(node=-1, host="h", pid=7), AGENT_SRC)
-    assert _refusals(out) == ["every node rank is taken"]
+    assert _refusals(out) == ["every node rank is taken"] and _codes(out) == ["full"]
 
 
 def test_each_node_gets_its_own_nonce_and_a_join_needs_its_rank_proof() -> None:

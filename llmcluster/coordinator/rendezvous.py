@@ -30,6 +30,7 @@ from llmcluster.wire.messages import (
     Join,
     Phase,
     Refused,
+    RefusedFor,
     Spawn,
     Stats,
 )
@@ -41,6 +42,22 @@ RANK_KINDS = frozenset({Kind.READY, Kind.STATS, Kind.PHASE, Kind.DONE, Kind.FAIL
                         Kind.HEARTBEAT})  # fmt: skip
 REFUSALS_SAID = 10  # refusals said one by one; after that, one line per thousand
 HANDSHAKE_NOTE_S = 5.0  # failed handshakes are reported at most this often (a flood is one line)
+
+
+def shape_mismatch(config: RunConfig, join: AgentJoin) -> str:
+    """Why a node expecting another cluster shape (its --nnodes, --nproc-per-node; 0: any)
+    cannot join this run, or "" when it can."""
+    expected = (
+        ("--nnodes", join.nnodes, config.nnodes),
+        ("--nproc-per-node", join.nproc_per_node, config.nproc_per_node),
+    )
+    wrong = [f"{flag} {said} (the coordinator's is {have})"
+             for flag, said, have in expected if said and said != have]  # fmt: skip
+    if not wrong:
+        return ""
+    return (f"this node's {' and '.join(wrong)} does not match the run of {config.nnodes} "
+            f"node(s) x {config.nproc_per_node} rank(s): start every node with the same "
+            "--nnodes and --nproc-per-node")  # fmt: skip
 
 
 class Rendezvous:
@@ -78,20 +95,21 @@ class Rendezvous:
         if any(agent.identity == identity for agent in self.agents.values()):
             return  # a retried join whose welcome is already on its way
         config, node = self.config, body.node
-        shape = (body.nnodes or config.nnodes, body.nproc_per_node or config.nproc_per_node)
-        if shape != (config.nnodes, config.nproc_per_node):
-            self.refuse(identity, f"the run has {config.nnodes} node(s) of "
-                        f"{config.nproc_per_node} rank(s), not {shape[0]} of {shape[1]}",
-                        body.host)  # fmt: skip
+        mismatch = shape_mismatch(config, body)
+        if mismatch:
+            self.refuse(identity, mismatch, body.host, RefusedFor.SHAPE)
             return
         if node < 0:
             node = next(n for n in range(config.nnodes + 1) if n not in self.agents)
         if node >= config.nnodes:
-            why = f"node rank {node} is out of range (the run has {config.nnodes} node(s))"
-            self.refuse(identity, why if body.node >= 0 else "every node rank is taken", body.host)
+            if body.node < 0:
+                self.refuse(identity, "every node rank is taken", body.host, RefusedFor.FULL)
+            else:
+                why = f"node rank {node} is out of range (the run has {config.nnodes} node(s))"
+                self.refuse(identity, why, body.host, RefusedFor.NODE_RANK)
             return
         if node in self.agents:
-            self.refuse(identity, f"node rank {node} is taken", body.host)
+            self.refuse(identity, f"node rank {node} is taken", body.host, RefusedFor.TAKEN)
             return
         self.agents[node] = AgentPeer(identity, now, body.host, body.pid)
         if self.settings.standalone:
@@ -107,11 +125,11 @@ class Rendezvous:
         self.send([identity], Kind.AGENT_WELCOME, welcome)
         self.send([identity], Kind.SPAWN, self.spawn_body(node))
 
-    def refuse(self, identity: bytes, reason: str, host: str = "") -> None:
+    def refuse(self, identity: bytes, reason: str, host: str, code: RefusedFor) -> None:
         """Tell a node why it is not admitted (it exits 2 with the reason), and say it here."""
         self.refused += 1
         self.dropped += 1
-        self.send([identity], Kind.REFUSED, Refused(reason=reason))
+        self.send([identity], Kind.REFUSED, Refused(reason=reason, code=code.value))
         if self.refused <= REFUSALS_SAID or self.refused % 1000 == 0:  # a flood: a few lines
             origin = f" from {host!r}" if host else ""
             self.out.append(Say(f"refused a join{origin} ({self.refused} so far): {reason}", True))
@@ -119,7 +137,8 @@ class Rendezvous:
     def foreign_join(self, identity: bytes, version: int) -> None:
         """A node of another protocol version asked to join."""
         self.refuse(identity, f"protocol version {version}; this coordinator speaks "
-                    f"{PROTOCOL_VERSION} (run the same llmcluster on every host)")  # fmt: skip
+                    f"{PROTOCOL_VERSION} (run the same llmcluster on every host)", "",
+                    RefusedFor.VERSION)  # fmt: skip
 
     def handshake_failed(self, endpoint: str, now: float) -> None:
         """A connection failed the CurveZMQ handshake; say so, once per few seconds."""

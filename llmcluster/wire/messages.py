@@ -70,11 +70,24 @@ class AgentJoin:
     nproc_per_node: int = num(0, 4096, default=0)
 
 
+class RefusedFor(str, Enum):
+    """Why a join was refused, for programs (``reason`` says it for people)."""
+
+    SHAPE = "shape"  # the node's --nnodes/--nproc-per-node differ from the run's
+    NODE_RANK = "node_rank"  # its node rank is outside the run
+    TAKEN = "taken"  # another node holds that node rank
+    FULL = "full"  # (auto) every node rank is held
+    VERSION = "version"  # another protocol version
+
+
 @dataclass(frozen=True, kw_only=True)
 class Refused:
-    """The coordinator refused an agent's join: the one-line reason the node exits with."""
+    """The coordinator refused an agent's join: the one-line reason the node exits with, and
+    its ``RefusedFor`` value ("" from a coordinator that gives none). Plain text on the wire,
+    not the enum: every version must read a refusal, a newer one's codes included."""
 
     reason: str
+    code: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
