@@ -3,9 +3,10 @@ hosts of eight fake GPUs each, the file submitted as it is with ``sbatch``.
 
 A finished job: one 16-rank run across both hosts with torchrun's rank mapping, the hosts'
 names as Slurm named them, bit-identical losses. A cancelled one: ``scancel`` mid-run leaves
-no process of the job on any host. The job's processes are told apart by the test's marker
-(``LLMCLUSTER_TEST_MARK``), which sbatch and srun hand to every task by exporting the
-submitter's environment. Skips only where Slurm is not installed (CI installs it).
+no process of the job on any host. A step of a task per GPU is refused at once, saying why
+(one task per node is the supported pattern). The job's processes are told apart by the
+test's marker (``LLMCLUSTER_TEST_MARK``), which sbatch and srun hand to every task by
+exporting the submitter's environment. Skips only where Slurm is not installed (CI installs it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import Any
 import pytest
 from conftest import Proc, processes_marked
 from slurm_cluster import Job, SlurmCluster, missing, slurm_cluster
+
+from llmcluster.config import ConfigError
+from llmcluster.launch.environment import LaunchFlags, launch_env
 
 SBATCH = Path(__file__).parent.parent / "examples" / "slurm" / "train.sbatch"
 RUN = ("--model", "Llama-3-8B", "--gpu", "H100-SXM", "--format", "jsonl")
@@ -140,3 +144,37 @@ def test_scancel_leaves_no_process_of_the_job_on_any_host(
     assert left == [], f"processes of job {job.job_id} left: {left}"
     assert _files_left(slurm) == []
     assert "CANCELLED" in _stderr(job) + slurm.output(job)
+
+
+def test_several_tasks_per_node_are_refused_in_one_line() -> None:
+    """srun's task counts (what a step of ``--ntasks-per-node=8`` sets) against one per node."""
+    slurm_env = {"SLURM_JOB_ID": "7", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "2",
+                 "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_GPUS_ON_NODE": "8"}  # fmt: skip
+    per_node = {**slurm_env, "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NUM_NODES": "2"}
+    assert launch_env(LaunchFlags(), per_node, _no_scontrol).node_rank == 0
+    assert launch_env(LaunchFlags(), slurm_env, _no_scontrol).nnodes == 2  # the batch step
+    per_rank = {**slurm_env, "SLURM_STEP_NUM_TASKS": "16", "SLURM_STEP_NUM_NODES": "2"}
+    with pytest.raises(ConfigError, match=r"runs 16 tasks on 2 node\(s\).*--ntasks-per-node=1"):
+        launch_env(LaunchFlags(), per_rank, _no_scontrol)
+
+
+def _no_scontrol(nodelist: str) -> tuple[str, ...]:
+    assert nodelist == "node[1-2]"
+    return ("node1", "node2")
+
+
+@pytest.mark.timeout(120)
+def test_sbatch_with_a_task_per_gpu_fails_at_once_saying_why(
+    slurm: SlurmCluster, clean_table: None
+) -> None:
+    job = slurm.sbatch(SBATCH, "--ntasks-per-node=2", f"--error={slurm.root}/out/%j.err", "--",
+                       *RUN, "--steps", "4", env=_job_env(slurm))  # fmt: skip
+    slurm.wait_gone(job, timeout_s=60)
+    err = _stderr(job)
+    refusals = [
+        line for line in err.splitlines() if "llmcluster launch is one task per node" in line
+    ]
+    assert len(refusals) == 4, err  # every task of the step says why, in one line
+    assert "Traceback" not in err and _records(slurm.output(job)) == []
+    assert err.count("Exited with exit code 2") >= 1, err  # a usage error
+    assert _files_left(slurm) == []
