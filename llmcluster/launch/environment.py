@@ -148,6 +148,18 @@ def _first(environ: Mapping[str, str], *names: str) -> tuple[str, str | None]:
     return next(((name, environ[name]) for name in names if environ.get(name)), (names[0], None))
 
 
+def _one_task_per_node(environ: Mapping[str, str]) -> None:
+    """Refuse a step of several tasks per node (``srun --ntasks-per-node=8``): each would start
+    a whole node agent. The task counts are srun's (unset in the batch script itself)."""
+    tasks, nodes = environ.get("SLURM_STEP_NUM_TASKS", ""), environ.get("SLURM_STEP_NUM_NODES", "")
+    if tasks.isdigit() and nodes.isdigit() and int(tasks) > int(nodes):
+        raise ConfigError(
+            f"this Slurm step runs {tasks} tasks on {nodes} node(s) (SLURM_STEP_NUM_TASKS): "
+            "llmcluster launch is one task per node and starts the node's ranks itself; "
+            "use srun --ntasks-per-node=1"
+        )
+
+
 def slurm_layer(
     environ: Mapping[str, str], expand_hosts: Callable[[str], tuple[str, ...]] = expand
 ) -> Layer:
@@ -155,6 +167,7 @@ def slurm_layer(
     job = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
     if not job:
         return Layer(SLURM_SOURCE, ())
+    _one_task_per_node(environ)
     nodelist_var, nodelist = _first(environ, "SLURM_JOB_NODELIST", "SLURM_NODELIST")
     nnodes_var, nnodes = _first(environ, "SLURM_JOB_NUM_NODES", "SLURM_NNODES")
     hosts: tuple[str, ...] = ()
