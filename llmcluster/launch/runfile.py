@@ -40,9 +40,11 @@ def published(run: RunFile) -> Iterator[str]:
     directory = runs_dir()
     os.makedirs(directory, mode=0o700, exist_ok=True)
     path = os.path.join(directory, f"{run.run_id}.json")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    partial = os.path.join(directory, f".{run.run_id}.json.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(asdict(run), out)
+    os.replace(partial, path)  # whole or absent: a reader never sees it half written
     try:
         yield path
     finally:
@@ -55,7 +57,7 @@ def live_runs() -> list[RunFile]:
     found = []
     directory = runs_dir()
     with contextlib.suppress(FileNotFoundError):
-        for name in sorted(os.listdir(directory)):
+        for name in sorted(n for n in os.listdir(directory) if n.endswith(".json")):
             path = os.path.join(directory, name)
             try:
                 with open(path) as f:
