@@ -37,6 +37,7 @@ from llmcluster.control.rundir import RunDir, remove_if_stale
 from llmcluster.control.security import CurveKeys, HandshakeWatch, rank_proof
 from llmcluster.exporters.prometheus_server import MetricsExporter, MetricsSettings
 from llmcluster.render.fmt import glog
+from llmcluster.setup import build_setup
 from llmcluster.wire import AGENT_SRC, Kind, Message
 from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Refused, Spawn
 from llmcluster.worker import announce, logspec
@@ -334,6 +335,8 @@ class NodeAgent:
         if config is None:
             return
         local = config.node_ranks(self.node)
+        if config.bench is None:
+            build_setup(config)  # once per node: every rank forked below inherits it
         if self.shm is None:  # mapped before the fork: every local rank inherits it
             self.shm = create_region(len(local), shm_capacity(config))
         if self.board is None:
