@@ -73,8 +73,10 @@ class ControlLink:
         watch_handshakes: bool = False,
         beacon: Beacon | None = None,
         marks_beacon: bool = False,
+        beat_s: float = HEARTBEAT_S,
     ) -> None:
         self.run_id, self.src, self.timeout_s = run_id, src, timeout_s
+        self.beat_s = beat_s  # a rank of a large world beats less often (its tolerance is long)
         self.beacon, self._marks = beacon, marks_beacon  # the agent marks, its ranks read
         self.attempt = 0
         self.dropped = 0
@@ -107,7 +109,7 @@ class ControlLink:
         except zmq.Again:
             self.dropped += 1
             return
-        self._next_beat = time.monotonic() + HEARTBEAT_S  # any message says we are alive
+        self._next_beat = time.monotonic() + self.beat_s  # any message says we are alive
 
     def receive_ready(self) -> list[Message]:
         """Decode every message waiting on the socket (non-blocking)."""
@@ -133,7 +135,7 @@ class ControlLink:
         now = time.monotonic()
         if now >= self._next_beat and self.run_id is not None:
             self.send(Kind.HEARTBEAT, Heartbeat(t=time.time()))
-            self._next_beat = now + HEARTBEAT_S
+            self._next_beat = now + self.beat_s
         heard = self.last_heard
         if self.beacon is not None and not self._marks:
             heard = max(heard, self.beacon.heard())

@@ -28,7 +28,7 @@ from llmcluster.comm.shm import ShmArena
 from llmcluster.comm.topology import Topology, send_targets
 from llmcluster.config import RunConfig
 from llmcluster.control.env import TORCHRUN_VARS
-from llmcluster.control.link import ControlLink, CoordinatorLost
+from llmcluster.control.link import HEARTBEAT_S, ControlLink, CoordinatorLost
 from llmcluster.control.security import Gatekeeper
 from llmcluster.render.nccl import NcclRank
 from llmcluster.wire import Kind, Message
@@ -40,6 +40,8 @@ from llmcluster.worker.nccl_log import NcclLog
 from llmcluster.worker.training import RankDied, Training
 
 RENDEZVOUS_TIMEOUT_S = 60.0
+YIELD_TO_CONTROL_RANKS = 1024  # above this many ranks, ranks run below the control plane
+RANK_NICE = 10
 
 
 def shm_capacity(config: RunConfig) -> int:
@@ -86,6 +88,8 @@ class Rank:
 
     def __init__(self, spec: RankSpec) -> None:
         self.spec = spec
+        if spec.config.ranks > YIELD_TO_CONTROL_RANKS:  # thousands of ranks on a few cores:
+            os.nice(RANK_NICE)  # the coordinator and agents must still be heard (heartbeats)
         self.stop_requested = False
         self.ctx = zmq.Context()
         tcp_inbox = any(address.startswith("tcp://") for address in spec.inbox)
@@ -99,6 +103,7 @@ class Rank:
             timeout_s=spec.config.silence_tolerance_s,
             curve=spec.curve,
             beacon=spec.beacon,
+            beat_s=max(HEARTBEAT_S, spec.config.silence_tolerance_s / 4),  # 2048: 512/s in all
         )
         self.link.attempt = spec.attempt
         self.mesh = PeerMesh(
