@@ -4,8 +4,8 @@
     python benchmarks/run_all.py --quick    # CI form; fails if a figure is >3x worse than recorded
 
 Figures (the full form gives each as the median of 3 runs): launch -> all ranks past the
-first barrier, from outside (the command's exec to its ready record) next to the in-
-process figure; PSS per rank; per-step collective latency; allreduce busbw by size
+first barrier, from outside (the command's exec to its ready record) next to the
+in-process figure; PSS per rank; per-step collective latency; allreduce busbw by size
 (through ``llmcluster bench``) in place and out of place, with this machine's memory
 bandwidth measured alongside (numpy copy and add of 16 MB) and each 16 MB busbw given as a
 fraction of the limit it sets; CPU use of a default demo; the wall time per step and ready
