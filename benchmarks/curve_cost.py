@@ -24,7 +24,7 @@ import numpy as np
 import zmq
 
 from llmcluster.comm import Communicator, PeerMesh
-from llmcluster.comm.collectives import Topology
+from llmcluster.comm.topology import Topology
 from llmcluster.control.procs import fork_child, terminate_all
 from llmcluster.control.security import CurveKeys, Gatekeeper
 

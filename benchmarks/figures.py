@@ -172,17 +172,34 @@ def demo_cpu(ranks: int, seconds: float, windows: int) -> list[float]:
         _stop(proc)
 
 
-def wall_per_step(ranks: int, steps: int = 10) -> float:
-    """Wall seconds per step at --speed 1e6 (compute sleeps ~0): from the first step record
-    to the last, over the steps between (records can arrive in bursts, so not a median gap)."""
-    proc = _running(["--ranks", str(ranks), "--steps", str(steps), "--speed", "1e6"])
-    stamps = []
+@dataclass(frozen=True)
+class Scale:
+    """One large run: its launch figures and the wall seconds per step."""
+
+    ready: Ready
+    step_s: float
+
+
+def scale_run(ranks: int, steps: int = 10) -> Scale:
+    """A ``ranks``-rank run at --speed 1e6 (compute sleeps ~0) that must start, train and
+    exit cleanly (RuntimeError otherwise): ready from exec and in-process, and the wall time
+    per step from the first step record to the last (records can arrive in bursts, so not a
+    median gap)."""
+    launched = time.time()
+    proc = _running(["--ranks", str(ranks), "--steps", str(steps), "--speed", "1e6",
+                     "--max-restarts", "0"])  # fmt: skip
+    stamps, ready_at = [], None
     assert proc.stdout is not None
     for line in proc.stdout:
-        if json.loads(line)["type"] == "step":
+        record = json.loads(line)
+        if record["type"] == "ready":
+            ready_at = Ready(time.time() - launched, float(record["ready_s"]))
+        elif record["type"] == "step":
             stamps.append(time.monotonic())
-    proc.wait(timeout=600)
-    return (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
+    code = proc.wait(timeout=600)
+    if code != 0 or ready_at is None or len(stamps) != steps:
+        raise RuntimeError(f"a {ranks}-rank run exited {code} after {len(stamps)} step(s)")
+    return Scale(ready_at, (stamps[-1] - stamps[0]) / (len(stamps) - 1))
 
 
 def memory_bandwidth(nbytes: int = BUSBW_BYTES, repeats: int = 20) -> dict[str, Any]:

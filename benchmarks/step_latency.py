@@ -21,7 +21,7 @@ import zmq
 
 from llmcluster.comm import Communicator, PeerMesh
 from llmcluster.comm.board import NodeBoard, create_board
-from llmcluster.comm.collectives import Topology
+from llmcluster.comm.topology import Topology
 from llmcluster.control.procs import fork_child, terminate_all
 
 

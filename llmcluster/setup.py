@@ -7,6 +7,7 @@ one-line ConfigError naming the flag, before anything starts.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 from llmcluster import sim
@@ -30,8 +31,10 @@ class RunSetup:
     process_faults: tuple[Fault, ...]
 
 
+@functools.lru_cache(maxsize=4)
 def build_setup(config: RunConfig) -> RunSetup:
-    """What every process of the run derives from the config (identically, from the seed)."""
+    """What every process of the run derives from the config (identically, from the seed);
+    kept, so that a node agent builds it once and the ranks it forks inherit it."""
     plan = sim.make_plan(
         load_catalog(),
         seed=config.seed,

@@ -19,8 +19,8 @@ from own_processes import own_only  # noqa: F401  (the fixture every test here u
 
 from llmcluster.comm import Communicator, PeerMesh
 from llmcluster.comm.board import NodeBoard, create_board
-from llmcluster.comm.collectives import Topology
 from llmcluster.comm.shm import ShmArena, create_region
+from llmcluster.comm.topology import Topology, node_book_ranks
 from llmcluster.control.procs import fork_child, terminate_all
 
 pytestmark = pytest.mark.usefixtures("own_only")
@@ -61,6 +61,7 @@ def _rank_main(
     table: list[tuple],
     regions: dict | None,
     boards: dict,
+    sparse: bool = False,
 ) -> int:
     ctx = zmq.Context()
     mesh = PeerMesh(
@@ -71,8 +72,9 @@ def _rank_main(
         timeout_s=60,
         service=lambda: None,
     )
-    mesh.set_peers([[f"ipc://{folder}/r{r}"] for r in range(world)], [0] * world)
     topology = Topology.uniform(world, nproc)
+    known = node_book_ranks(topology, rank // nproc) if sparse else range(world)
+    mesh.set_peers({r: [f"ipc://{folder}/r{r}"] for r in known}, topology.node_of)
     arena = None
     if regions is not None:
         local = topology.node_members(rank // nproc)
@@ -128,7 +130,13 @@ def _rank_main(
 
 
 def run_ranks(
-    world: int, nproc: int, table: list[tuple], *, shm: bool = False, board: bool = False
+    world: int,
+    nproc: int,
+    table: list[tuple],
+    *,
+    shm: bool = False,
+    board: bool = False,
+    sparse: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     regions = None
     if shm:  # mapped before the fork, as a node agent does
@@ -145,7 +153,9 @@ def run_ranks(
     with tempfile.TemporaryDirectory(prefix="llmc-test-") as folder:
         pids = [
             fork_child(
-                functools.partial(_rank_main, r, world, nproc, folder, table, regions, boards),
+                functools.partial(
+                    _rank_main, r, world, nproc, folder, table, regions, boards, sparse
+                ),
                 name=f"llmc-t{r}",
             )
             for r in range(world)
@@ -216,6 +226,22 @@ def test_collectives_bit_identical_and_correct(world: int, nproc: int) -> None:
 def test_collectives_at_64_ranks() -> None:
     table = cases(64, ("tree", "ring", "hierarchical"), (1, 7, 4097))
     check(64, 8, table, run_ranks(64, 8, table))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("world", "nproc", "shm"), [(5, 2, False), (12, 4, True), (24, 3, True)])
+def test_collectives_with_node_address_books(world: int, nproc: int, shm: bool) -> None:
+    """Each rank knows only its node's book (the ranks its node sends to, far fewer than
+    the world at scale): every algorithm, the fused step, barrier, broadcast and gather
+    from root 0 still find every peer they send to (an unknown one fails the rank)."""
+    table = [c for c in cases(world, ("tree", "ring", "hierarchical"), (1, 4097))
+             if c[:3] != ("broadcast", "tree", f"root{world - 1}")]  # fmt: skip
+    table += [("fused", "fused", op, 5, "float64") for op in ("sum", "max")]
+    table += [("allreduce", "hierarchical", "sum", 100003, "float64")]  # the arena's path
+    outputs = run_ranks(world, nproc, table, shm=shm, board=shm, sparse=True)
+    check(world, nproc, table, outputs)
+    topology = Topology.uniform(world, nproc)
+    assert all(len(node_book_ranks(topology, n)) < world for n in range(1, world // nproc))
 
 
 def test_large_buffer_ring_allreduce() -> None:

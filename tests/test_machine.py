@@ -191,9 +191,10 @@ def test_rendezvous_sends_the_book_once_every_rank_joined() -> None:
     h.join_agents()
     assert len(h.sent(Kind.AGENT_WELCOME)) == 2 and len(h.sent(Kind.SPAWN)) == 2
     h.join_ranks()
-    books = h.sent(Kind.BOOK)
-    assert len(books) == 1 and len(books[0].identities) == 4
-    assert books[0].body.nodes == (0, 0, 1, 1)
+    books = h.sent(Kind.BOOK)  # one per node, to its ranks, with what they send to
+    assert [len(book.identities) for book in books] == [2, 2]
+    assert [book.body.ranks for book in books] == [(0, 1, 2), (0, 2, 3)]
+    assert books[1].body.endpoints[2] == h.machine.ranks[3].endpoints
     assert h.types() == ["run"]
     h.ready()
     assert h.machine.phase is Phase.TRAINING and h.types() == ["run", "ready"]

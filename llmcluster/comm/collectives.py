@@ -21,10 +21,8 @@ bit-identical on every rank and reproducible from run to run.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,39 +30,13 @@ from llmcluster.comm.board import BOARD_VALUES, SPIN_S, NodeBoard, tag_of
 from llmcluster.comm.intranode import IntraNode
 from llmcluster.comm.mesh import SERVICE_S, CollectiveTimeout, PeerMesh
 from llmcluster.comm.shm import ShmArena
+from llmcluster.comm.topology import Topology
 
 ReduceOp = Callable[..., np.ndarray]
 OPS: dict[str, ReduceOp] = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum}
 RING_MIN_BYTES = 64 * 1024  # hierarchical: leaders switch from tree to ring above this size
 _EMPTY = np.zeros(0, dtype=np.uint8)
 _NOTHING = np.zeros(0)  # a board post that carries no values
-
-
-@dataclass(frozen=True)
-class Topology:
-    """Which node each global rank lives on (index = global rank)."""
-
-    node_of: tuple[int, ...]
-
-    @classmethod
-    def uniform(cls, world_size: int, nproc_per_node: int) -> Topology:
-        """torchrun's mapping: rank r lives on node r // nproc_per_node."""
-        return cls(tuple(r // nproc_per_node for r in range(world_size)))
-
-    @functools.cached_property
-    def _members(self) -> dict[int, list[int]]:
-        members: dict[int, list[int]] = {}
-        for rank, node in enumerate(self.node_of):
-            members.setdefault(node, []).append(rank)
-        return members
-
-    def node_members(self, node: int) -> list[int]:
-        """Global ranks on ``node``, ascending (the first one leads the node)."""
-        return self._members.get(node, [])
-
-    def leaders(self) -> list[int]:
-        """The lowest rank of every node, in node order."""
-        return [self._members[node][0] for node in sorted(self._members)]
 
 
 class Communicator:

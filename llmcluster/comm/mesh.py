@@ -16,7 +16,7 @@ CurveZMQ clients of the token's keys (``control.security``); IPC inside a node s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -80,21 +80,28 @@ class PeerMesh:
             self._inbox.bind(address)
             self.endpoints.append(self._inbox.getsockopt(zmq.LAST_ENDPOINT).decode())
         self._next_service = 0.0
-        self._peers: list[str] = []
+        self._peers: dict[int, str] = {}
         self._out: dict[int, zmq.Socket] = {}
         self._pending: dict[tuple[int, int, int], np.ndarray] = {}
         self._trackers: list[zmq.MessageTracker] = []
 
-    def set_peers(self, book: list[list[str]], nodes: list[int]) -> None:
-        """Install the address book: IPC to peers on this node, TCP to the others."""
-        self._peers = [
-            _pick(addresses, local=node == self.node)
-            for addresses, node in zip(book, nodes, strict=True)
-        ]
+    def set_peers(
+        self, book: Sequence[Sequence[str]] | Mapping[int, Sequence[str]], nodes: Sequence[int]
+    ) -> None:
+        """Install the address book (every rank's endpoints in rank order, or those of the
+        ranks this one sends to, by rank; ``nodes[r]`` is rank r's node): IPC to peers on
+        this node, TCP to the others."""
+        entries = book.items() if isinstance(book, Mapping) else enumerate(book)
+        self._peers = {
+            rank: _pick(list(addresses), local=nodes[rank] == self.node)
+            for rank, addresses in entries
+        }
 
     def _socket_to(self, dst: int) -> zmq.Socket:
         sock = self._out.get(dst)
         if sock is None:
+            if dst not in self._peers:
+                raise LookupError(f"rank {dst} is not in rank {self.rank}'s address book")
             sock = self._ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.LINGER, 0)

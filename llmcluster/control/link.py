@@ -1,7 +1,8 @@
 """ControlLink: a process's DEALER connection to the coordinator, with heartbeats.
 
-Used by ranks and node agents alike. It sends heartbeats every ``HEARTBEAT_S``,
-remembers when the coordinator was last heard from, and raises
+Used by ranks and node agents alike. It sends heartbeats every ``HEARTBEAT_S`` (any
+message it sends counts as one), remembers when the coordinator was last heard from
+(a rank: or its agent, through the node's ``Beacon``), and raises
 ``CoordinatorLost`` once it has been silent for ``timeout_s`` (the coordinator
 died or the network is cut). Malformed or foreign messages are dropped and
 counted, never raised. Over TCP with ``curve`` keys the link is a CurveZMQ client of the
@@ -10,6 +11,8 @@ token's server key (``control.security``), so it talks to the real coordinator o
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import time
 from typing import Any
 
@@ -35,6 +38,25 @@ class CoordinatorLost(RuntimeError):
     """The coordinator has not been heard from within the heartbeat timeout."""
 
 
+class Beacon:
+    """When the node agent last heard the coordinator (monotonic seconds, a clock every
+    process of the host shares), in a shared mapping its ranks inherit at fork: the agent's
+    link marks it, its ranks' links read it. The coordinator heartbeats the agents only,
+    and a rank counts the coordinator alive while its agent hears it (one beat per node
+    instead of one per rank, and a rank still waiting for its join to be read is not cut off
+    by a busy coordinator's silence). An aligned 8-byte store is atomic on 64-bit hosts."""
+
+    def __init__(self) -> None:
+        self._region = mmap.mmap(-1, 8)
+        self._cell = ctypes.c_double.from_buffer(self._region)
+
+    def mark(self, heard: float) -> None:
+        self._cell.value = heard
+
+    def heard(self) -> float:
+        return float(self._cell.value)
+
+
 class ControlLink:
     """One owner thread; ``poll`` returns decoded messages of this run."""
 
@@ -49,8 +71,13 @@ class ControlLink:
         timeout_s: float,
         curve: CurveKeys | None = None,
         watch_handshakes: bool = False,
+        beacon: Beacon | None = None,
+        marks_beacon: bool = False,
+        beat_s: float = HEARTBEAT_S,
     ) -> None:
         self.run_id, self.src, self.timeout_s = run_id, src, timeout_s
+        self.beat_s = beat_s  # a rank of a large world beats less often (its tolerance is long)
+        self.beacon, self._marks = beacon, marks_beacon  # the agent marks, its ranks read
         self.attempt = 0
         self.dropped = 0
         self.socket = ctx.socket(zmq.DEALER)
@@ -81,6 +108,8 @@ class ControlLink:
             self.socket.send(encode(msg)[0], _NOBLOCK)
         except zmq.Again:
             self.dropped += 1
+            return
+        self._next_beat = time.monotonic() + self.beat_s  # any message says we are alive
 
     def receive_ready(self) -> list[Message]:
         """Decode every message waiting on the socket (non-blocking)."""
@@ -96,6 +125,8 @@ class ControlLink:
                 self.dropped += 1
                 continue
             self.last_heard = time.monotonic()
+            if self._marks and self.beacon is not None:
+                self.beacon.mark(self.last_heard)
             if msg.kind is not Kind.HEARTBEAT:
                 out.append(msg)
 
@@ -104,9 +135,12 @@ class ControlLink:
         now = time.monotonic()
         if now >= self._next_beat and self.run_id is not None:
             self.send(Kind.HEARTBEAT, Heartbeat(t=time.time()))
-            self._next_beat = now + HEARTBEAT_S
-        if now - self.last_heard > self.timeout_s:
-            raise CoordinatorLost(f"no word from the coordinator for {now - self.last_heard:.1f}s")
+            self._next_beat = now + self.beat_s
+        heard = self.last_heard
+        if self.beacon is not None and not self._marks:
+            heard = max(heard, self.beacon.heard())
+        if now - heard > self.timeout_s:
+            raise CoordinatorLost(f"no word from the coordinator for {now - heard:.1f}s")
 
     def wait(self, timeout_s: float, wake_fd: int | None = None) -> list[Message]:
         """Poll up to ``timeout_s`` (heartbeating) and return what arrived; a readable

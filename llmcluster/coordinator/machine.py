@@ -323,8 +323,7 @@ class Coordinator(Rendezvous):
         if now >= self._next_beat:
             self._next_beat = now + HEARTBEAT_S
             beat = Heartbeat(t=wall)
-            self.send(self.agent_identities(), Kind.HEARTBEAT, beat)
-            self.send(self.live_ranks(), Kind.HEARTBEAT, beat)
+            self.send(self.agent_identities(), Kind.HEARTBEAT, beat)  # ranks: through them
         if self.phase_deadline < 0:  # a phase that waits has just begun
             wait = {Phase.FINISHING: RENDER_WAIT_S}.get(self.phase, DRAIN_DISPLAY_S)
             self.phase_deadline = now + wait

@@ -5,13 +5,14 @@ of the current attempt and decides joins, like c10d's rendezvous handler: a node
 a node rank (or ``auto``), is admitted or refused with a reason, and receives the run's
 configuration and the current attempt, with the nonce its ranks prove themselves with
 (``control.security``); a refused node is told why. A rank joins once per attempt, with the
-proof its agent handed it at fork; once every rank of the world has joined, each one gets
-the address book.
+proof its agent handed it at fork; once every rank of the world has joined, each node's ranks
+get their node's address book (the endpoints they send to).
 """
 
 from __future__ import annotations
 
 from llmcluster import sim
+from llmcluster.comm.topology import Topology, node_book_ranks
 from llmcluster.config import RunConfig
 from llmcluster.control.env import env_mismatches
 from llmcluster.control.procs import signal_name
@@ -238,13 +239,15 @@ class Rendezvous:
         return len(self.ranks) == self.config.ranks
 
     def send_book(self) -> None:
-        """The address book to every rank (encoded once), and the run record."""
-        order = [self.ranks[r] for r in range(self.config.ranks)]
-        book = Book(
-            endpoints=tuple(p.endpoints for p in order),
-            nodes=tuple(self.config.node_of(r) for r in range(self.config.ranks)),
-        )
-        self.send([p.identity for p in order], Kind.BOOK, book)
+        """Each node's address book to its ranks (encoded once per node: the endpoints its
+        ranks send to, not the world's), and the run record."""
+        config = self.config
+        topology = Topology(tuple(config.node_of(r) for r in range(config.ranks)))
+        for node in range(config.nnodes):
+            wanted = node_book_ranks(topology, node)
+            book = Book(ranks=wanted, endpoints=tuple(self.ranks[r].endpoints for r in wanted))
+            members = [self.ranks[r].identity for r in topology.node_members(node)]
+            self.send(members, Kind.BOOK, book)
         self.publish(self.run_record())
 
     def infos(self) -> list[RankInfo]:

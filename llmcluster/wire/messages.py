@@ -40,7 +40,7 @@ class Kind(str, Enum):
     KILL = "kill"  # coordinator -> agent: terminate the local ranks
     # control plane: rank <-> coordinator
     JOIN = "join"
-    BOOK = "book"  # address book: every rank's peer endpoint
+    BOOK = "book"  # address book: the peer endpoints a node's ranks send to
     READY = "ready"  # rank passed the first barrier
     STOP = "stop"  # coordinator -> ranks: stop at the next step boundary
     EXIT = "exit"  # coordinator -> everyone: leave now
@@ -144,10 +144,11 @@ class Join:
 
 @dataclass(frozen=True, kw_only=True)
 class Book:
-    """The address book: every rank's endpoints and node, in rank order."""
+    """A node's address book: the endpoints of the ranks its ranks send to (ascending
+    ``ranks``, ``comm.topology.node_book_ranks``), not the whole world's."""
 
+    ranks: tuple[int, ...]
     endpoints: tuple[tuple[str, ...], ...]
-    nodes: tuple[int, ...]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,9 @@ its ranks and leaves by itself when the coordinator goes silent. With torchrun's
 options it gives each rank its files (``logspec``), tails the tee'd ones to its console
 (``tail``) and writes the error.json of a rank killed by a signal (``errors``). A refused
 node (the coordinator's REFUSED, or a failed CurveZMQ handshake: a wrong token or an
-impostor) exits 2 at once with the reason. Each rank it forks gets its join proof in memory.
+impostor) exits 2 at once with the reason. Each rank it forks gets its join proof in memory,
+and the node's beacon: the coordinator heartbeats agents only, and a rank counts it alive
+while its agent hears it (``control.link.Beacon``).
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ from llmcluster.comm.board import clear_board, create_board
 from llmcluster.comm.shm import create_region
 from llmcluster.config import RunConfig
 from llmcluster.control.env import torchrun_env
-from llmcluster.control.link import CHECK_S, ControlLink, CoordinatorLost
+from llmcluster.control.link import CHECK_S, Beacon, ControlLink, CoordinatorLost
 from llmcluster.control.net import reachable
 from llmcluster.control.procs import fork_child, reap, signal_name, terminate_all
 from llmcluster.control.rundir import RunDir, remove_if_stale
 from llmcluster.control.security import CurveKeys, HandshakeWatch, rank_proof
 from llmcluster.exporters.prometheus_server import MetricsExporter, MetricsSettings
 from llmcluster.render.fmt import glog
-from llmcluster.render.launch import AgentLaunch
+from llmcluster.setup import build_setup
 from llmcluster.wire import AGENT_SRC, Kind, Message
 from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Refused, Spawn
 from llmcluster.worker import announce, logspec
@@ -98,6 +100,7 @@ class NodeAgent:
         self.rank_logs: dict[int, logspec.RankLogs] = {}  # global rank -> its streams
         self.tail: TailLog | None = None  # the tee of this attempt's files
         self.stopping = False  # exits caused by stopping the group are not failures
+        self.beacon = Beacon()  # when we last heard the coordinator, for our ranks to read
 
     def run(self) -> int:
         """Serve until EXIT; returns the agent's exit code."""
@@ -111,6 +114,8 @@ class NodeAgent:
             timeout_s=max(self.spec.heartbeat_timeout_s, 3.0),
             curve=self.keys,
             watch_handshakes=True,
+            beacon=self.beacon,
+            marks_beacon=True,
         )
         # a child's exit wakes the loop at once (SIGCHLD's wake-up fd), so it can wait long
         wake_read, wake_write = socket.socketpair()
@@ -315,29 +320,24 @@ class NodeAgent:
         if self.spec.announce:  # stderr, as torchrun's logging: stdout stays the ranks' own
             print(text, file=sys.stderr, flush=True)
 
-    def _launch(self, run_id: str, attempt: int) -> AgentLaunch:
-        assert self.config is not None
-        return announce.agent_launch(self.config, run_id=run_id, attempt=attempt,
-                                     sim_time=self.sim_time, agent_pid=os.getpid())  # fmt: skip
-
     def _announce_group(self, attempt: int, run_id: str) -> None:
         if self.spec.announce and self.node != 0 and self.config is not None:
-            lines = announce.group_lines(self._launch(run_id, attempt), node=self.node,
-                                         max_restarts=self.config.max_restarts)  # fmt: skip
-            self._say("\n".join(lines))
+            self._say(announce.group_text(self.config, node=self.node, run_id=run_id,
+                                          attempt=attempt, sim_time=self.sim_time))  # fmt: skip
 
     def _announce_end(self, code: int, run_id: str) -> None:
         if self.spec.announce and self.node != 0 and self.config is not None:
             waited = time.monotonic() - (self.group_done_at or time.monotonic())
-            lines = announce.end_lines(self._launch(run_id, 0), node=self.node, code=code,
-                                       waited_s=waited)  # fmt: skip
-            self._say("\n".join(lines))
+            self._say(announce.end_text(self.config, node=self.node, run_id=run_id, code=code,
+                                        waited_s=waited, sim_time=self.sim_time))  # fmt: skip
 
     def _spawn(self, spawn: Spawn, run_id: str) -> None:
         config = self.config
         if config is None:
             return
         local = config.node_ranks(self.node)
+        if config.bench is None:
+            build_setup(config)  # once per node: every rank forked below inherits it
         if self.shm is None:  # mapped before the fork: every local rank inherits it
             self.shm = create_region(len(local), shm_capacity(config))
         if self.board is None:
@@ -367,6 +367,7 @@ class NodeAgent:
                 curve=self.keys,
                 shm=self.shm,
                 board=self.board,
+                beacon=self.beacon,
                 plan_host=self.spec.tcp_host is None,  # one machine: the plan's host names
             )
             env = torchrun_env(

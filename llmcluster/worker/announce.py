@@ -3,6 +3,8 @@ torchrun's launch and rendezvous lines, its restarts, and the end of its worker 
 
 from __future__ import annotations
 
+import os
+
 from llmcluster.config import RunConfig
 from llmcluster.render.launch import AgentLaunch, finish_lines, launcher_lines
 from llmcluster.render.report import agent_restart_lines
@@ -40,3 +42,19 @@ def end_lines(launch: AgentLaunch, *, node: int, code: int, waited_s: float) -> 
         return [f"llmcluster node {node}: the run failed (exit code {code}); "
                 "local worker group stopped"]  # fmt: skip
     return finish_lines(launch, launch.start_time, round(waited_s, 6))
+
+
+def group_text(config: RunConfig, *, node: int, run_id: str, attempt: int,
+               sim_time: float) -> str:  # fmt: skip
+    """A node agent's lines as its worker group starts (attempt 0) or restarts."""
+    launch = agent_launch(config, run_id=run_id, attempt=attempt, sim_time=sim_time,
+                          agent_pid=os.getpid())  # fmt: skip
+    return "\n".join(group_lines(launch, node=node, max_restarts=config.max_restarts))
+
+
+def end_text(config: RunConfig, *, node: int, run_id: str, code: int, waited_s: float,
+             sim_time: float) -> str:  # fmt: skip
+    """A node agent's lines as the run ends for its node."""
+    launch = agent_launch(config, run_id=run_id, attempt=0, sim_time=sim_time,
+                          agent_pid=os.getpid())  # fmt: skip
+    return "\n".join(end_lines(launch, node=node, code=code, waited_s=waited_s))

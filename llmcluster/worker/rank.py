@@ -1,6 +1,6 @@
 """A rank: one process playing one GPU.
 
-Life of a rank: join the coordinator, receive the address book, pass the first barrier,
+Life of a rank: join the coordinator, receive its node's address book, pass the first barrier,
 then run its workload (``training.train`` or ``bench.rank_bench``) in lock-step with every
 other rank, and wait to be told to leave. Rank 0 of a training run also hosts the display
 thread, the telemetry plane's reliable subscriber. It joins with the proof its agent handed
@@ -11,6 +11,7 @@ token's ZAP handler. A malformed address book is dropped (counted) like any bad 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import sys
@@ -23,11 +24,11 @@ import zmq
 
 from llmcluster.comm import CollectiveTimeout, Communicator, PeerMesh
 from llmcluster.comm.board import NodeBoard
-from llmcluster.comm.collectives import Topology
 from llmcluster.comm.shm import ShmArena
+from llmcluster.comm.topology import Topology, send_targets
 from llmcluster.config import RunConfig
 from llmcluster.control.env import TORCHRUN_VARS
-from llmcluster.control.link import ControlLink, CoordinatorLost
+from llmcluster.control.link import HEARTBEAT_S, ControlLink, CoordinatorLost
 from llmcluster.control.security import Gatekeeper
 from llmcluster.render.nccl import NcclRank
 from llmcluster.wire import Kind, Message
@@ -41,6 +42,8 @@ from llmcluster.worker.training import RankDied, Training
 
 RENDEZVOUS_TIMEOUT_S = 60.0
 RUN_SHOWN_WAIT_S = 5.0
+YIELD_TO_CONTROL_RANKS = 1024  # above this many ranks, ranks run below the control plane
+RANK_NICE = 10
 
 
 def shm_capacity(config: RunConfig) -> int:
@@ -78,6 +81,7 @@ class RankSpec:
     curve: Any = None  # the run's CurveKeys across hosts (a token), else None
     shm: Any = None  # the node's shared region (an inherited mmap) for large collectives
     board: Any = None  # the node's board (an inherited mmap) for the step's tiny reductions
+    beacon: Any = None  # the node agent's Beacon: the coordinator is alive while it hears it
     plan_host: bool = False  # every node on one machine: NCCL names the plan's host, not ours
 
 
@@ -86,6 +90,8 @@ class Rank:
 
     def __init__(self, spec: RankSpec) -> None:
         self.spec = spec
+        if spec.config.ranks > YIELD_TO_CONTROL_RANKS:  # thousands of ranks on a few cores:
+            os.nice(RANK_NICE)  # the coordinator and agents must still be heard (heartbeats)
         self.stop_requested = False
         self.ctx = zmq.Context()
         tcp_inbox = any(address.startswith("tcp://") for address in spec.inbox)
@@ -98,6 +104,8 @@ class Rank:
             src=spec.rank,
             timeout_s=spec.config.silence_tolerance_s,
             curve=spec.curve,
+            beacon=spec.beacon,
+            beat_s=max(HEARTBEAT_S, spec.config.silence_tolerance_s / 4),  # 2048: 512/s in all
         )
         self.link.attempt = spec.attempt
         self.mesh = PeerMesh(
@@ -225,10 +233,10 @@ class Rank:
                 proof=spec.proof,
             ),
         )
-        book = self._book()
-        nodes = list(book.nodes)
-        self.mesh.set_peers([list(e) for e in book.endpoints], nodes)
-        topology = Topology(tuple(nodes))
+        config = spec.config
+        topology = Topology.uniform(config.ranks, config.nproc_per_node)
+        book = self._book(send_targets(topology, spec.rank))
+        self.mesh.set_peers(dict(zip(book.ranks, book.endpoints, strict=True)), topology.node_of)
         local = topology.node_members(spec.node)
         arena = None
         if spec.shm is not None:
@@ -277,19 +285,21 @@ class Rank:
         self.nccl = NcclLog(me, os.environ)
         self.nccl.init(bootstrap_s=bootstrap_s, total_s=total_s)
 
-    def _book(self) -> Book:
-        """The address book: one non-empty endpoint list per rank and the run's node mapping
-        (anything else is dropped and counted; the wait goes on)."""
+    def _book(self, needed: set[int]) -> Book:
+        """This node's address book: ascending ranks of the world, one non-empty endpoint
+        list each, among them every rank in ``needed`` (anything else is dropped and
+        counted; the wait goes on)."""
         deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_S
-        config = self.spec.config
-        expected = tuple(config.node_of(r) for r in range(config.ranks))
+        world = self.spec.config.ranks
         while True:
             book = self._await(Kind.BOOK, deadline - time.monotonic()).body
             if (
                 isinstance(book, Book)
-                and book.nodes == expected
-                and len(book.endpoints) == config.ranks
+                and len(book.endpoints) == len(book.ranks)
                 and all(book.endpoints)
+                and all(0 <= a < b < world for a, b in itertools.pairwise(book.ranks))
+                and (not book.ranks or 0 <= book.ranks[0] < world)
+                and needed <= set(book.ranks)
             ):
                 return book
             self.link.dropped += 1
