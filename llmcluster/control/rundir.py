@@ -14,9 +14,11 @@ import glob
 import os
 import shutil
 import tempfile
+import time
 
 PREFIX = "llmcluster-"
 LOCK_NAME = "lock"
+OWNER_EXIT_S = 2.0  # how long a dying owner may take to let go of its lock
 
 
 class RunDir:
@@ -54,12 +56,18 @@ def _stale(path: str) -> bool:
     return True
 
 
-def _dead_owner(path: str) -> bool:
+def _owner_pid(path: str) -> int:
+    """The pid in the directory's name (0 if it has none)."""
     pid = os.path.basename(path)[len(PREFIX) :].split("-", 1)[0]
-    if not pid.isdigit():
+    return int(pid) if pid.isdigit() else 0
+
+
+def _dead_owner(path: str) -> bool:
+    pid = _owner_pid(path)
+    if not pid:
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
@@ -68,9 +76,18 @@ def _dead_owner(path: str) -> bool:
 
 
 def remove_if_stale(path: str) -> None:
-    """Remove ``path`` if its owner is gone (an agent cleaning up after a killed coordinator)."""
-    if os.path.isdir(path) and _stale(path):
-        shutil.rmtree(path, ignore_errors=True)
+    """Remove ``path`` if its owner is gone (an agent cleaning up after a killed coordinator,
+    its parent). A parent that is dying still holds its lock until its last thread exits,
+    after our death signal: so once we have been reparented, wait a moment for the lock."""
+    owner = _owner_pid(path)
+    deadline = time.monotonic() + (OWNER_EXIT_S if owner and owner != os.getppid() else 0.0)
+    while os.path.isdir(path):
+        if _stale(path):
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.01)
 
 
 def sweep_stale_dirs() -> None:
