@@ -52,6 +52,7 @@ class TensorboardWriter:
             for gpu in record.ranks:
                 self._scalar(f"gpu/util/rank{gpu.rank}", gpu.util, record.step, record.time)
                 self._scalar(f"gpu/temp_c/rank{gpu.rank}", gpu.temp_c, record.step, record.time)
+            self.writer.flush()  # a step's scalars are on disk once shown, whatever ends us
 
     def close(self) -> None:
         self.writer.close()
