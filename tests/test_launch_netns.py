@@ -15,66 +15,37 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from netns_hosts import StandIns, communicate_all, reap, stand_in_hosts
 
-NETNS = Path(__file__).parent / "netns" / "netns-hosts.sh"
-PREFIX = f"la{os.getpid() % 10000}-"
 HOSTS = ("node1", "node2", "node3")
 MASTER = "10.213.0.11"  # node1
-LLMC = [sys.executable, "-m", "llmcluster"]
 OPTIONS = ["--steps", "4", "--speed", "1e6", "--seed", "42", "--model", "Llama-3-8B",
            "--gpu", "H100-SXM", "--format", "jsonl", "--join-timeout", "60"]  # fmt: skip
 RUN = ["--nproc-per-node", "4", *OPTIONS]
-SCRUB = ("PET_", "SLURM_", "SLURMD_", "JOB_COMPLETION_INDEX", "LLMCLUSTER_MASTER_ADDR")
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The test's environment (its LLMCLUSTER_TEST_MARK) without any scheduler's variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUB)}
-    return {**env, "NETNS_PREFIX": PREFIX, "LLMCLUSTER_TOKEN": "s3cret", **(extra or {})}
-
-
-def _netns(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(NETNS), *args], env=_env(), capture_output=True, text=True,
-                          timeout=120, check=check)  # fmt: skip
+NETNS = StandIns(f"la{os.getpid() % 10000}-", {"LLMCLUSTER_TOKEN": "s3cret"})
 
 
 @pytest.fixture(scope="module")
-def hosts() -> Iterator[None]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("stand-in hosts need root and iproute2 (network namespaces)")
-    made = _netns("up", "3", check=False)
-    if made.returncode != 0:
-        _netns("down", check=False)
-        pytest.skip(f"network namespaces unavailable: {made.stderr.strip()[:200]}")
-    try:
-        yield
-    finally:
-        _netns("down", check=False)
+def hosts() -> Iterator[StandIns]:
+    with stand_in_hosts(NETNS, 3) as made:
+        yield made
 
 
 def _start(host: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(["bash", str(NETNS), "exec", host, *LLMC, "launch", *args],
-                            env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)  # fmt: skip
+    return NETNS.start(host, ["launch", *args], env)
 
 
 def _job(per_host: list[tuple[list[str], dict[str, str]]]) -> tuple[list[dict], list[str]]:
     """Start one launch per host, wait for all; node rank 0's records and every stderr."""
     procs = [_start(host, args, env) for host, (args, env) in zip(HOSTS, per_host, strict=True)]
     try:
-        outputs = [proc.communicate(timeout=150) for proc in procs]
+        outputs = communicate_all(procs, timeout=150)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=30)
+        reap(*procs)
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-2000:]
     printed = [o for o, _ in outputs if o.strip()]
@@ -129,12 +100,6 @@ def test_the_same_command_with_only_pet_node_rank_differing(clean_table: None) -
 
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("hosts")
-@pytest.mark.xfail(
-    strict=False,
-    reason="open defect (issue 14): with rank 0 on another host than the coordinator, the "
-    "display's last acks sometimes do not reach the coordinator, which then prints the records "
-    "it thinks unshown on its own host too (nothing is lost, but two hosts print)",
-)
 def test_c10d_the_endpoints_owner_hosts_and_node_ranks_follow_the_joins(
     clean_table: None,
 ) -> None:
@@ -193,7 +158,4 @@ def test_a_node_with_another_nproc_per_node_is_refused_on_both_sides(clean_table
         assert "refused a join from 'node2'" in host_err
         assert "--nproc-per-node 2 (the coordinator's is 4)" in host_err
     finally:
-        for proc in (host, wrong):
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=30)
+        reap(host, wrong)

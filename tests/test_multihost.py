@@ -9,56 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from netns_hosts import StandIns, communicate_all, reap, stand_in_hosts
 
-NETNS = Path(__file__).parent / "netns" / "netns-hosts.sh"
-PREFIX = f"lt{os.getpid() % 10000}-"
+NETNS = StandIns(f"lt{os.getpid() % 10000}-")
 COORD = "10.213.0.10"
-LLMC = [sys.executable, "-m", "llmcluster"]
-
-
-def _env() -> dict[str, str]:
-    """The environment now (it carries the current test's LLMCLUSTER_TEST_MARK)."""
-    return {**os.environ, "NETNS_PREFIX": PREFIX}
-
-
-def _netns(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(NETNS), *args], env=_env(), capture_output=True, text=True,
-                          timeout=120, check=check)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def hosts() -> Iterator[None]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("stand-in hosts need root and iproute2 (network namespaces)")
-    made = _netns("up", "2", check=False)
-    if made.returncode != 0:
-        _netns("down", check=False)
-        pytest.skip(f"network namespaces unavailable: {made.stderr.strip()[:200]}")
-    try:
-        yield
-    finally:
-        _netns("down", check=False)
+def hosts() -> Iterator[StandIns]:
+    with stand_in_hosts(NETNS, 2) as made:
+        yield made
 
 
 def _start(host: str, *args: str, stdout: int = subprocess.PIPE) -> subprocess.Popen[str]:
-    return subprocess.Popen(["bash", str(NETNS), "exec", host, *LLMC, *args], env=_env(),
-                            stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True)  # fmt: skip
-
-
-def _reap(*procs: subprocess.Popen[str]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=30)
+    return NETNS.start(host, args, stdout=stdout)
 
 
 def _coordinator(*extra: str) -> subprocess.Popen[str]:
@@ -77,13 +46,12 @@ def test_three_hosts_train_with_bit_identical_loss(hosts: None, clean_table: Non
     coord = _coordinator("--steps", "6", "--speed", "1e6")
     node0, node1 = _node("node1", 0), _node("node2", 1)
     try:
-        out, err = node0.communicate(timeout=150)
+        (out, err), (_, node1_err) = communicate_all([node0, node1], timeout=150)
         assert node0.returncode == 0, err
         assert coord.wait(timeout=30) == 0
-        _, node1_err = node1.communicate(timeout=30)
         assert node1.returncode == 0
     finally:
-        _reap(coord, node0, node1)
+        reap(coord, node0, node1)
     # node 1 prints only its own elastic agent's lines (stderr, as torchrun logs)
     assert "group_rank=1" in node1_err and f"global_ranks={list(range(8, 16))}" in node1_err
     assert "worker group successfully finished" in node1_err
@@ -117,7 +85,7 @@ def test_wrong_token_is_refused_and_the_node_exits_at_once(hosts: None, clean_ta
             "failed the CurveZMQ handshake" in coord_err and "wrong or missing token" in coord_err
         )
     finally:
-        _reap(coord, intruder)
+        reap(coord, intruder)
 
 
 @pytest.mark.timeout(180)
@@ -131,7 +99,7 @@ def test_cut_link_is_detected_within_the_heartbeat_timeout(hosts: None, clean_ta
             record = json.loads(line) if line.startswith("{") else {}
             if record.get("type") == "step" and record["step"] >= 2:
                 break
-        _netns("cut", "node2")
+        NETNS.run("cut", "node2")
         cut_at = time.monotonic()
         assert coord.wait(timeout=60) == 1
         detected = time.monotonic() - cut_at
@@ -143,8 +111,8 @@ def test_cut_link_is_detected_within_the_heartbeat_timeout(hosts: None, clean_ta
         assert failure["node"] == 1 and failure["rank"] >= 8, failure  # the cut host's ranks
         print(f"cut detected after {detected:.2f}s: {failure['reason']}")
     finally:
-        _netns("heal", "node2", check=False)
-        _reap(coord, node0, node1)
+        NETNS.run("heal", "node2", check=False)
+        reap(coord, node0, node1)
 
 
 @pytest.mark.timeout(180)
@@ -166,7 +134,7 @@ def test_node_started_before_the_coordinator_waits_and_joins(
         assert recs[-1]["type"] == "summary" and recs[-1]["steps"] == 3
         assert coord.wait(timeout=30) == 0
     finally:
-        _reap(node0, node1, *([coord] if coord else []))
+        reap(node0, node1, *([coord] if coord else []))
 
 
 @pytest.mark.timeout(240)
@@ -183,16 +151,16 @@ def test_cut_node_is_replaced_and_the_run_recovers(hosts: None, clean_table: Non
             seen.append(record)
             if record.get("type") == "step" and record["step"] >= 3:
                 break
-        _netns("cut", "node2")
+        NETNS.run("cut", "node2")
         assert node1.wait(timeout=60) != 0  # the cut node gives up on its coordinator
-        _netns("heal", "node2")
+        NETNS.run("heal", "node2")
         replacement = _node("node2", 1)  # the node is replaced, as a scheduler would
         out, _ = node0.communicate(timeout=180)
         recs = seen + [json.loads(x) for x in out.splitlines() if x.startswith("{")]
         assert node0.returncode == 0 and coord.wait(timeout=30) == 0
     finally:
-        _netns("heal", "node2", check=False)
-        _reap(coord, node0, node1, *([replacement] if replacement else []))
+        NETNS.run("heal", "node2", check=False)
+        reap(coord, node0, node1, *([replacement] if replacement else []))
     failure = next(r for r in recs if r["type"] == "failure")
     restart = next(r for r in recs if r["type"] == "restart")
     assert failure["node"] == 1 and restart["attempt"] == 1

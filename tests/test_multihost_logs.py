@@ -10,14 +10,12 @@ import subprocess
 import pytest
 from framework_formats import MEGATRON
 from nccl_formats import PREFIX, nccl_kind
-from test_multihost import COORD, LLMC, NETNS, _env, _reap, hosts  # noqa: F401 - the fixture
+from netns_hosts import communicate_all, reap
+from test_multihost import COORD, NETNS, hosts  # noqa: F401 - the fixture
 
 
 def _start(host: str, *args: str) -> subprocess.Popen[str]:
-    env = {**_env(), "NCCL_DEBUG": "INFO"}
-    return subprocess.Popen(["bash", str(NETNS), "exec", host, *LLMC, *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)  # fmt: skip
+    return NETNS.start(host, args, {"NCCL_DEBUG": "INFO"})
 
 
 @pytest.mark.timeout(180)
@@ -42,11 +40,12 @@ def test_two_hosts_show_inter_node_net_lines_and_both_nodes_trees(clean_table: N
         for rank, host in enumerate(("node1", "node2"))
     ]
     try:
-        outputs = [node.communicate(timeout=150)[0] for node in nodes]
+        *read, _ = communicate_all([*nodes, coord], timeout=150)
+        outputs = [out for out, _ in read]
         assert [node.returncode for node in nodes] == [0, 0]
-        assert coord.wait(timeout=30) == 0
+        assert coord.returncode == 0
     finally:
-        _reap(coord, *nodes)
+        reap(coord, *nodes)
     for node, (host, out) in enumerate(zip(("node1", "node2"), outputs, strict=True)):
         comm_ranks, tree_devs, hops = set(), set(), []
         for line in out.splitlines():
@@ -88,12 +87,11 @@ def test_each_node_takes_its_own_torchrun_log_flags(tmp_path: str, clean_table: 
                "--role", "worker"),
     ]  # fmt: skip
     try:
-        outputs = [node.communicate(timeout=150) for node in nodes]
+        *outputs, _ = communicate_all([*nodes, coord], timeout=150)
         assert [node.returncode for node in nodes] == [0, 0], [err for _, err in outputs]
-        coord.communicate(timeout=30)
         assert coord.returncode == 0
     finally:
-        _reap(coord, *nodes)
+        reap(coord, *nodes)
     (out0, err0), (out1, _) = outputs
     assert out0 == ""  # every stream of node 0 went to its files
     assert f"log directory set to: {node0_dir}/" in err0
