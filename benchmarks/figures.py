@@ -68,7 +68,7 @@ def ready(ranks: int) -> Ready:
         proc.communicate(timeout=600)
 
 
-def _llmc_pids(root: int) -> list[int]:
+def run_pids(root: int) -> list[int]:
     """The run's processes: ``root`` and its descendants (found by parentage, not by name)."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -124,7 +124,7 @@ def pss(ranks: int) -> dict[str, float]:
     proc = _running(["--ranks", str(ranks), "--steps", "100000", "--speed", "1e6"])
     try:
         _wait_step(proc, 3)
-        pids = _llmc_pids(proc.pid)
+        pids = run_pids(proc.pid)
         per_rank = [_smaps_pss_mib(pid) for pid in pids if _comm(pid).startswith("llmc-rank")]
         total = sum(_smaps_pss_mib(pid) for pid in pids)
     finally:
@@ -142,7 +142,7 @@ def busbw(ranks: int, max_bytes: int = BUSBW_BYTES) -> Busbw:
                  {row["size"]: row["in_place"]["busbw_gbs"] for row in rows})  # fmt: skip
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int]) -> float:
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in pids:
@@ -161,12 +161,12 @@ def demo_cpu(ranks: int, seconds: float, windows: int) -> list[float]:
     proc = _running(["--ranks", str(ranks), "--seed", "1"])
     try:
         _wait_step(proc, 2)
-        pids = _llmc_pids(proc.pid)
+        pids = run_pids(proc.pid)
         shares = []
         for _ in range(windows):
-            before, started = _cpu_seconds(pids), time.monotonic()
+            before, started = cpu_seconds(pids), time.monotonic()
             time.sleep(seconds)  # measuring a fixed window is the point here
-            shares.append((_cpu_seconds(pids) - before) / (time.monotonic() - started))
+            shares.append((cpu_seconds(pids) - before) / (time.monotonic() - started))
         return shares
     finally:
         _stop(proc)

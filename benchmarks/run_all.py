@@ -4,18 +4,19 @@
     python benchmarks/run_all.py --quick    # CI form; fails if a figure is >3x worse than recorded
 
 Figures (the full form gives each as the median of 3 runs): launch -> all ranks past the
-first barrier, from outside (the command's exec to its ready record) next to the
-in-process figure; PSS per rank; per-step collective latency; allreduce busbw by size
-(through ``llmcluster bench``) in place and out of place, with this machine's memory
-bandwidth measured alongside (numpy copy and add of 16 MB) and each 16 MB busbw given as a
-fraction of the limit it sets; CPU use of a default demo; the wall time per step and ready
-at 256-2048 ranks (the 2048-rank run once: it takes minutes). Baselines: torchrun+gloo and
-mpirun+mpi4py as measured on this machine class (shared/reference/perf-anchors.md); where
-mpi4py (with mpirun) or torch is installed, the full run also runs that baseline in the
-same invocation (``baselines.py``: launch and step at 8 and 64 ranks, busbw at 2, 4 and 8,
-each busbw run right after one of ours so both see the same load) and its ratios use those
-live figures, marked "this run"; otherwise the recorded figures are printed with their
-source. Results go to benchmarks/last-run.json.
+first barrier, from outside (the command's exec to its ready record) next to the in-process
+figure; PSS per rank; per-step collective latency; allreduce busbw by size (through
+``llmcluster bench``) in place and out of place, with this machine's memory bandwidth
+measured alongside (numpy copy and add of 16 MB) and each 16 MB busbw given as a fraction of
+the limit it sets; CPU use of a default demo; the wall time per step and ready at 256-2048
+ranks (the 2048-rank run once: it takes minutes); the step and CPU of a run with three
+observers, a scraped metrics endpoint and CURVE on against the same run bare. Baselines:
+torchrun+gloo and mpirun+mpi4py as measured on this machine class (shared/reference/perf-
+anchors.md); where mpi4py (with mpirun) or torch is installed, the full run also runs that
+baseline in the same invocation (``baselines.py``: launch and step at 8 and 64 ranks, busbw
+at 2, 4 and 8, each busbw run right after one of ours so both see the same load) and its
+ratios use those live figures, marked "this run"; otherwise the recorded figures are printed
+with their source. Results go to benchmarks/last-run.json.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import baselines  # noqa: E402  (sibling scripts)
+import feature_cost  # noqa: E402
 import figures  # noqa: E402
 import step_latency  # noqa: E402
 
@@ -126,6 +128,7 @@ def main() -> int:
     results["baselines_this_run"] = {b: {str(n): f for n, f in r.items()} for b, r in live.items()}
     if not quick:
         _demo_and_scale(results, reps)
+        _feature_cost(results, reps)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {args.out}")
     if quick:
@@ -219,6 +222,17 @@ def _demo_and_scale(results: dict[str, Any], reps: int) -> None:
     results["largest_n_step_under_1s"] = max(under, default=0)
     print(f"largest N tried {SCALE_RANKS} with a step under 1 s: "
           f"{results['largest_n_step_under_1s']}")  # fmt: skip
+
+
+def _feature_cost(results: dict[str, Any], reps: int) -> None:
+    """The step and CPU of a 64-rank run with 3 observers, a scraped metrics endpoint and
+    CURVE on, against the same run bare (``feature_cost.py``; target: within 10 %)."""
+    cost = feature_cost.measure(64, reps, steps=100, window_s=10.0)
+    results.update({f"features_{key}@64": value for key, value in cost.items()})
+    print(f"64 ranks with 3 observers + a scrape every 1 s + CURVE: step {cost['step_ratio']:.2f}x "
+          f"and CPU {cost['cpu_ratio']:.2f}x the bare run's ({cost['bare_step_s'] * 1e3:.1f} -> "
+          f"{cost['featured_step_s'] * 1e3:.1f} ms, {cost['bare_cpu_cores']:.3f} -> "
+          f"{cost['featured_cpu_cores']:.3f} cores; target <= 1.10x)")  # fmt: skip
 
 
 def _scale_or_none(n: int) -> figures.Scale | None:
