@@ -6,8 +6,8 @@ on the port after the master port, reached with the run's token over CurveZMQ). 
 sends the cluster's snapshot first, so a late attach shows the current state at once; it
 ends when the run ends (the summary) or when the coordinator goes silent. Detaching
 (Ctrl+C, a closed terminal) only drops one observer: the run never waits for one. Views:
-the live dashboard, the GPU grid, one node's ``nvidia-smi`` table, or the log in the run's
-style.
+the live dashboard (on a terminal; on a pipe, the log), the GPU grid, one node's
+``nvidia-smi`` table, or the log in the run's style.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def build_attach_parser() -> argparse.ArgumentParser:
     """``llmcluster attach [RUN_ID]``."""
     parser = _Parser(prog="llmcluster attach", description="Watch a running cluster, read-only.")
     parser.add_argument("run_id", nargs="?", default=None, help="a live run (see llmcluster ps)")
-    parser.add_argument("--view", choices=VIEWS, default="dashboard")
+    parser.add_argument("--view", choices=VIEWS, default="dashboard",
+                        help="what to show (default: the dashboard on a terminal, the log "
+                        "lines on a pipe)")  # fmt: skip
     parser.add_argument("--node", type=int, default=0, help="the node --view smi shows")
     parser.add_argument("--master-addr", default=None, help="a remote coordinator's address")
     parser.add_argument("--master-port", type=int, default=29500)
@@ -88,7 +90,7 @@ def attach_main(argv: Sequence[str]) -> int:
         print(f"llmcluster attach: {exc}", file=sys.stderr)
         return 1
     config = RunConfig(style=args.style, ascii_only=args.ascii_only, no_color=args.no_color,
-                       ui="live" if args.view == "dashboard" else "log")  # fmt: skip
+                       ui="auto" if args.view == "dashboard" else "log")  # fmt: skip
     token = args.token if args.token is not None else os.environ.get("LLMCLUSTER_TOKEN", "")
     curve = CurveKeys.from_token(token) if args.master_addr else None
     if args.master_addr and curve is None:

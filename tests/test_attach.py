@@ -97,9 +97,10 @@ def test_two_attachers_one_late_one_detaching() -> None:
         seen = time.monotonic()
         next_step = run.arrival(lambda r: r["type"] == "step" and r["step"] == JOIN_STEP + 1)
         assert seen < next_step, "an attacher showed the grid only after the next step"
-        piped = subprocess.Popen([sys.executable, "-m", "llmcluster", "attach", "--view", "log"],
+        piped = subprocess.Popen([sys.executable, "-m", "llmcluster", "attach"],
                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
-        assert piped.stdout is not None and piped.stdout.readline()  # as `attach | head -1`
+        assert piped.stdout is not None and piped.stdout.readline()  # as `attach | head -1`:
+        # the default view on a pipe is the log, line by line (a dashboard shows only its end)
         piped.stdout.close()
         assert piped.wait(timeout=60) == 141  # a closed pipe ends it as SIGPIPE would
         early.sendintr()  # detach mid-run
