@@ -106,6 +106,9 @@ def describe(env: LaunchEnv, *, hosts_coordinator: bool) -> str:
     rank = "assigned at the rendezvous" if env.node_rank < 0 else str(env.node_rank)
     place = f"node rank {rank} of {env.nnodes}" + (f" ({env.host})" if env.host else "")
     where = "serving it here" if hosts_coordinator else "joining it"
-    return (f"llmcluster launch: {job}: {place}, {env.nproc_per_node} rank(s) per node; "
+    ranks = f"{env.nproc_per_node} rank(s) per node"
+    if env.task:
+        ranks += f" (a Slurm task each; this task: global rank {env.task.proc_id}, the agent)"
+    return (f"llmcluster launch: {job}: {place}, {ranks}; "
             f"{env.rdzv_backend} rendezvous at {env.master_addr}:{env.master_port}, "
             f"{where}")  # fmt: skip
