@@ -4,7 +4,9 @@ The same command on every node of a job, as with torchrun: node rank 0 (static r
 or with ``c10d`` the node that owns the rendezvous endpoint's address, serves the
 coordinator and runs its own node agent; every other node runs an agent that joins it.
 The flags here are torchrun's, with torchrun's spellings and meanings; what they leave
-unsaid comes from the environment (``launch.environment``). The run's own options
+unsaid comes from the environment (``launch.environment``). Under ``srun --ntasks-per-node=8``
+(one task per rank) each node's task of local id 0 is its launcher as above; the others
+hold a rank each for its agent (``worker.slot``). The run's own options
 (model, steps, style, logs, ...) are the same as a local run's.
 """
 
@@ -20,7 +22,8 @@ TORCHRUN_FLAGS = (
     ("--nnodes", "N, or MIN:MAX taken as MAX: the job has a fixed size, no elastic membership "
      "(default: $PET_NNODES, the scheduler's node count, else 1)"),
     ("--nproc-per-node", "ranks (simulated GPUs) per node, or auto: the scheduler's GPUs on "
-     "the node, else 8 (default: $PET_NPROC_PER_NODE, the scheduler's GPUs per node, else 1)"),
+     "the node, else 8 (default: $PET_NPROC_PER_NODE, the scheduler's GPUs per node (a Slurm "
+     "step of one task per rank: its tasks per node), else 1)"),
     ("--node-rank", "this node's rank, static rendezvous (default: $PET_NODE_RANK, "
      "$JOB_COMPLETION_INDEX, $SLURM_NODEID, else 0); c10d assigns ranks at the rendezvous"),
     ("--master-addr", "where node rank 0 serves the rendezvous (default: $PET_MASTER_ADDR, "

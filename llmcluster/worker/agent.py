@@ -9,7 +9,9 @@ options it gives each rank its files (``logspec``), tails the tee'd ones to its 
 node (the coordinator's REFUSED, or a failed CurveZMQ handshake: a wrong token or an
 impostor) exits 2 at once with the reason. Each rank it forks gets its join proof in memory,
 and the node's beacon: the coordinator heartbeats agents only, and a rank counts it alive
-while its agent hears it (``control.link.Beacon``).
+while its agent hears it (``control.link.Beacon``). Who forks the ranks is its starter's
+business (``starter``): the agent itself, or in a Slurm step of one task per rank the node's
+other tasks, its slots (``slots``), which it waits for before it joins.
 """
 
 from __future__ import annotations
