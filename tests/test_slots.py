@@ -88,5 +88,8 @@ def test_a_step_directory_others_may_enter_is_refused(tmp_path: Path) -> None:
     shared.chmod(0o755)
     with pytest.raises(OSError, match="not a private directory"):
         check_private(str(shared))
-    with pytest.raises(OSError, match="not a private directory"):
-        SlotStarter(str(shared), 2)
+    starter = SlotStarter(str(shared), 2)
+    why = starter.ready(5, lambda: False)
+    starter.close(1)
+    assert why is not None and "not a private directory" in why and "\n" not in why
+    assert shared.is_dir()  # not its to remove

@@ -71,7 +71,12 @@ class Slot:
 
     def run(self, timeout_s: float) -> int:
         """Serve the agent until BYE (its code), its departure or a stop signal."""
-        conn = connect(self.path, timeout_s, self.signals)
+        try:
+            conn = connect(self.path, timeout_s, self.signals)
+        except OSError as exc:
+            print(f"llmcluster launch: cannot reach this node's agent at {self.path}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
+            return AGENT_GONE
         if conn is None:
             if self.signals:
                 return 128 + self.signals[0]

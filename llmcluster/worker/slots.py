@@ -98,15 +98,8 @@ class SlotStarter:
 
     def __init__(self, path: str, local_ranks: int) -> None:
         self.path, self.local_ranks = path, local_ranks
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-        check_private(path)
         self.address = os.path.join(path, SOCKET_NAME)
-        with contextlib.suppress(FileNotFoundError):  # a killed agent's (a step id is unique)
-            os.unlink(self.address)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.listener.bind(self.address)
-        self.listener.listen(local_ranks)
+        self.listener: socket.socket | None = None
         self.slots: dict[int, socket.socket] = {}  # local rank -> its slot's connection
         self.owner: dict[int, int] = {}  # a rank's pid -> the local rank of its slot
         self.regions: dict[int, SharedRegion] = {}  # id(buffer) -> the memfd behind it
@@ -126,8 +119,27 @@ class SlotStarter:
         return {name: r.size for name, r in regions.items()}, [r.fd for r in regions.values()]
 
     # ---- the slots -------------------------------------------------------------------------
+    def listen(self) -> None:
+        """Make the step's directory (or take it, if a slot's check found it ours) and listen
+        in it; OSError if it is not private or the socket cannot be bound."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.path, 0o700)
+        check_private(self.path)
+        with contextlib.suppress(FileNotFoundError):  # a killed agent's (a step id is unique)
+            os.unlink(self.address)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(self.address)
+        self.listener.listen(self.local_ranks)
+
     def ready(self, timeout_s: float, stopped: Callable[[], bool]) -> str | None:
-        """Accept every slot's HELLO; None when all are in, else why not ("" if stopped)."""
+        """Listen, then accept every slot's HELLO; None when all are in, else why not (one
+        line; "" if stopped)."""
+        try:
+            if self.listener is None:
+                self.listen()
+        except OSError as exc:
+            return f"cannot serve this node's slots at {self.address}: {exc.strerror or exc}"
+        assert self.listener is not None
         deadline = time.monotonic() + timeout_s
         while len(self.slots) < self.local_ranks - 1:
             if stopped():
@@ -141,6 +153,7 @@ class SlotStarter:
         return None
 
     def _accept(self) -> None:
+        assert self.listener is not None
         conn, _ = self.listener.accept()
         conn.settimeout(REPLY_S)
         try:
@@ -240,11 +253,12 @@ class SlotStarter:
             with contextlib.suppress(OSError):
                 send(self.slots[local], BYE, code)
             self._drop(local)
-        self.listener.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.address)
-        with contextlib.suppress(OSError):
-            os.rmdir(self.path)
+        if self.listener is not None:  # only what this agent made is its to remove
+            self.listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.address)
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)
         for region in self.regions.values():
             region.close()
         self.regions.clear()
