@@ -36,6 +36,7 @@ from llmcluster.commands import (
     Printed,
     ShowList,
     ShowSchema,
+    SlotRun,
     execute,
     one_line,
 )
@@ -55,6 +56,7 @@ from llmcluster.launch.environment import launch_env
 from llmcluster.launch.hostlist import expand_hostnames
 from llmcluster.setup import checked_plan
 from llmcluster.worker.logspec import NodeLogOptions, prepare_log_dir
+from llmcluster.worker.slots import step_dir
 
 SUBCOMMANDS = ("bench", "coordinator", "launch", "node")
 SEED_RANGE = 2**31  # a fresh seed when --seed is not given: small enough to retype
@@ -238,13 +240,17 @@ def _coordinator(args: argparse.Namespace) -> CoordinatorRun:
     return CoordinatorRun(config, plan, bind, port, token, args.join_timeout)
 
 
-def _launch(args: argparse.Namespace) -> LaunchRun:
+def _launch(args: argparse.Namespace) -> LaunchRun | SlotRun:
     """torchrun on one node: where it stands (flags, then the environment), its agent, and
-    the coordinator when this node hosts the rendezvous."""
+    the coordinator when this node hosts the rendezvous. In a Slurm step of one task per
+    rank, the task of local id 0 is the node's (its agent gathers the others: slots)."""
     env = launch_env(launch_flags(args), os.environ, expand_hostnames)
+    slot = env.task is not None and env.task.local_id > 0
     alone = env.nnodes == 1  # a one-node job: loopback only, a token of its own
     static = env.rdzv_backend == "static"
-    hosts = alone or (env.node_rank == 0 if static else owns_address(env.master_addr))
+    hosts = not slot and (
+        alone or (env.node_rank == 0 if static else owns_address(env.master_addr))
+    )
     token = check_token(args.token)
     if not token and not alone:
         raise ConfigError(
@@ -269,10 +275,14 @@ def _launch(args: argparse.Namespace) -> LaunchRun:
     except OSError:
         flag = env.origin("master_addr")
         raise ConfigError(f"{flag}: cannot resolve {master!r} to an IPv4 address") from None
+    slots = step_dir(env.task.step, env.node_rank) if env.task else ""
+    if slot:
+        assert env.task is not None
+        return SlotRun(slots, env.task.local_id, args.join_timeout)
     node = NodeRun(master_addr=master, master_port=env.master_port, node_rank=env.node_rank,
                    token=token, join_timeout_s=args.join_timeout, heartbeat_timeout_s=3.0,
                    nnodes=env.nnodes, nproc_per_node=env.nproc_per_node,
-                   metrics=_metrics(args, 1))  # fmt: skip
+                   metrics=_metrics(args, 1), slots=slots)  # fmt: skip
     return LaunchRun(env, node, coordinator, describe(env, hosts_coordinator=hosts))
 
 

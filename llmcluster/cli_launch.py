@@ -4,7 +4,9 @@ The same command on every node of a job, as with torchrun: node rank 0 (static r
 or with ``c10d`` the node that owns the rendezvous endpoint's address, serves the
 coordinator and runs its own node agent; every other node runs an agent that joins it.
 The flags here are torchrun's, with torchrun's spellings and meanings; what they leave
-unsaid comes from the environment (``launch.environment``). The run's own options
+unsaid comes from the environment (``launch.environment``). Under ``srun --ntasks-per-node=8``
+(one task per rank) each node's task of local id 0 is its launcher as above; the others
+hold a rank each for its agent (``worker.slot``). The run's own options
 (model, steps, style, logs, ...) are the same as a local run's.
 """
 
@@ -20,7 +22,8 @@ TORCHRUN_FLAGS = (
     ("--nnodes", "N, or MIN:MAX taken as MAX: the job has a fixed size, no elastic membership "
      "(default: $PET_NNODES, the scheduler's node count, else 1)"),
     ("--nproc-per-node", "ranks (simulated GPUs) per node, or auto: the scheduler's GPUs on "
-     "the node, else 8 (default: $PET_NPROC_PER_NODE, the scheduler's GPUs per node, else 1)"),
+     "the node, else 8 (default: $PET_NPROC_PER_NODE, the scheduler's GPUs per node (a Slurm "
+     "step of one task per rank: its tasks per node), else 1)"),
     ("--node-rank", "this node's rank, static rendezvous (default: $PET_NODE_RANK, "
      "$JOB_COMPLETION_INDEX, $SLURM_NODEID, else 0); c10d assigns ranks at the rendezvous"),
     ("--master-addr", "where node rank 0 serves the rendezvous (default: $PET_MASTER_ADDR, "
@@ -106,6 +109,9 @@ def describe(env: LaunchEnv, *, hosts_coordinator: bool) -> str:
     rank = "assigned at the rendezvous" if env.node_rank < 0 else str(env.node_rank)
     place = f"node rank {rank} of {env.nnodes}" + (f" ({env.host})" if env.host else "")
     where = "serving it here" if hosts_coordinator else "joining it"
-    return (f"llmcluster launch: {job}: {place}, {env.nproc_per_node} rank(s) per node; "
+    ranks = f"{env.nproc_per_node} rank(s) per node"
+    if env.task:
+        ranks += f" (a Slurm task each; this task: global rank {env.task.proc_id}, the agent)"
+    return (f"llmcluster launch: {job}: {place}, {ranks}; "
             f"{env.rdzv_backend} rendezvous at {env.master_addr}:{env.master_port}, "
             f"{where}")  # fmt: skip

@@ -60,6 +60,7 @@ class NodeRun:
     nproc_per_node: int
     metrics: MetricsSettings | None = None  # this node's GPUs
     logs: NodeLogOptions | None = None  # its ranks' torchrun log options (None: the run's)
+    slots: str = ""  # a Slurm step of one task per rank: the directory the node's slots join
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,16 @@ class LaunchRun:
     node: NodeRun  # its agent
     coordinator: CoordinatorRun | None  # the rendezvous, when this node hosts it
     banner: str  # the launcher's line naming the job, its nodes and this node's place
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotRun:
+    """``llmcluster launch`` as a task of local id 1.. in a Slurm step of one task per rank:
+    it holds one local rank for its node's agent (``worker.slot``)."""
+
+    path: str  # the step's directory on this node, where the agent listens
+    local_rank: int
+    join_timeout_s: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +96,15 @@ class ShowSchema:
 
 
 Command = (
-    Printed | ShowList | ShowSchema | LocalRun | CoordinatorRun | NodeRun | LaunchRun | BenchRun
+    Printed
+    | ShowList
+    | ShowSchema
+    | LocalRun
+    | CoordinatorRun
+    | NodeRun
+    | LaunchRun
+    | SlotRun
+    | BenchRun
 )
 
 
@@ -116,6 +135,10 @@ def execute(command: Command) -> int:
         from llmcluster.launch.bench import run_bench
 
         return run_bench(command.config)
+    if isinstance(command, SlotRun):
+        from llmcluster.launch.remote import run_slot
+
+        return run_slot(command.path, command.local_rank, command.join_timeout_s)
     if isinstance(command, LaunchRun):
         print(command.banner, file=sys.stderr, flush=True)
     node = command.node if isinstance(command, LaunchRun) else command

@@ -103,7 +103,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MailProg=/bin/true
-NodeName=node[1-{nodes}] NodeAddr=10.213.0.[11-{last}] CPUs=2 RealMemory=4000 \
+NodeName=node[1-{nodes}] NodeAddr=10.213.0.[11-{last}] CPUs=16 RealMemory=4000 \
 Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN
 PartitionName=gpu Nodes=node[1-{nodes}] Default=YES MaxTime=INFINITE State=UP
 """

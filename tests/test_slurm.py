@@ -1,12 +1,14 @@
-"""``examples/slurm/train.sbatch`` on a real Slurm cluster (``slurm_cluster``): two stand-in
-hosts of eight fake GPUs each, the file submitted as it is with ``sbatch``.
+"""``examples/slurm/train.sbatch`` (a task per node) and ``train-per-rank.sbatch`` (a task per
+rank) on a real Slurm cluster (``slurm_cluster``): two stand-in hosts of eight fake GPUs each,
+the files submitted as they are with ``sbatch``.
 
 A finished job: one 16-rank run across both hosts with torchrun's rank mapping, the hosts'
-names as Slurm named them, bit-identical losses. A cancelled one: ``scancel`` mid-run leaves
-no process of the job on any host. A step of a task per GPU is refused at once, saying why
-(one task per node is the supported pattern). The job's processes are told apart by the
-test's marker (``LLMCLUSTER_TEST_MARK``), which sbatch and srun hand to every task by
-exporting the submitter's environment. Skips only where Slurm is not installed (CI installs it).
+names as Slurm named them, bit-identical losses (a task per rank: also through a restart of
+the group by the same tasks). A cancelled one: ``scancel`` mid-run leaves no process of the
+job on any host. A task-per-rank step srun deals round robin is refused at once, saying why.
+The job's processes are told apart by the test's marker (``LLMCLUSTER_TEST_MARK``), which
+sbatch and srun hand to every task by exporting the submitter's environment. Skips only where
+Slurm is not installed (CI installs it).
 """
 
 from __future__ import annotations
@@ -24,10 +26,8 @@ import pytest
 from conftest import Proc, processes_marked
 from slurm_cluster import Job, NoHosts, SlurmCluster, missing, slurm_cluster
 
-from llmcluster.config import ConfigError
-from llmcluster.launch.environment import LaunchFlags, launch_env
-
 SBATCH = Path(__file__).parent.parent / "examples" / "slurm" / "train.sbatch"
+PER_RANK = SBATCH.with_name("train-per-rank.sbatch")
 RUN = ("--model", "Llama-3-8B", "--gpu", "H100-SXM", "--format", "jsonl")
 
 
@@ -119,61 +119,143 @@ def _steps_seen(cluster: SlurmCluster, job: Job) -> int:
     return max(steps, default=0)
 
 
-@pytest.mark.timeout(150)
-def test_scancel_leaves_no_process_of_the_job_on_any_host(
-    slurm: SlurmCluster, clean_table: None, test_mark: str
-) -> None:
-    job = slurm.sbatch(SBATCH, f"--error={slurm.root}/out/%j.err", "--", *RUN,
+def _training(script: Path, slurm: SlurmCluster) -> Job:
+    """A long job of ``script``, once it trains on both hosts."""
+    job = slurm.sbatch(script, f"--error={slurm.root}/out/%j.err", "--", *RUN,
                        "--steps", "100000", "--speed", "200", env=_job_env(slurm))  # fmt: skip
     deadline = time.monotonic() + 90
-    while _steps_seen(slurm, job) < 2:  # the run is training on both hosts
+    while _steps_seen(slurm, job) < 2:
         assert slurm.state(job) and time.monotonic() < deadline, (
             f"job {job.job_id} never trained:\n{slurm.output(job)}\n{_stderr(job)}"
         )
         time.sleep(0.1)
-    netns = _netns_of(slurm)
-    running = processes_marked(test_mark)
-    assert len(running) >= 16 + 2, running  # 16 ranks and 2 agents, at least
-    assert _hosts_of(running, netns) == {"node1", "node2"}
-    assert _files_left(slurm) != []  # while it runs: its sockets and run file are there
+    return job
+
+
+def _cancel_until_gone(slurm: SlurmCluster, job: Job, test_mark: str) -> None:
+    """scancel the job; no process of it may remain on any host."""
     assert slurm.client("scancel", str(job.job_id)).returncode == 0
     slurm.wait_gone(job, timeout_s=60)
     deadline = time.monotonic() + 20  # KillWait (5 s) bounds slurmstepd's SIGTERM -> SIGKILL
     while (left := processes_marked(test_mark)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == [], f"processes of job {job.job_id} left: {left}"
+
+
+@pytest.mark.timeout(150)
+def test_scancel_leaves_no_process_of_the_job_on_any_host(
+    slurm: SlurmCluster, clean_table: None, test_mark: str
+) -> None:
+    job = _training(SBATCH, slurm)
+    netns = _netns_of(slurm)
+    running = processes_marked(test_mark)
+    assert len(running) >= 16 + 2, running  # 16 ranks and 2 agents, at least
+    assert _hosts_of(running, netns) == {"node1", "node2"}
+    assert _files_left(slurm) != []  # while it runs: its sockets and run file are there
+    _cancel_until_gone(slurm, job, test_mark)
     assert _files_left(slurm) == []
     assert "CANCELLED" in _stderr(job) + slurm.output(job)
 
 
-def test_several_tasks_per_node_are_refused_in_one_line() -> None:
-    """srun's task counts (what a step of ``--ntasks-per-node=8`` sets) against one per node."""
-    slurm_env = {"SLURM_JOB_ID": "7", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "2",
-                 "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_GPUS_ON_NODE": "8"}  # fmt: skip
-    per_node = {**slurm_env, "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NUM_NODES": "2"}
-    assert launch_env(LaunchFlags(), per_node, _no_scontrol).node_rank == 0
-    assert launch_env(LaunchFlags(), slurm_env, _no_scontrol).nnodes == 2  # the batch step
-    per_rank = {**slurm_env, "SLURM_STEP_NUM_TASKS": "16", "SLURM_STEP_NUM_NODES": "2"}
-    with pytest.raises(ConfigError, match=r"runs 16 tasks on 2 node\(s\).*--ntasks-per-node=1"):
-        launch_env(LaunchFlags(), per_rank, _no_scontrol)
+def _env_of(pid: int) -> dict[str, str]:
+    """A process's environment as it was exec'd (a forked rank's own additions are not
+    there: its task's are)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        items = f.read().decode(errors="replace").split("\0")
+    return dict(item.split("=", 1) for item in items if "=" in item)
 
 
-def _no_scontrol(nodelist: str) -> tuple[str, ...]:
-    assert nodelist == "node[1-2]"
-    return ("node1", "node2")
+def _check_run(recs: list[dict[str, Any]], *, steps: int) -> None:
+    """A 2-node run of 16 ranks: torchrun's mapping on every rank, Slurm's host names,
+    bit-identical losses every step."""
+    assert recs and recs[-1]["type"] == "summary", recs[-1:]
+    assert recs[-1]["exit"] == "completed" and recs[-1]["steps"] == steps
+    runs = [r for r in recs if r["type"] == "run"]
+    for run in runs:
+        assert run["world_size"] == 16 and run["hosts"] == ["node1", "node2"]
+        assert run["master_addr"] == "node1"
+        for rank, env in enumerate(run["env"]):  # as each rank saw its own environment
+            node, local = divmod(rank, 8)
+            assert (env["RANK"], env["LOCAL_RANK"], env["GROUP_RANK"]) == (
+                str(rank),
+                str(local),
+                str(node),
+            )
+            assert (env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"], env["MASTER_ADDR"]) == (
+                "16",
+                "8",
+                "node1",
+            )
+    steps_seen = {r["step"]: r for r in recs if r["type"] == "step"}
+    ranks_records = [r for r in recs if r["type"] == "ranks" and r["phase"] is None]
+    assert ranks_records and sorted(steps_seen) == list(range(1, steps + 1))
+    for record in ranks_records:
+        ranks = record["ranks"]
+        assert [(x["rank"], x["node"], x["local_rank"], x["host"]) for x in ranks] == [
+            (r, r // 8, r % 8, f"node{r // 8 + 1}") for r in range(16)
+        ]
+        assert len({x["loss"] for x in ranks}) == 1  # bit-identical on every rank
+
+
+@pytest.mark.timeout(150)
+def test_a_task_per_rank_trains_across_both_hosts_and_restarts_through_its_slots(
+    slurm: SlurmCluster, clean_table: None
+) -> None:
+    """``train-per-rank.sbatch``: 16 srun tasks, each a rank; rank 9 (forked by a slot on the
+    second host) is killed at step 2 and the group restarts: a task cannot be started again
+    under srun, so a second attempt of all 16 ranks is the same slots forking new ranks."""
+    job = slurm.sbatch(PER_RANK, f"--error={slurm.root}/out/%j.err", "--", *RUN, "--steps", "4",
+                       "--speed", "1e6", "--max-restarts", "1", "--inject", "kill:rank=9,step=2",
+                       env=_job_env(slurm))  # fmt: skip
+    slurm.wait_gone(job, timeout_s=120)
+    out, err = slurm.output(job), _stderr(job)
+    assert _files_left(slurm) == [] and not list((slurm.root / "tmp").glob("llmc-step-*"))
+    recs = _records(out)
+    assert recs and recs[-1]["type"] == "summary", f"{out[-2000:]}\n{err}\n{slurm.logs()}"
+    _check_run(recs, steps=4)
+    assert recs[-1]["restarts"] == 1, recs[-1]
+    runs = [r for r in recs if r["type"] == "run"]
+    assert [r["attempt"] for r in runs] == [0, 1]
+    assert runs[0]["pids"][9] != runs[1]["pids"][9]  # a new rank 9, from the same task
+    where = f"Slurm job {job.job_id} on node[1-2] (node1, node2)"
+    for node, host in enumerate(("node1", "node2")):  # one agent per node says where it is
+        line = f"{where}: node rank {node} of 2 ({host}), 8 rank(s) per node (a Slurm task each"
+        assert err.count(line) == 1, err
+    assert "Traceback" not in err and "cannot start its ranks" not in err, err
+
+
+@pytest.mark.timeout(150)
+def test_scancel_of_a_task_per_rank_job_leaves_no_process_on_any_host(
+    slurm: SlurmCluster, clean_table: None, test_mark: str
+) -> None:
+    job = _training(PER_RANK, slurm)
+    netns = _netns_of(slurm)
+    running = processes_marked(test_mark)
+    ranks = [p for p in running if p.comm.startswith("llmc-rank")]
+    assert len(ranks) == 16 and len(running) >= 16 + 16, running  # 16 tasks, each with a rank
+    assert _hosts_of(running, netns) == {"node1", "node2"}
+    for rank in ranks:  # each rank is a child of the srun task of its SLURM_PROCID (local
+        task = _env_of(rank.ppid)  # rank 0: of its node's agent, in the task of local id 0)
+        number = int(rank.comm.removeprefix("llmc-rank"))
+        assert (task["SLURM_PROCID"], task["SLURM_LOCALID"]) == (str(number), str(number % 8))
+    assert list((slurm.root / "tmp").glob("llmc-step-*"))  # the slots' sockets, while it runs
+    _cancel_until_gone(slurm, job, test_mark)
+    assert _files_left(slurm) == [] and not list((slurm.root / "tmp").glob("llmc-step-*"))
+    assert "CANCELLED" in _stderr(job) + slurm.output(job)
 
 
 @pytest.mark.timeout(120)
-def test_sbatch_with_a_task_per_gpu_fails_at_once_saying_why(
+def test_a_cyclic_task_per_rank_step_fails_at_once_saying_why(
     slurm: SlurmCluster, clean_table: None
 ) -> None:
-    job = slurm.sbatch(SBATCH, "--ntasks-per-node=2", f"--error={slurm.root}/out/%j.err", "--",
-                       *RUN, "--steps", "4", env=_job_env(slurm))  # fmt: skip
+    """srun -m cyclic deals the ranks round robin: every task refuses, in one line (also the
+    first one, whose own place is right: its node's task list is not)."""
+    job = slurm.sbatch(PER_RANK, "--ntasks-per-node=2", "--distribution=cyclic",
+                       f"--error={slurm.root}/out/%j.err", "--", *RUN, "--steps", "4",
+                       env=_job_env(slurm))  # fmt: skip
     slurm.wait_gone(job, timeout_s=60)
     err = _stderr(job)
-    refusals = [
-        line for line in err.splitlines() if "llmcluster launch is one task per node" in line
-    ]
+    refusals = [line for line in err.splitlines() if "use srun --distribution=block" in line]
     assert len(refusals) == 4, err  # every task of the step says why, in one line
     assert "Traceback" not in err and _records(slurm.output(job)) == []
     assert err.count("Exited with exit code 2") >= 1, err  # a usage error

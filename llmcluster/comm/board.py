@@ -25,13 +25,15 @@ the futex syscall) ``board_supported()`` is False and collectives use the socket
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import platform
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+
+from llmcluster.comm.shm import anonymous
 
 BOARD_VALUES = 32  # float64 values per slot: enough for any fused step reduction
 LINE = 64
@@ -65,14 +67,15 @@ def board_bytes(local_ranks: int) -> int:
     return (local_ranks + 2) * LINE + (local_ranks + 1) * BOARD_VALUES * 8
 
 
-def create_board(local_ranks: int) -> mmap.mmap | None:
-    """The node agent's board (None where unsupported or pointless)."""
+def create_board(local_ranks: int, allocate: Callable[[int], Any] = anonymous) -> Any:
+    """The node agent's board (None where unsupported or pointless); ``allocate`` as for
+    ``shm.create_region``."""
     if local_ranks < 2 or not board_supported():
         return None
-    return mmap.mmap(-1, board_bytes(local_ranks))
+    return allocate(board_bytes(local_ranks))
 
 
-def clear_board(region: mmap.mmap) -> None:
+def clear_board(region: Any) -> None:
     """Zero every word and slot (an agent does this before each attempt's ranks start)."""
     region[:] = bytes(len(region))
 
@@ -100,7 +103,7 @@ def _add_and_wake_if(address: int, last: int) -> None:
 class NodeBoard:
     """One rank's handle on its node's board."""
 
-    def __init__(self, region: mmap.mmap, local_ranks: int) -> None:
+    def __init__(self, region: Any, local_ranks: int) -> None:
         if local_ranks > 0xFFF + 1:
             raise ValueError("a board serves at most 4097 local ranks")
         self.local_ranks = local_ranks

@@ -2,7 +2,7 @@
 
 A node agent maps one anonymous shared region before it forks its ranks, so every
 local rank inherits it and nothing needs cleaning up: it disappears with the last
-process that maps it. Layout::
+process that maps it (or a memfd, ``comm.memfd``, passed to ranks started by other tasks). Layout::
 
     descriptor line per local rank | area[0] | area[1] | ...
     area[i] = scratch slot (inputs that live elsewhere are copied here) | heap (2 slots)
@@ -18,7 +18,9 @@ peers need no agreement on allocation order.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,11 +44,19 @@ def region_bytes(local_ranks: int, capacity: int) -> int:
     return _header_bytes(local_ranks) + local_ranks * (1 + HEAP_SLOTS) * slot_bytes(capacity)
 
 
-def create_region(local_ranks: int, capacity: int) -> mmap.mmap | None:
-    """The shared region a node agent maps before forking (None when not worth it)."""
+def anonymous(size: int) -> mmap.mmap:
+    """An anonymous shared mapping: what a node agent's forked ranks inherit."""
+    return mmap.mmap(-1, size)
+
+
+def create_region(
+    local_ranks: int, capacity: int, allocate: Callable[[int], Any] = anonymous
+) -> Any:
+    """The shared region a node agent maps before starting its ranks (None when not worth
+    it); ``allocate`` makes the memory (a memfd's when some ranks are not its children)."""
     if capacity <= 0:
         return None
-    return mmap.mmap(-1, region_bytes(local_ranks, capacity))
+    return allocate(region_bytes(local_ranks, capacity))
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class Placement:
 class ShmArena:
     """One rank's view of its node's shared region (its allocation state is its own)."""
 
-    def __init__(self, region: mmap.mmap, local_ranks: int, capacity: int) -> None:
+    def __init__(self, region: Any, local_ranks: int, capacity: int) -> None:
         self.region, self.local_ranks, self.capacity = region, local_ranks, capacity
         self.slot = slot_bytes(capacity)
         self._header = _header_bytes(local_ranks)

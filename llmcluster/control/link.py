@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -46,9 +47,11 @@ class Beacon:
     instead of one per rank, and a rank still waiting for its join to be read is not cut off
     by a busy coordinator's silence). An aligned 8-byte store is atomic on 64-bit hosts."""
 
-    def __init__(self) -> None:
-        self._region = mmap.mmap(-1, 8)
-        self._cell = ctypes.c_double.from_buffer(self._region)
+    def __init__(self, region: Any = None) -> None:
+        """``region``: 8 writable shared bytes (a memfd's, to pass to other processes);
+        by default an anonymous mapping that forked ranks inherit."""
+        self.region = region if region is not None else mmap.mmap(-1, 8)
+        self._cell = ctypes.c_double.from_buffer(self.region)
 
     def mark(self, heard: float) -> None:
         self._cell.value = heard
@@ -142,13 +145,16 @@ class ControlLink:
         if now - heard > self.timeout_s:
             raise CoordinatorLost(f"no word from the coordinator for {now - heard:.1f}s")
 
-    def wait(self, timeout_s: float, wake_fd: int | None = None) -> list[Message]:
+    def wait(self, timeout_s: float, wake_fds: Sequence[int] = ()) -> list[Message]:
         """Poll up to ``timeout_s`` (heartbeating) and return what arrived; a readable
-        ``wake_fd`` (a signal's wake-up channel) ends the wait early."""
+        ``wake_fds`` descriptor (a signal's wake-up channel, a slot's socket) ends the wait
+        early. Descriptors watched before and not passed now are no longer watched."""
         poller = self._poller
-        if wake_fd is not None and wake_fd not in self._watched:
-            poller.register(wake_fd, zmq.POLLIN)
-            self._watched.add(wake_fd)
+        for fd in self._watched - set(wake_fds):
+            poller.unregister(fd)
+        for fd in set(wake_fds) - self._watched:
+            poller.register(fd, zmq.POLLIN)
+        self._watched = set(wake_fds)
         deadline = time.monotonic() + timeout_s
         while True:
             self.tick()
@@ -158,7 +164,7 @@ class ControlLink:
                 messages = self.receive_ready()
                 if messages:
                     return messages
-            if remaining <= 0 or (wake_fd is not None and wake_fd in ready):
+            if remaining <= 0 or any(fd in ready for fd in self._watched):
                 return []
 
     def unwatch(self) -> None:

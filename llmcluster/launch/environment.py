@@ -8,8 +8,10 @@ extended to the schedulers that start torchrun:
 2. torchrun's ``PET_*`` variables (what Kubeflow's PyTorchJob and Trainer set);
 3. ``LLMCLUSTER_MASTER_ADDR`` (e.g. an Indexed Job's headless Service name ``<job>-0.<svc>``);
 4. a Kubernetes Indexed Job: ``JOB_COMPLETION_INDEX`` is the node rank;
-5. Slurm (one task per node): ``SLURM_JOB_ID``, ``SLURM_NODEID``, ``SLURM_JOB_NUM_NODES``,
-   ``SLURM_JOB_NODELIST`` (its first host is the master), the GPUs per node;
+5. Slurm: ``SLURM_JOB_ID``, ``SLURM_NODEID``, ``SLURM_JOB_NUM_NODES``,
+   ``SLURM_JOB_NODELIST`` (its first host is the master), the GPUs per node; in a step of
+   one task per rank (``srun --ntasks-per-node=8``) the tasks per node instead, and the
+   task's place (``SlurmTask``: ``SLURM_LOCALID``, checked against ``SLURM_PROCID``);
 6. torchrun's defaults (1 node of 1 rank, node rank 0, 127.0.0.1:29500, static, no restart).
 
 As in torchrun, ``--rdzv-endpoint HOST:PORT`` (or ``PET_RDZV_ENDPOINT``) names the rendezvous
@@ -66,6 +68,17 @@ class Said:
 
 
 @dataclass(frozen=True)
+class SlurmTask:
+    """This task's place in a Slurm step of one task per rank (block order, as torchrun's:
+    ``SLURM_PROCID`` = node x tasks per node + ``SLURM_LOCALID``)."""
+
+    local_id: int  # SLURM_LOCALID: the local rank this task holds (0: the node agent's)
+    proc_id: int  # SLURM_PROCID: the global rank
+    tasks_per_node: int
+    step: str  # "<job>.<step>": names the step's private directory on each node
+
+
+@dataclass(frozen=True)
 class Layer:
     """What one source (the command line, PET_*, a scheduler) says, in its own words."""
 
@@ -74,6 +87,7 @@ class Layer:
     hostnames: tuple[str, ...] = ()  # the job's nodes, as the scheduler names them
     nodelist: str = ""  # the scheduler's own expression of them
     host: str = ""  # this node, as the scheduler names it
+    task: SlurmTask | None = None  # a step of one task per rank
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,7 @@ class LaunchEnv:
     host: str  # this node by the scheduler's name ("" when unknown)
     source: str  # the environment that placed the node (a scheduler's, PET_*, or flags)
     origins: tuple[tuple[str, str], ...]  # field -> the flag or variable that set it
+    task: SlurmTask | None = None  # a Slurm step of one task per rank: this task's place
 
     def origin(self, field: str) -> str:
         """The flag or variable a fact came from (``default`` for torchrun's default)."""
@@ -148,26 +163,68 @@ def _first(environ: Mapping[str, str], *names: str) -> tuple[str, str | None]:
     return next(((name, environ[name]) for name in names if environ.get(name)), (names[0], None))
 
 
-def _one_task_per_node(environ: Mapping[str, str]) -> None:
-    """Refuse a step of several tasks per node (``srun --ntasks-per-node=8``): each would start
-    a whole node agent. The task counts are srun's (unset in the batch script itself)."""
+def _task_counts(name: str, text: str) -> list[int]:
+    """Tasks per node from Slurm's compressed form: ``8(x2)``, ``8,8``, ``8(x3),4``."""
+    counts: list[int] = []
+    for item in text.split(","):
+        match = re.fullmatch(r"([0-9]{1,5})(?:\(x([0-9]{1,5})\))?", item.strip())
+        if match is None:
+            raise ConfigError(f"{name} must be task counts like 8(x2) or 8,4, got {text!r}")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def _whole_var(environ: Mapping[str, str], name: str) -> int:
+    text = environ.get(name, "")
+    if not re.fullmatch(r"[0-9]{1,6}", text):
+        raise ConfigError(f"{name} must be a whole number in a step of one task per rank, "
+                          f"got {text!r}")  # fmt: skip
+    return int(text)
+
+
+def _slurm_task(environ: Mapping[str, str], job: str) -> tuple[str, SlurmTask] | None:
+    """(the variable that says the tasks per node, this task's place) in a step of more
+    tasks than nodes; None in the batch step or a step of one task per node. ConfigError
+    for a step whose ranks llmcluster cannot map as srun placed them."""
     tasks, nodes = environ.get("SLURM_STEP_NUM_TASKS", ""), environ.get("SLURM_STEP_NUM_NODES", "")
-    if tasks.isdigit() and nodes.isdigit() and int(tasks) > int(nodes):
+    if not (tasks.isdigit() and nodes.isdigit()) or int(tasks) <= int(nodes):
+        return None
+    name, text = _first(environ, "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
+    counts = _task_counts(name, text or "")
+    if len(counts) != int(nodes) or sum(counts) != int(tasks):
+        raise ConfigError(f"{name} {text!r} does not add up to SLURM_STEP_NUM_TASKS={tasks} on "
+                          f"SLURM_STEP_NUM_NODES={nodes}: an inconsistent Slurm step")  # fmt: skip
+    if len(set(counts)) != 1:
         raise ConfigError(
-            f"this Slurm step runs {tasks} tasks on {nodes} node(s) (SLURM_STEP_NUM_TASKS): "
-            "llmcluster launch is one task per node and starts the node's ranks itself; "
-            "use srun --ntasks-per-node=1"
+            f"this Slurm step runs {text} tasks per node ({name}): a rank per "
+            "task needs the same count on every node (srun --ntasks-per-node=N)"
         )
+    per_node = counts[0]
+    local, proc = _whole_var(environ, "SLURM_LOCALID"), _whole_var(environ, "SLURM_PROCID")
+    node = _whole_var(environ, "SLURM_NODEID")
+    here = range(node * per_node, node * per_node + per_node)  # block order's global ranks
+    gtids = environ.get("SLURM_GTIDS", ",".join(map(str, here)))  # the node's tasks, as placed
+    if local >= per_node or proc != here[local] or gtids != ",".join(map(str, here)):
+        how = environ.get("SLURM_DISTRIBUTION", "not block")
+        raise ConfigError(f"this node's Slurm tasks are ranks {gtids} (SLURM_GTIDS; this one "
+                          f"SLURM_PROCID={proc}, SLURM_LOCALID={local}), not {here[0]}-{here[-1]} "
+                          f"in block order: the step's distribution ({how}) is not torchrun's "
+                          "rank order; use srun --distribution=block")  # fmt: skip
+    step = environ.get("SLURM_STEP_ID") or environ.get("SLURM_STEPID") or "0"
+    if not re.fullmatch(r"[0-9]{1,20}", job) or not re.fullmatch(r"[0-9]{1,10}", step):
+        raise ConfigError(f"SLURM_JOB_ID and SLURM_STEP_ID must be whole numbers, got {job!r} "
+                          f"and {step!r}")  # fmt: skip
+    return name, SlurmTask(local, proc, per_node, f"{job}.{step}")
 
 
 def slurm_layer(
     environ: Mapping[str, str], expand_hosts: Callable[[str], tuple[str, ...]] = expand
 ) -> Layer:
-    """A Slurm job step with one task per node (nothing when SLURM_JOB_ID is unset)."""
+    """A Slurm job step, of one task per node or per rank (nothing without SLURM_JOB_ID)."""
     job = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
     if not job:
         return Layer(SLURM_SOURCE, ())
-    _one_task_per_node(environ)
+    per_rank = _slurm_task(environ, job)
     nodelist_var, nodelist = _first(environ, "SLURM_JOB_NODELIST", "SLURM_NODELIST")
     nnodes_var, nnodes = _first(environ, "SLURM_JOB_NUM_NODES", "SLURM_NNODES")
     hosts: tuple[str, ...] = ()
@@ -176,7 +233,7 @@ def slurm_layer(
             hosts = expand_hosts(nodelist)
         except HostlistError as exc:
             raise ConfigError(f"{nodelist_var}: {exc}") from None
-    gpus = _slurm_gpus(environ)
+    gpus = (per_rank[0], str(per_rank[1].tasks_per_node)) if per_rank else _slurm_gpus(environ)
     pairs: list[tuple[str, str, str | None]] = [
         ("job_id", "SLURM_JOB_ID", job),
         ("node_rank", "SLURM_NODEID", environ.get("SLURM_NODEID")),
@@ -186,7 +243,8 @@ def slurm_layer(
     if gpus:
         pairs.append(("nproc_per_node", *gpus))
     return _layer(SLURM_SOURCE, pairs, hostnames=hosts, nodelist=nodelist or "",
-                  host=environ.get("SLURMD_NODENAME", ""))  # fmt: skip
+                  host=environ.get("SLURMD_NODENAME", ""),
+                  task=per_rank[1] if per_rank else None)  # fmt: skip
 
 
 def layers(
@@ -246,6 +304,28 @@ def _interval(said: Said) -> float:
     return value
 
 
+def _check_task(
+    task: SlurmTask, chosen: dict[str, Said], *, nproc: int, node_rank: int, backend: str
+) -> None:
+    """A step of one task per rank takes its ranks from srun: what else the flags or
+    variables say must agree with it."""
+    if backend != "static":
+        raise ConfigError(
+            f"{chosen['rdzv_backend'].origin}: a Slurm step of one task per "
+            "rank takes its ranks from SLURM_PROCID: use the static rendezvous"
+        )
+    if nproc != task.tasks_per_node:
+        raise ConfigError(
+            f"{chosen['nproc_per_node'].origin} {nproc} does not match this "
+            f"Slurm step's {task.tasks_per_node} tasks per node (one per rank)"
+        )
+    if node_rank * nproc + task.local_id != task.proc_id:
+        raise ConfigError(
+            f"{chosen['node_rank'].origin} {node_rank} does not match this "
+            f"Slurm task's SLURM_PROCID={task.proc_id} (one task per rank)"
+        )
+
+
 def resolve(stack: tuple[Layer, ...]) -> LaunchEnv:
     """The first say of every fact, checked; ConfigError naming the flag or variable."""
     chosen: dict[str, Said] = {}
@@ -275,6 +355,9 @@ def resolve(stack: tuple[Layer, ...]) -> LaunchEnv:
     if backend == "static" and node_rank >= nnodes:
         raise ConfigError(f"{chosen['node_rank'].origin} {node_rank} is out of range for "
                           f"{nnodes} node(s) (0-{nnodes - 1})")  # fmt: skip
+    task = next((layer.task for layer in stack if layer.task), None)
+    if task:
+        _check_task(task, chosen, nproc=nproc, node_rank=node_rank, backend=backend)
     job_id = chosen["job_id"].text.strip()
     if not re.fullmatch(r"[A-Za-z0-9._:@+-]{1,128}", job_id):
         raise ConfigError(f"{chosen['job_id'].origin} must be 1-128 letters, digits or ._:@+-, "
@@ -296,6 +379,7 @@ def resolve(stack: tuple[Layer, ...]) -> LaunchEnv:
         host=scheduler.host if scheduler else "",
         source=placed[0].source if placed else (FLAGS_SOURCE if stack[0].said else DEFAULT_SOURCE),
         origins=tuple((field, said.origin) for field, said in chosen.items()),
+        task=task,
     )
 
 

@@ -7,7 +7,8 @@ with it, and is reaped on every way out). All go through the same coordinator an
 code as a local run; only node supervision differs (remote nodes are watched by their
 heartbeats alone, a hosted agent is also reaped). With a token every TCP socket of the run
 (control, records, the peer mesh between hosts) is CurveZMQ with keys derived from it
-(``control.security``).
+(``control.security``). In a Slurm step of one task per rank the node's other tasks are
+slots (``run_slot``) that start their ranks for its agent.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from llmcluster.launch.nodes import HostedNode
 from llmcluster.render.sinks import show_records
 from llmcluster.worker.agent import AgentSpec, NodeAgent
 from llmcluster.worker.logspec import NodeLogOptions
+from llmcluster.worker.slot import Slot
 
 
 def run_coordinator(
@@ -97,6 +99,7 @@ def node_spec(
     nproc_per_node: int = 0,
     metrics: MetricsSettings | None = None,
     logs: NodeLogOptions | None = None,
+    slots: str = "",
 ) -> AgentSpec:
     """The agent of a node joining a coordinator over TCP (of ``nnodes`` x ``nproc_per_node``,
     0: any), serving its GPUs' metrics if asked, its ranks' logs as its own ``logs`` say."""
@@ -113,7 +116,16 @@ def node_spec(
         nproc_per_node=nproc_per_node,
         metrics=metrics,
         logs=logs,
+        slots=slots,
     )
+
+
+def run_slot(path: str, local_rank: int, timeout_s: float) -> int:
+    """A task holding one local rank for its node's agent (a Slurm step of one task per
+    rank); stop signals (scancel's SIGTERM) make it kill its rank and leave."""
+    received: list[int] = []
+    with stop_signals_to(received):
+        return Slot(path, local_rank, received).run(timeout_s)
 
 
 def run_node(spec: AgentSpec) -> int:

@@ -9,13 +9,14 @@ options it gives each rank its files (``logspec``), tails the tee'd ones to its 
 node (the coordinator's REFUSED, or a failed CurveZMQ handshake: a wrong token or an
 impostor) exits 2 at once with the reason. Each rank it forks gets its join proof in memory,
 and the node's beacon: the coordinator heartbeats agents only, and a rank counts it alive
-while its agent hears it (``control.link.Beacon``).
+while its agent hears it (``control.link.Beacon``). Who forks the ranks is its starter's
+business (``starter``): the agent itself, or in a Slurm step of one task per rank the node's
+other tasks, its slots (``slots``), which it waits for before it joins.
 """
 
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import secrets
 import signal
@@ -23,26 +24,28 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
 from llmcluster.comm.board import clear_board, create_board
 from llmcluster.comm.shm import create_region
 from llmcluster.config import RunConfig
-from llmcluster.control.env import torchrun_env
 from llmcluster.control.link import CHECK_S, Beacon, ControlLink, CoordinatorLost
 from llmcluster.control.net import reachable
-from llmcluster.control.procs import fork_child, reap, signal_name, terminate_all
+from llmcluster.control.procs import signal_name
 from llmcluster.control.rundir import RunDir, remove_if_stale
-from llmcluster.control.security import CurveKeys, HandshakeWatch, rank_proof
+from llmcluster.control.security import CurveKeys, HandshakeWatch
 from llmcluster.exporters.prometheus_server import MetricsExporter, MetricsSettings
 from llmcluster.render.fmt import glog
 from llmcluster.setup import build_setup
 from llmcluster.wire import AGENT_SRC, Kind, Message
 from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Refused, Spawn
 from llmcluster.worker import announce, logspec
-from llmcluster.worker.errors import ERROR_FILE_VAR, record_signal_death
-from llmcluster.worker.rank import Rank, RankSpec, shm_capacity
+from llmcluster.worker.errors import record_signal_death
+from llmcluster.worker.rank import shm_capacity
+from llmcluster.worker.slots import SlotLost, SlotStarter
+from llmcluster.worker.starter import LocalStarter, NodePlace, rank_launches
 from llmcluster.worker.tail import Tailed, TailLog
 
 JOIN_FIRST_WAIT_S = 2.0  # a busy coordinator (hundreds of agents) may take a while to welcome
@@ -76,6 +79,7 @@ class AgentSpec:
     parent_dir: str = ""  # the coordinator's socket directory (local runs): removed if it died
     metrics: MetricsSettings | None = None  # serve this node's GPUs (``llmcluster node``)
     logs: logspec.NodeLogOptions | None = None  # its own log flags (``llmcluster node``)
+    slots: str = ""  # a Slurm step of one task per rank: the step's directory its slots join
 
 
 class NodeAgent:
@@ -88,8 +92,8 @@ class NodeAgent:
         self.config: RunConfig | None = None
         self.publish = ""
         self.children: dict[int, int] = {}  # pid -> global rank
-        self.shm: mmap.mmap | None = None
-        self.board: mmap.mmap | None = None
+        self.shm: Any = None  # the node's shared region (an mmap, or a memfd's buffer)
+        self.board: Any = None
         self.group_done_at: float | None = None  # when the last local rank exited
         self.sim_time = 0.0  # the simulated clock at the current attempt's start
         # bound now, so a taken port fails before the node joins (raises MetricsError)
@@ -100,10 +104,22 @@ class NodeAgent:
         self.rank_logs: dict[int, logspec.RankLogs] = {}  # global rank -> its streams
         self.tail: TailLog | None = None  # the tee of this attempt's files
         self.stopping = False  # exits caused by stopping the group are not failures
-        self.beacon = Beacon()  # when we last heard the coordinator, for our ranks to read
+        self.starter: LocalStarter | SlotStarter = (
+            SlotStarter(spec.slots, spec.nproc_per_node) if spec.slots else LocalStarter()
+        )  # who forks the ranks: this agent, or (local ranks 1..) the step's other tasks
+        # when we last heard the coordinator, for our ranks to read
+        self.beacon = Beacon(self.starter.allocate(8) if spec.slots else None)
 
     def run(self) -> int:
-        """Serve until EXIT; returns the agent's exit code."""
+        """Serve until EXIT; returns the agent's exit code (also its slots')."""
+        code = 1
+        try:
+            code = self._run()
+        finally:
+            self.starter.close(code)
+        return code
+
+    def _run(self) -> int:
         ctx = zmq.Context()
         link = ControlLink(
             ctx,
@@ -124,17 +140,20 @@ class NodeAgent:
         previous_fd = signal.set_wakeup_fd(wake_write.fileno())
         previous_handler = signal.signal(signal.SIGCHLD, lambda *_: None)
         try:
-            code = self._join(link)
+            code = self._slots_ready()
+            if code is None:
+                code = self._join(link)
             if code is not None:
                 return code
             while True:
-                for msg in link.wait(CHECK_S, wake_fd=wake_read.fileno()):
+                wake = [wake_read.fileno(), *self.starter.fds()]
+                for msg in link.wait(CHECK_S, wake_fds=wake):
                     code = self._handle(link, msg)
                     if code is not None:
                         return code
                 with contextlib.suppress(BlockingIOError):  # drained before reaping: no
                     wake_read.recv(4096)  # exit can slip between the two
-                for pid, exitcode in reap(list(self.children)).items():
+                for pid, exitcode in self.starter.exited(list(self.children)).items():
                     self._report_exit(link, pid, exitcode)
                 if self.signals:
                     return 128 + self.signals[0]
@@ -144,12 +163,16 @@ class NodeAgent:
         except Refusal as refusal:
             print(f"llmcluster node: {refusal}", file=sys.stderr, flush=True)
             return REFUSED_EXIT
+        except SlotLost as lost:
+            print(f"llmcluster node {self.node}: {lost}; this node cannot start its ranks",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            return 1
         finally:
             signal.set_wakeup_fd(previous_fd)
             signal.signal(signal.SIGCHLD, previous_handler)
             wake_read.close()
             wake_write.close()
-            terminate_all(list(self.children))
+            self.starter.stop(list(self.children))
             self.children.clear()
             self._stop_tail()
             if self.exporter:
@@ -159,6 +182,17 @@ class NodeAgent:
             link.close()
             ctx.term()
             self.run_dir.remove()
+
+    def _slots_ready(self) -> int | None:
+        """With slots: wait until every one has connected (None), else the exit code."""
+        if not isinstance(self.starter, SlotStarter):
+            return None
+        why = self.starter.ready(self.spec.join_timeout_s, lambda: bool(self.signals))
+        if why is None:
+            return None
+        if why:
+            print(f"llmcluster node: {why}", file=sys.stderr, flush=True)
+        return 128 + self.signals[0] if self.signals else 1
 
     def _join(self, link: ControlLink) -> int | None:
         """Join, retrying with backoff while the coordinator is not up yet (or not answering);
@@ -236,7 +270,7 @@ class NodeAgent:
     def _stop_group(self, link: ControlLink) -> None:
         self.stopping = True
         try:
-            for pid, exitcode in terminate_all(list(self.children)).items():
+            for pid, exitcode in self.starter.stop(list(self.children)).items():
                 self._report_exit(link, pid, exitcode)
         finally:
             self.stopping = False
@@ -338,62 +372,20 @@ class NodeAgent:
         local = config.node_ranks(self.node)
         if config.bench is None:
             build_setup(config)  # once per node: every rank forked below inherits it
+        allocate = self.starter.allocate
         if self.shm is None:  # mapped before the fork: every local rank inherits it
-            self.shm = create_region(len(local), shm_capacity(config))
+            self.shm = create_region(len(local), shm_capacity(config), allocate)
         if self.board is None:
-            self.board = create_board(len(local))
+            self.board = create_board(len(local), allocate)
         else:  # nothing of the last attempt's words may look current to the new ranks
             clear_board(self.board)
         self._log_destinations(run_id, spawn.attempt, list(local))
-        for local_rank, rank in enumerate(local):
-            inbox = [f"ipc://{self.run_dir.path}/r{rank}"]
-            if self.spec.tcp_host:
-                inbox.append(f"tcp://{self.spec.tcp_host}:0")
-            spec = RankSpec(
-                config=config,
-                run_id=run_id,
-                rank=rank,
-                local_rank=local_rank,
-                node=self.node,
-                host=self.spec.host,
-                attempt=spawn.attempt,
-                start_step=spawn.start_step,
-                sim_time=spawn.sim_time,
-                control=self.spec.control,
-                publish=self.publish,
-                inbox=inbox,
-                speed=spawn.speed,
-                proof=rank_proof(spawn.nonce, rank),
-                curve=self.keys,
-                shm=self.shm,
-                board=self.board,
-                beacon=self.beacon,
-                plan_host=self.spec.tcp_host is None,  # one machine: the plan's host names
-            )
-            env = torchrun_env(
-                rank=rank,
-                local_rank=local_rank,
-                world_size=config.ranks,
-                local_world_size=len(local),
-                group_rank=self.node,
-                master_addr=config.master_addr,
-                master_port=config.master_port,
-                run_id=run_id,
-                restart_count=spec.attempt,
-                max_restarts=config.max_restarts,
-                role=config.role,
-            )
-            logs = self.rank_logs[rank]
-            if logs.error_file:
-                env[ERROR_FILE_VAR] = logs.error_file
-            pid = fork_child(
-                lambda s=spec: Rank(s).run(),
-                name=f"llmc-rank{rank}",
-                env=env,
-                stdout=logs.stdout,
-                stderr=logs.stderr,
-            )
-            self.children[pid] = rank
+        place = NodePlace(node=self.node, host=self.spec.host, control=self.spec.control,
+                          publish=self.publish, run_dir=self.run_dir.path,
+                          tcp_host=self.spec.tcp_host, curve=self.keys, shm=self.shm,
+                          board=self.board, beacon=self.beacon)  # fmt: skip
+        for launch in rank_launches(config, place, spawn, run_id, self.rank_logs):
+            self.children[self.starter.start(launch)] = launch.spec.rank
         streams = self.rank_logs.values()
         tailed = [Tailed(logs.stdout, logs.prefix, 1) for logs in streams if logs.tee_stdout]
         tailed += [Tailed(logs.stderr, logs.prefix, 2) for logs in streams if logs.tee_stderr]
