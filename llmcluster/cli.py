@@ -262,6 +262,8 @@ def _launch(args: argparse.Namespace) -> LaunchRun | SlotRun:
     shape = {"nproc_per_node": env.nproc_per_node, "max_restarts": env.max_restarts}
     config = _run_config(argparse.Namespace(**{**vars(args), **shape}),
                          ranks=env.nnodes * env.nproc_per_node)  # fmt: skip
+    config = dataclasses.replace(config, rdzv_backend=env.rdzv_backend,
+                                 monitor_interval_s=env.monitor_interval_s)  # fmt: skip
     plan = checked_plan(config)  # every node checks the run's options: bad input fails anywhere
     coordinator = None
     if hosts:
@@ -282,7 +284,8 @@ def _launch(args: argparse.Namespace) -> LaunchRun | SlotRun:
     node = NodeRun(master_addr=master, master_port=env.master_port, node_rank=env.node_rank,
                    token=token, join_timeout_s=args.join_timeout, heartbeat_timeout_s=3.0,
                    nnodes=env.nnodes, nproc_per_node=env.nproc_per_node,
-                   metrics=_metrics(args, 1), slots=slots)  # fmt: skip
+                   metrics=_metrics(args, 1), slots=slots,
+                   monitor_interval_s=env.monitor_interval_s)  # fmt: skip
     return LaunchRun(env, node, coordinator, describe(env, hosts_coordinator=hosts))
 
 

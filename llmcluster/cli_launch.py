@@ -38,8 +38,9 @@ TORCHRUN_FLAGS = (
      "the endpoint's address does) (default: $PET_RDZV_BACKEND, else static)"),
     ("--max-restarts", "worker group restarts before the run fails (default: "
      "$PET_MAX_RESTARTS, else 0)"),
-    ("--monitor-interval", "torchrun's worker poll period in seconds; accepted for parity: "
-     "agents see an exit at once (SIGCHLD) (default: $PET_MONITOR_INTERVAL, else 0.1)"),
+    ("--monitor-interval", "how often each node's agent checks its ranks, in seconds, as "
+     "torchrun's: a rank's exit is seen at the next check (default: $PET_MONITOR_INTERVAL, "
+     "else 0.1)"),
 )  # fmt: skip
 
 

@@ -61,6 +61,7 @@ class NodeRun:
     metrics: MetricsSettings | None = None  # this node's GPUs
     logs: NodeLogOptions | None = None  # its ranks' torchrun log options (None: the run's)
     slots: str = ""  # a Slurm step of one task per rank: the directory the node's slots join
+    monitor_interval_s: float = 0.1  # how often its agent checks its ranks (torchrun's)
 
 
 @dataclasses.dataclass(frozen=True)

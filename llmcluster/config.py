@@ -150,6 +150,8 @@ class RunConfig:
     heartbeat_timeout_s: float = 3.0
     collective_timeout_s: float = 30.0
     max_restarts: int = 3
+    rdzv_backend: str = "c10d"  # as torchrun names it in its launch configs (launch: its flag)
+    monitor_interval_s: float = 0.1  # torchrun's: how often each node's agent checks its ranks
     grad_bucket_bytes: int = 0  # extra real gradient payload per step (0: loss vector only)
     record_path: str | None = None
     inject: tuple[str, ...] = ()
@@ -228,6 +230,10 @@ class RunConfig:
             raise ConfigError(f"--algorithm must be one of {', '.join(ALGORITHMS)}")
         if not 0 <= self.max_restarts <= 100:
             raise ConfigError(f"--max-restarts must be between 0 and 100, got {self.max_restarts}")
+        if not 0 < self.monitor_interval_s <= 3600:  # also NaN
+            raise ConfigError(
+                f"--monitor-interval must be seconds in (0, 3600], got {self.monitor_interval_s}"
+            )
         if not 0 <= self.grad_bucket_bytes <= 1 << 30:
             raise ConfigError(
                 f"--grad-bucket must be between 0 and 1G, got {self.grad_bucket_bytes}"

@@ -155,6 +155,28 @@ def test_a_one_node_launch_trains_to_the_end(clean_table: None) -> None:
     assert done.stderr.startswith("llmcluster launch: job (command line): node rank 0 of 1")
 
 
+@pytest.mark.timeout(120)
+def test_the_rendezvous_backend_and_monitor_interval_are_the_launchs_own(
+    clean_table: None,
+) -> None:
+    """torchrun's launch configs show them, and the agent checks its ranks that often: a rank
+    killed mid-run is still reported, the group restarted and the run completed."""
+    port = str(_free_port())
+    done = run_cli("launch", "--nproc-per-node", "2", "--master-port", port, "--steps", "4",
+                   "--speed", "1e6", "--seed", "11", "--monitor-interval", "0.7",
+                   "--max-restarts", "1", "--inject", "kill:rank=1,step=2", "--style",
+                   "megatron", "--ui", "log", timeout=90)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rdzv_backend     : static" in done.stdout, done.stdout[:3000]
+    assert "monitor_interval : 0.7" in done.stdout
+    assert "restart 1/1" in done.stderr or "restart 1/1" in done.stdout
+    jsonl = run_cli("launch", "--nproc-per-node", "2", "--master-port", port, "--steps", "1",
+                    "--speed", "1e6", "--rdzv-backend", "c10d", "--format", "jsonl",
+                    timeout=90)  # fmt: skip
+    run = records(jsonl.stdout)[0]
+    assert (run["rdzv_backend"], run["monitor_interval_s"]) == ("c10d", 0.1)
+
+
 def test_a_slurm_launcher_names_the_job_its_nodes_and_this_node(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

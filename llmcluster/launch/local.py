@@ -62,6 +62,7 @@ def run_local(config: RunConfig, plan: sim.RunPlan, metrics: MetricsSettings | N
             host=host,
             heartbeat_timeout_s=config.heartbeat_timeout_s,
             parent_dir=run_dir.path,
+            monitor_interval_s=config.monitor_interval_s,
         )
         return fork_child(
             lambda: agent_main(spec), name=f"llmc-agent{node}", death_signal=signal.SIGTERM

@@ -100,6 +100,7 @@ def node_spec(
     metrics: MetricsSettings | None = None,
     logs: NodeLogOptions | None = None,
     slots: str = "",
+    monitor_interval_s: float = 0.1,
 ) -> AgentSpec:
     """The agent of a node joining a coordinator over TCP (of ``nnodes`` x ``nproc_per_node``,
     0: any), serving its GPUs' metrics if asked, its ranks' logs as its own ``logs`` say."""
@@ -117,6 +118,7 @@ def node_spec(
         metrics=metrics,
         logs=logs,
         slots=slots,
+        monitor_interval_s=monitor_interval_s,
     )
 
 

@@ -46,6 +46,8 @@ def run_record(
             "start_time": start_time,
             "attempt": attempt,
             "max_restarts": config.max_restarts,
+            "rdzv_backend": config.rdzv_backend,
+            "monitor_interval_s": config.monitor_interval_s,
             **sim.describe_plan(plan),
         },
         world_size=config.ranks,

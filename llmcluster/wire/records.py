@@ -59,6 +59,8 @@ class RunRecord(Record):
     start_time: float = num(0)
     attempt: int = num(0)
     max_restarts: int = num(0)
+    rdzv_backend: str = "c10d"
+    monitor_interval_s: float = num(0, 3600, default=0.1)
     model: ModelInfo
     gpu: GpuInfo
     dataset: DatasetInfo

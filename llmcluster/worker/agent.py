@@ -17,12 +17,14 @@ other tasks, its slots (``slots``), which it waits for before it joins.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +82,7 @@ class AgentSpec:
     metrics: MetricsSettings | None = None  # serve this node's GPUs (``llmcluster node``)
     logs: logspec.NodeLogOptions | None = None  # its own log flags (``llmcluster node``)
     slots: str = ""  # a Slurm step of one task per rank: the step's directory its slots join
+    monitor_interval_s: float = 0.1  # torchrun's: its ranks' exits are checked this often
 
 
 class NodeAgent:
@@ -145,18 +148,17 @@ class NodeAgent:
                 code = self._join(link)
             if code is not None:
                 return code
+            checked = -math.inf  # when the ranks were last looked at
             while True:
-                wake = [wake_read.fileno(), *self.starter.fds()]
-                for msg in link.wait(CHECK_S, wake_fds=wake):
-                    code = self._handle(link, msg)
-                    if code is not None:
-                        return code
-                with contextlib.suppress(BlockingIOError):  # drained before reaping: no
-                    wake_read.recv(4096)  # exit can slip between the two
+                code = self._serve(link, CHECK_S, wake_read, self.starter.fds())
+                tick = checked + self.spec.monitor_interval_s  # torchrun's monitor interval:
+                while code is None and time.monotonic() < tick:  # woken before it, wait
+                    code = self._serve(link, tick - time.monotonic(), wake_read)
+                if code is not None:
+                    return code
                 for pid, exitcode in self.starter.exited(list(self.children)).items():
                     self._report_exit(link, pid, exitcode)
-                if self.signals:
-                    return 128 + self.signals[0]
+                checked = time.monotonic()
         except CoordinatorLost as lost:
             print(f"llmcluster node {self.node}: {lost}; stopping local ranks", file=sys.stderr)
             return 1
@@ -182,6 +184,19 @@ class NodeAgent:
             link.close()
             ctx.term()
             self.run_dir.remove()
+
+    def _serve(self, link: ControlLink, seconds: float, wake: socket.socket,
+               fds: Sequence[int] = ()) -> int | None:  # fmt: skip
+        """Handle what arrives within ``seconds``; ``wake`` (SIGCHLD's and the stop signals'
+        wake-up socket) or a readable ``fds`` ends the wait early. ``wake`` is drained before
+        the ranks are reaped, so no exit slips between the two. An exit code once done."""
+        for msg in link.wait(max(0.0, seconds), wake_fds=[wake.fileno(), *fds]):
+            code = self._handle(link, msg)
+            if code is not None:
+                return code
+        with contextlib.suppress(BlockingIOError):
+            wake.recv(4096)
+        return 128 + self.signals[0] if self.signals else None
 
     def _slots_ready(self) -> int | None:
         """With slots: wait until every one has connected (None), else the exit code."""
@@ -292,14 +307,7 @@ class NodeAgent:
         streams (console, /dev/null or a file)."""
         config = self.config
         assert config is not None
-        spec = logspec.LogsSpec(
-            log_dir=config.log_dir,
-            redirects=config.redirects,
-            tee=config.tee,
-            local_ranks_filter=config.local_ranks_filter,
-            role=config.role,
-            prefix_template=os.environ.get(PREFIX_TEMPLATE_VAR),
-        )
+        spec = logspec.LogsSpec.of(config, os.environ.get(PREFIX_TEMPLATE_VAR))
         attempt_dir = None
         if spec.makes_files:
             if self.log_run_dir is None:

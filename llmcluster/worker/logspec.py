@@ -91,6 +91,13 @@ class LogsSpec:
         """A log dir, a redirect or a tee was asked: the per-node directory tree exists."""
         return makes_log_files(self.log_dir, self.redirects, self.tee)
 
+    @classmethod
+    def of(cls, config: RunConfig, prefix_template: str | None) -> LogsSpec:
+        """The log options of ``config`` (a node's own already laid over the run's)."""
+        return cls(log_dir=config.log_dir, redirects=config.redirects, tee=config.tee,
+                   local_ranks_filter=config.local_ranks_filter, role=config.role,
+                   prefix_template=prefix_template)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class NodeLogOptions:
