@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -65,3 +67,51 @@ def test_a_reused_pid_does_not_protect_an_unlocked_directory() -> None:
     assert os.path.isdir(mine.path)
     mine.remove()
     assert not os.path.exists(mine.path)
+
+
+JANITORED = (
+    "import os, sys\n"
+    "from llmcluster.control.rundir import RunDir, start_janitor, stop_janitor\n"
+    "d = RunDir('test-')\n"
+    "j = start_janitor(d.path)\n"
+    "print(d.path, j, flush=True)\n"
+    "if sys.stdin.read() == 'clean':\n"
+    "    d.remove()\n"
+    "    stop_janitor(j)\n"
+    "    print(os.path.exists(f'/proc/{j}'), flush=True)\n"
+)
+
+
+def _janitored() -> tuple[subprocess.Popen[str], str, int]:
+    proc = subprocess.Popen([sys.executable, "-c", JANITORED], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    path, janitor = proc.stdout.readline().split()
+    return proc, path, int(janitor)
+
+
+def _gone(pid: int, timeout_s: float) -> bool:
+    """``pid`` has exited: an orphan, it is this test process's child (the suite's subreaper)
+    or init's, which reaps it."""
+    deadline = time.monotonic() + timeout_s
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):  # not ours: init reaps it
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.02)  # polling for an exit that may not be ours to wait on
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def test_a_janitor_removes_its_killed_parents_directory_and_leaves() -> None:
+    proc, path, janitor = _janitored()
+    assert os.path.isdir(path) and os.path.exists(f"/proc/{janitor}")
+    proc.kill()  # kill -9: the parent can clean up nothing itself
+    proc.wait(10)
+    assert _gone(janitor, 30), "the janitor outlived its parent"
+    assert not os.path.exists(path)
+
+
+def test_a_parent_leaving_cleanly_ends_and_reaps_its_janitor() -> None:
+    proc, path, janitor = _janitored()
+    out, _ = proc.communicate("clean", timeout=30)
+    assert proc.returncode == 0 and out.strip() == "False"  # no janitor, not even a zombie
+    assert not os.path.exists(path) and not os.path.exists(f"/proc/{janitor}")

@@ -5,10 +5,11 @@ the files submitted as they are with ``sbatch``.
 A finished job: one 16-rank run across both hosts with torchrun's rank mapping, the hosts'
 names as Slurm named them, bit-identical losses (a task per rank: also through a restart of
 the group by the same tasks). A cancelled one: ``scancel`` mid-run leaves no process of the
-job on any host. A task-per-rank step srun deals round robin is refused at once, saying why.
-The job's processes are told apart by the test's marker (``LLMCLUSTER_TEST_MARK``), which
-sbatch and srun hand to every task by exporting the submitter's environment. Skips only where
-Slurm is not installed (CI installs it).
+job on any host, and a node lost mid-run fails the run as any lost node does. A task-per-
+rank step srun deals round robin is refused at once, saying why. The job's processes are
+told apart by the test's marker (``LLMCLUSTER_TEST_MARK``), which sbatch and srun hand to
+every task by exporting the submitter's environment. Skips only where Slurm is not installed
+(CI installs it).
 """
 
 from __future__ import annotations
@@ -119,10 +120,10 @@ def _steps_seen(cluster: SlurmCluster, job: Job) -> int:
     return max(steps, default=0)
 
 
-def _training(script: Path, slurm: SlurmCluster) -> Job:
+def _training(script: Path, slurm: SlurmCluster, *extra: str) -> Job:
     """A long job of ``script``, once it trains on both hosts."""
-    job = slurm.sbatch(script, f"--error={slurm.root}/out/%j.err", "--", *RUN,
-                       "--steps", "100000", "--speed", "200", env=_job_env(slurm))  # fmt: skip
+    job = slurm.sbatch(script, f"--error={slurm.root}/out/%j.err", "--", *RUN, "--steps",
+                       "100000", "--speed", "200", *extra, env=_job_env(slurm))  # fmt: skip
     deadline = time.monotonic() + 90
     while _steps_seen(slurm, job) < 2:
         assert slurm.state(job) and time.monotonic() < deadline, (
@@ -155,6 +156,34 @@ def test_scancel_leaves_no_process_of_the_job_on_any_host(
     _cancel_until_gone(slurm, job, test_mark)
     assert _files_left(slurm) == []
     assert "CANCELLED" in _stderr(job) + slurm.output(job)
+
+
+@pytest.mark.timeout(150)
+def test_a_node_lost_mid_job_is_handled_like_any_lost_node(
+    slurm: SlurmCluster, clean_table: None, test_mark: str
+) -> None:
+    """node2's task killed as a crashed host would lose it: the coordinator finds the node
+    silent, the run (no restarts left) fails with the report, srun ends the step, the job is
+    FAILED and nothing of it remains on either host."""
+    job = _training(SBATCH, slurm, "--max-restarts", "0")
+    netns = _netns_of(slurm)
+    marked = processes_marked(test_mark)
+    pids = {p.pid for p in marked}
+    task = [p for p in marked if p.ppid not in pids and _hosts_of([p], netns) == {"node2"}]
+    assert len(task) == 1, marked  # node2's task: the node's agent, its ranks' parent
+    os.kill(task[0].pid, 9)
+    slurm.wait_gone(job, timeout_s=90)
+    recs = _records(slurm.output(job))
+    failures = [r for r in recs if r["type"] == "failure"]
+    first = failures[0] if failures else {}
+    assert first.get("node") == 1 and ("silent" in first["reason"] or "stopped answering" in
+                                       first["reason"]), failures  # fmt: skip
+    assert recs[-1]["type"] == "summary" and recs[-1]["exit"] != "completed"
+    deadline = time.monotonic() + 20
+    while (left := processes_marked(test_mark)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == [], f"processes of job {job.job_id} left: {left}"
+    assert _files_left(slurm) == []
 
 
 def _env_of(pid: int) -> dict[str, str]:

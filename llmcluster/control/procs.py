@@ -33,11 +33,12 @@ def set_process_name(name: str) -> None:
         _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
-def _die_with_parent(parent_pid: int, death_signal: int) -> None:
+def _die_with_parent(parent_pid: int, death_signal: int) -> bool:
+    """Ask for ``death_signal`` when the parent dies; False if it already has (before prctl
+    took effect, so no signal will come)."""
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
+    return os.getppid() == parent_pid
 
 
 def _close_inherited_fds() -> None:
@@ -70,12 +71,15 @@ def fork_child(
     stdout: str = "",
     stderr: str = "",
     death_signal: int = signal.SIGKILL,
+    orphaned: Callable[[], int] | None = None,
 ) -> int:
     """Fork a child that runs ``target()`` and exits with its return code; return its pid.
 
     ``stdout``/``stderr``: a file the child's stream goes to (torchrun's redirects), or ""
     to keep the parent's. ``death_signal``: what the child gets when its parent dies (a node
-    agent takes SIGTERM, so it can stop its ranks and clean up after a killed coordinator)."""
+    agent takes SIGTERM, so it can stop its ranks and clean up after a killed coordinator);
+    ``orphaned``: what it runs instead of ``target`` if the parent died before the child
+    could ask for that signal (by default it just exits 1)."""
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -85,7 +89,8 @@ def fork_child(
         return pid
     code = 1
     try:
-        _die_with_parent(parent, death_signal)
+        if not _die_with_parent(parent, death_signal):
+            target = orphaned or (lambda: 1)
         signal.set_wakeup_fd(-1)  # the parent's wake-up channel is not ours
         _close_inherited_fds()
         for fd, path in ((1, stdout), (2, stderr)):

@@ -3,7 +3,9 @@
 Each directory holds a ``lock`` file that its creating process keeps ``flock``ed for its whole
 life. A later start removes directories whose lock it can take: their owner is gone (a
 ``kill -9``) even if its pid was reused, and a live owner in another PID namespace sharing
-``/tmp`` (a container, ``unshare --pid``) is never mistaken for a dead one.
+``/tmp`` (a container, ``unshare --pid``) is never mistaken for a dead one. A process with no
+one else on its host to clean up after it (a node agent joining over TCP) keeps a janitor: a
+child told of its death by the kernel (``PR_SET_PDEATHSIG``), which then removes its directory.
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ import fcntl
 import glob
 import os
 import shutil
+import signal
 import tempfile
 import time
+
+from llmcluster.control.procs import fork_child
 
 PREFIX = "llmcluster-"
 LOCK_NAME = "lock"
 OWNER_EXIT_S = 2.0  # how long a dying owner may take to let go of its lock
+
+
+JANITOR_SIGNAL = signal.SIGUSR1  # a janitor's parent died
 
 
 class RunDir:
@@ -75,12 +83,14 @@ def _dead_owner(path: str) -> bool:
     return False
 
 
-def remove_if_stale(path: str) -> None:
+def remove_if_stale(path: str, *, owner_dying: bool = False) -> None:
     """Remove ``path`` if its owner is gone (an agent cleaning up after a killed coordinator,
     its parent). A parent that is dying still holds its lock until its last thread exits,
-    after our death signal: so once we have been reparented, wait a moment for the lock."""
+    after our death signal: so once we have been reparented (or told it is ``owner_dying``),
+    wait a moment for the lock."""
     owner = _owner_pid(path)
-    deadline = time.monotonic() + (OWNER_EXIT_S if owner and owner != os.getppid() else 0.0)
+    dying = owner_dying or (owner and owner != os.getppid())
+    deadline = time.monotonic() + (OWNER_EXIT_S if dying else 0.0)
     while os.path.isdir(path):
         if _stale(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -95,3 +105,34 @@ def sweep_stale_dirs() -> None:
     for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{PREFIX}*-*")):
         if os.path.isdir(path) and not os.path.islink(path) and _stale(path):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def start_janitor(path: str) -> int:
+    """Fork a child that removes ``path`` once this process is gone, however it went (after a
+    ``kill -9`` of a node agent nobody else is left on its host to do it); its pid, for
+    ``stop_janitor`` once this process has removed ``path`` itself."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {JANITOR_SIGNAL})  # inherited: none lost
+    try:
+        return fork_child(lambda: _clean_after_parent(path), name="llmc-janitor",
+                          death_signal=JANITOR_SIGNAL,
+                          orphaned=lambda: _clean_up(path))  # fmt: skip
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _clean_after_parent(path: str) -> int:
+    signal.sigwait({JANITOR_SIGNAL})  # the parent's death signal
+    return _clean_up(path)
+
+
+def _clean_up(path: str) -> int:
+    remove_if_stale(path, owner_dying=True)
+    return 0
+
+
+def stop_janitor(pid: int) -> None:
+    """End a janitor whose parent is leaving cleanly (``path`` already removed), and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)

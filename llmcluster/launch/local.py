@@ -31,7 +31,8 @@ from llmcluster.launch.common import (
 from llmcluster.launch.nodes import LocalNodes
 from llmcluster.launch.runfile import RunFile
 from llmcluster.render.sinks import show_records
-from llmcluster.worker.agent import AgentSpec, NodeAgent
+from llmcluster.worker.agent import NodeAgent
+from llmcluster.worker.agentspec import AgentSpec
 
 LOCAL_RENDEZVOUS_TIMEOUT_S = 60.0
 
@@ -107,3 +108,4 @@ def run_local(config: RunConfig, plan: sim.RunPlan, metrics: MetricsSettings | N
         if exporter:
             exporter.close()
         run_dir.remove()
+        sweep_stale_dirs()  # an agent killed mid-run (and replaced) left its directory

@@ -36,7 +36,8 @@ from llmcluster.launch.common import (
 )
 from llmcluster.launch.nodes import HostedNode
 from llmcluster.render.sinks import show_records
-from llmcluster.worker.agent import AgentSpec, NodeAgent
+from llmcluster.worker.agent import NodeAgent
+from llmcluster.worker.agentspec import AgentSpec
 from llmcluster.worker.logspec import NodeLogOptions
 from llmcluster.worker.slot import Slot
 

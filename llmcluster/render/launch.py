@@ -77,6 +77,8 @@ class AgentLaunch:
     master_port: int
     max_restarts: int
     attempt: int
+    rdzv_backend: str
+    monitor_interval_s: float  # this node's own
 
 
 def launcher_lines(run: Launch, group_rank: int = 0) -> list[str]:

@@ -25,7 +25,6 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -36,14 +35,15 @@ from llmcluster.config import RunConfig
 from llmcluster.control.link import CHECK_S, Beacon, ControlLink, CoordinatorLost
 from llmcluster.control.net import reachable
 from llmcluster.control.procs import signal_name
-from llmcluster.control.rundir import RunDir, remove_if_stale
+from llmcluster.control.rundir import RunDir, remove_if_stale, start_janitor, stop_janitor
 from llmcluster.control.security import CurveKeys, HandshakeWatch
-from llmcluster.exporters.prometheus_server import MetricsExporter, MetricsSettings
+from llmcluster.exporters.prometheus_server import MetricsExporter
 from llmcluster.render.fmt import glog
 from llmcluster.setup import build_setup
 from llmcluster.wire import AGENT_SRC, Kind, Message
 from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Refused, Spawn
 from llmcluster.worker import announce, logspec
+from llmcluster.worker.agentspec import AgentSpec
 from llmcluster.worker.errors import record_signal_death
 from llmcluster.worker.rank import shm_capacity
 from llmcluster.worker.slots import SlotLost, SlotStarter
@@ -62,27 +62,6 @@ class Refusal(Exception):
 MP_API = "torch/distributed/elastic/multiprocessing/api.py"
 LOG_DIR_AT, REPLY_FILE_AT = f"{MP_API}:322", f"{MP_API}:396"  # _make_log_dir, reify
 PREFIX_TEMPLATE_VAR = "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"
-
-
-@dataclass(frozen=True)
-class AgentSpec:
-    """How to reach the coordinator and which node this agent plays."""
-
-    node: int  # -1: ask the coordinator to assign one
-    control: str
-    host: str
-    heartbeat_timeout_s: float = 3.0
-    tcp_host: str | None = None  # bind rank inboxes on this address too (multi-host)
-    token: str = ""  # shared secret of a run across hosts: its CurveZMQ keys derive from it
-    nnodes: int = 0  # the cluster shape this node expects (0: whatever the coordinator runs)
-    nproc_per_node: int = 0
-    join_timeout_s: float = 60.0  # give up if no coordinator answers for this long
-    announce: bool = False  # a standalone node prints its own agent lines (rank 0 prints node 0's)
-    parent_dir: str = ""  # the coordinator's socket directory (local runs): removed if it died
-    metrics: MetricsSettings | None = None  # serve this node's GPUs (``llmcluster node``)
-    logs: logspec.NodeLogOptions | None = None  # its own log flags (``llmcluster node``)
-    slots: str = ""  # a Slurm step of one task per rank: the step's directory its slots join
-    monitor_interval_s: float = 0.1  # torchrun's: its ranks' exits are checked this often
 
 
 class NodeAgent:
@@ -123,6 +102,8 @@ class NodeAgent:
         return code
 
     def _run(self) -> int:
+        # over TCP, nobody else on this host would remove our directory after a kill -9
+        janitor = 0 if self.spec.parent_dir else start_janitor(self.run_dir.path)
         ctx = zmq.Context()
         link = ControlLink(
             ctx,
@@ -184,6 +165,8 @@ class NodeAgent:
             link.close()
             ctx.term()
             self.run_dir.remove()
+            if janitor:
+                stop_janitor(janitor)
 
     def _serve(self, link: ControlLink, seconds: float, wake: socket.socket,
                fds: Sequence[int] = ()) -> int | None:  # fmt: skip
@@ -335,7 +318,7 @@ class NodeAgent:
             if not 0 <= body.node < config.nnodes:
                 link.dropped += 1
                 return None
-            self.config = self.spec.logs.over(config) if self.spec.logs else config
+            self.config = self.spec.over(config)
             link.timeout_s = max(link.timeout_s, self.config.silence_tolerance_s)
             self.node = body.node
             self._say(f"llmcluster node: joined {self.spec.control} as node {self.node} of "

@@ -24,6 +24,8 @@ def agent_launch(config: RunConfig, *, run_id: str, attempt: int, sim_time: floa
         run_id=run_id,
         max_restarts=config.max_restarts,
         attempt=attempt,
+        rdzv_backend=config.rdzv_backend,
+        monitor_interval_s=config.monitor_interval_s,
     )
 
 
