@@ -406,3 +406,20 @@ def test_jsonl_is_the_wire_form_with_nan_as_null() -> None:
     assert {k: v for k, v in data.items() if k not in ("loss", "ppl")} == {
         k: v for k, v in wire.items() if k not in ("loss", "ppl")
     }
+
+
+def test_deepspeed_after_a_restart_builds_its_engine_before_loading_the_checkpoint() -> None:
+    """``deepspeed.initialize`` comes before ``engine.load_checkpoint`` in every attempt."""
+    recs = make_records()
+    restart = next(i for i, r in enumerate(recs) if isinstance(r, RunRecord) and r.attempt == 1)
+    renderer = render.make_style("deepspeed")
+    out: list[str] = []
+    for index, record in enumerate(recs):
+        lines = renderer.lines(record)
+        if index >= restart:
+            out += [TEE.sub("", x) for x in lines]
+    messages = [m["msg"] for m in map(DEEPSPEED.match, out) if m]
+    engine = next(i for i, m in enumerate(messages) if "DeepSpeed info: version=" in m)
+    loading = next(i for i, m in enumerate(messages) if m.startswith("[Torch] Loading checkpoint"))
+    assert engine < loading, messages[:12]
+    assert sum("DeepSpeed info: version=" in m for m in messages) == 1  # not again at the step

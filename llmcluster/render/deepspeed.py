@@ -237,11 +237,12 @@ class DeepSpeedStyle(Style):
                     )
                 lines.append(self._info(t, SAVE, f"[Torch] Saving {states}..."))
             return prefixed(self.prefix(run), lines)
-        if rec.name is PhaseName.RESTORE:
+        if rec.name is PhaseName.RESTORE:  # deepspeed.initialize, then engine.load_checkpoint
             done = t + rec.expected_s
             paths = [f"{folder}/{model_states(run, rank)}"]
             if run.plan.zero_stage:
                 paths.append(f"{folder}/{optim_states(run, rank)}")
+            engine = [] if self.engine_shown else self._engine_lines(run, t)
             lines = []
             for path in paths:
                 lines += [
@@ -256,7 +257,7 @@ class DeepSpeedStyle(Style):
                     self._info(done, LOAD_ZERO,
                                f"loading {dp} zero partition checkpoints for rank {rank}"),
                 ]  # fmt: skip
-            return prefixed(self.prefix(run), lines)
+            return [*engine, *prefixed(self.prefix(run), lines)]
         return []
 
     def step_line(self, run: RunRecord, step: StepRecord) -> list[str]:
