@@ -161,7 +161,6 @@ def test_kill_9_of_a_tcp_coordinator_leaves_its_node_nothing(clean_table: None) 
     with socket.socket() as probe:  # two free loopback ports: control and records
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "llmcluster-[0-9]*-*")))
     token = ("--token", "kill-nine")
     coordinator = subprocess.Popen(
         cli("coordinator", "--bind", "127.0.0.1", "--port", str(port), "--nnodes", "1",
@@ -178,8 +177,9 @@ def test_kill_9_of_a_tcp_coordinator_leaves_its_node_nothing(clean_table: None) 
         for line in node.stdout:  # rank 0's display: the run is training
             if line.startswith('{"type":"step"'):
                 break
-        made = set(glob.glob(os.path.join(tempfile.gettempdir(), "llmcluster-[0-9]*-*"))) - before
-        assert made  # the node agent's socket directory
+        made = {path for path in glob.glob(os.path.join(tempfile.gettempdir(),
+                                                        f"llmcluster-{node.pid}-*"))}  # fmt: skip
+        assert made  # the node agent's socket directory (named by its pid: only ours)
         coordinator.kill()
         assert node.wait(timeout=30) == 1  # it noticed the silence and stopped its ranks
         assert wait_until_clean(5.0) == []
