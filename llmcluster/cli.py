@@ -302,8 +302,7 @@ def _node(args: argparse.Namespace) -> NodeRun:
         raise ConfigError(f"{rank_flag} must be auto or 0-{MAX_NNODES - 1}, got {node_rank}")
     if not 0.1 <= args.heartbeat_timeout <= 3600:
         raise ConfigError(
-            "--heartbeat-timeout must be between 0.1 and 3600 seconds, "
-            f"got {args.heartbeat_timeout:g}"
+            f"--heartbeat-timeout must be 0.1-3600 seconds, got {args.heartbeat_timeout:g}"
         )
     shape = (("--nnodes", args.nnodes, MAX_NNODES), ("--nproc-per-node", args.nproc_per_node, 64))
     for shape_flag, value, highest in shape:
@@ -331,6 +330,7 @@ def _node(args: argparse.Namespace) -> NodeRun:
         nproc_per_node=args.nproc_per_node,
         metrics=_metrics(args, 1),
         logs=None if logs == NodeLogOptions() else logs,
+        monitor_interval_s=args.monitor_interval,
     )
 
 

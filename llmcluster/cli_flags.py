@@ -18,6 +18,7 @@ from llmcluster.cli_values import (
     duration_value,
     float_value,
     int_value,
+    interval_value,
     ranks_filter_value,
     size_value,
     speed_value,
@@ -319,6 +320,9 @@ def build_node_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--heartbeat-timeout", type=float_value, default=3.0,
                         help="seconds of coordinator silence before giving up")  # fmt: skip
+    parser.add_argument("--monitor-interval", type=interval_value, default=0.1,
+                        help="how often this node's agent checks its ranks, in seconds, as "
+                        "torchrun's (default: 0.1)")  # fmt: skip
     _add_log_flags(parser, inherit=True)  # this node's ranks (default: the coordinator's)
     add_remote_flags(parser)
     add_metrics_flags(parser)

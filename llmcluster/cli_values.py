@@ -31,6 +31,14 @@ def float_value(text: str) -> float:
     return value
 
 
+def interval_value(text: str) -> float:
+    """Seconds in (0, 3600], as torchrun's ``--monitor-interval``."""
+    value = float_value(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 3600], got {text!r}")
+    return value
+
+
 def speed_value(text: str) -> float | None:
     return None if text.strip().lower() == "auto" else float_value(text)
 

@@ -3,6 +3,7 @@ coordinator, bad input as one line and exit 2 before anything starts, and a one-
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ import pytest
 from conftest import Running, records, run_cli
 
 from llmcluster.cli import parse
-from llmcluster.commands import LaunchRun
+from llmcluster.commands import LaunchRun, NodeRun
 
 SCHEDULER_PREFIXES = ("PET_", "SLURM_", "SLURMD_")
 SCHEDULER_VARS = ("JOB_COMPLETION_INDEX", "LLMCLUSTER_MASTER_ADDR")
@@ -206,3 +207,20 @@ def test_the_hosting_launcher_leaves_no_process_behind(sig: int, clean_table: No
     finally:
         run.kill()
     assert code == (-sig if sig == signal.SIGKILL else 128 + sig), err[-1000:]
+
+
+def test_a_node_checks_its_ranks_at_its_own_monitor_interval() -> None:
+    """``llmcluster node --monitor-interval`` is that node's own, as torchrun's is per node: its
+    agent sees (and its launch lines show) it over the coordinator's."""
+    from llmcluster.config import RunConfig
+    from llmcluster.launch.remote import node_spec
+    from llmcluster.worker.agentspec import AgentSpec
+
+    node = parse(["node", "--monitor-interval", "2.5", "--token", "t"])
+    assert isinstance(node, NodeRun) and node.monitor_interval_s == 2.5
+    spec = node_spec(**{f.name: getattr(node, f.name) for f in dataclasses.fields(node)})
+    assert isinstance(spec, AgentSpec)
+    assert spec.over(RunConfig(monitor_interval_s=0.1)).monitor_interval_s == 2.5
+    bad = run_cli("node", "--monitor-interval", "0", timeout=30)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "--monitor-interval: expected seconds in (0, 3600]" in bad.stderr
