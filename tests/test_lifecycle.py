@@ -82,17 +82,19 @@ def test_signal_stops_at_step_boundary_with_summary(sig: int, code: int, clean_t
     assert "Traceback" not in err
 
 
-def _run_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "llmcluster-[0-9]*-*")))
+def _run_dirs(owners: set[int] | None = None) -> set[str]:
+    """Socket directories (of ``owners`` only: each is named by its owner's pid; other runs on
+    the machine make theirs)."""
+    found = glob.glob(os.path.join(tempfile.gettempdir(), "llmcluster-[0-9]*-*"))
+    return {p for p in found if owners is None or int(p.rsplit("/", 1)[1].split("-")[1]) in owners}
 
 
 def test_kill_9_coordinator_leaves_nothing(clean_table: None) -> None:
-    before = _run_dirs()
     run = Running("--ranks", "16", "--steps", "100000", "--format", "jsonl", "--speed", "200")
     try:
         _wait_step(run, 1)
         assert len(own_processes()) >= 16 + 2
-        ours = _run_dirs() - before
+        ours = _run_dirs({run.proc.pid, *(p.pid for p in own_processes())})
         assert len(ours) == 3  # the coordinator's and its two agents'
         killed = time.monotonic()
         run.proc.kill()
