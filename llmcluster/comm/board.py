@@ -28,10 +28,9 @@ import ctypes
 import mmap
 import os
 import platform
+import struct
 import time
-from collections.abc import Callable
-
-import numpy as np
+from collections.abc import Callable, Sequence
 
 BOARD_VALUES = 32  # float64 values per slot: enough for any fused step reduction
 LINE = 64
@@ -108,23 +107,26 @@ class NodeBoard:
         self._cells = [ctypes.c_uint32.from_buffer(region, i * LINE) for i in words]
         self._addresses = [ctypes.addressof(cell) for cell in self._cells]
         self._arrivals, self._arrivals_at = self._cells[-1], self._addresses[-1]
-        self._slots = np.ndarray(
-            (local_ranks + 1, BOARD_VALUES), dtype=np.float64, buffer=region,
-            offset=(local_ranks + 2) * LINE,
-        )  # fmt: skip
+        slots_at = (local_ranks + 2) * LINE
+        self._view = memoryview(region)  # values go in and out with struct: no numpy per call
+        self._slot_at = [slots_at + i * BOARD_VALUES * 8 for i in range(local_ranks + 1)]
+        self._formats = [struct.Struct(f"={n}d") for n in range(BOARD_VALUES + 1)]
 
-    def post(self, index: int, tag: int, values: np.ndarray) -> None:
+    def _put(self, index: int, values: Sequence[float]) -> None:
+        self._formats[len(values)].pack_into(self._view, self._slot_at[index], *values)
+
+    def post(self, index: int, tag: int, values: Sequence[float]) -> None:
         """Write ``values`` into slot ``index`` (the result slot is ``local_ranks``) and wake
         whoever waits on it."""
-        self._slots[index, : values.size] = values
+        self._put(index, values)
         self._cells[index].value = tag
         _futex(self._addresses[index], _FUTEX_WAKE, _WAKE_ALL, None)
 
-    def arrive(self, index: int, tag: int, values: np.ndarray | None = None) -> None:
+    def arrive(self, index: int, tag: int, values: Sequence[float] = ()) -> None:
         """A non-leader's part: ``values`` into slot ``index``, ``tag`` on its word, and one
         more on the arrivals counter (waking the leader if this was the last arrival)."""
-        if values is not None:
-            self._slots[index, : values.size] = values
+        if len(values):
+            self._put(index, values)
         self._cells[index].value = tag
         _add_and_wake_if(self._arrivals_at, self.local_ranks - 2)
 
@@ -143,13 +145,9 @@ class NodeBoard:
                 return index
         return None
 
-    def read(self, index: int, count: int) -> np.ndarray:
-        """A copy of the first ``count`` values of slot ``index``."""
-        return self._slots[index, :count].copy()
-
-    def rows(self, indices: range, count: int) -> np.ndarray:
-        """Slots ``indices`` as rows (a view: read them before anyone posts again)."""
-        return self._slots[indices.start : indices.stop, :count]
+    def values(self, index: int, count: int) -> tuple[float, ...]:
+        """The first ``count`` values of slot ``index``, as floats."""
+        return self._formats[count].unpack_from(self._view, self._slot_at[index])
 
     def await_tag(
         self,
