@@ -67,14 +67,17 @@ class Communicator:
             self._intra = IntraNode(shm, self._index, across=len(self._leaders) > 1,
                                     sync=self._node_sync, poll=mesh.poll_service)  # fmt: skip
 
-    def shared_buffer(self, count: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
-        """A ``count``-element array in this rank's part of the node's arena (a registered
+    def shared_buffer(
+        self, shape: int | tuple[int, ...], dtype: np.dtype | type = np.float32
+    ) -> np.ndarray:
+        """An array of ``shape`` in this rank's part of the node's arena (a registered
         buffer: allreduce reads it in place and writes results into it without copies).
         Outside an arena, or when the arena is full, a plain array (collectives copy)."""
-        kind = np.dtype(dtype)
+        kind, dims = np.dtype(dtype), (shape,) if isinstance(shape, int) else tuple(shape)
+        count = int(np.prod(dims, dtype=np.int64))
         intra, shm = self._intra, self.shm
         found = shm.allocate(intra.index, count, kind) if intra and shm else None
-        return found if found is not None else np.empty(count, dtype=kind)
+        return (found if found is not None else np.empty(count, dtype=kind)).reshape(dims)
 
     def _next_seq(self) -> int:
         self.seq += 1
