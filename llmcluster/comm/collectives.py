@@ -141,7 +141,6 @@ class Communicator:
         leader, root = local[0], leaders[0]
         board = self.board if len(values) <= BOARD_VALUES else None
         tag = tag_of(mesh.attempt, seq)
-        mesh.poll_service()
         result: Sequence[float]
         if self.rank != leader:
             if board is not None:
