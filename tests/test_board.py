@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -117,3 +118,40 @@ def test_a_rank_that_never_arrives_is_named_and_the_wait_gives_up() -> None:
     board.arrive(2, tag)  # the late one completes the count; the wait now returns at once
     board.await_arrivals(lambda: None, 0.01)
     assert board.missing(tag) is None
+
+
+def _asleep_in_a_futex(pid: int) -> bool:
+    with open(f"/proc/{pid}/wchan") as src:
+        return "futex" in src.read()  # futex_wait_queue, futex_do_wait: by kernel version
+
+
+@pytest.mark.timeout(120)
+def test_a_sleeping_leader_is_woken_by_the_last_arrival_alone() -> None:
+    """The leader sleeps at once (no spin) with a slice longer than the test's patience, and
+    the ranks arrive only once the kernel shows it asleep: it returns only if the last
+    arrival's wake-up reaches it (the earlier arrivals make no syscall; the count they
+    leave tells the last one it is last)."""
+    region = create_board(4)
+    assert region is not None
+    tag, leader = tag_of(1, 2), os.getpid()
+
+    def follower(index: int) -> int:
+        mine = NodeBoard(region, 4)
+        deadline = time.monotonic() + 30
+        while not _asleep_in_a_futex(leader):  # polling an observable state, not a sleep
+            if time.monotonic() > deadline:
+                return 2
+            os.sched_yield()
+        mine.arrive(index, tag, [float(index)])
+        return 0
+
+    pids = [fork_child(lambda i=i: follower(i), name=f"llmc-board{i}") for i in (1, 2, 3)]
+
+    def gave_up() -> None:
+        raise AssertionError("the leader was not woken")
+
+    board = NodeBoard(region, 4)
+    board.await_arrivals(gave_up, 60.0, spin_s=0.0)
+    assert [board.values(i, 1)[0] for i in (1, 2, 3)] == [1.0, 2.0, 3.0]
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    assert codes == [0, 0, 0]
