@@ -122,6 +122,7 @@ class NodeBoard:
         self._view = memoryview(region)  # values go in and out with struct: no numpy per call
         self._slot_at = [slots_at + i * BOARD_VALUES * 8 for i in range(local_ranks + 1)]
         self._formats = [struct.Struct(f"={n}d") for n in range(BOARD_VALUES + 1)]
+        self._blocks: dict[int, struct.Struct] = {}  # count -> the other ranks' slots at once
 
     def _put(self, index: int, values: Sequence[float]) -> None:
         self._formats[len(values)].pack_into(self._view, self._slot_at[index], *values)
@@ -158,6 +159,16 @@ class NodeBoard:
             if self._cells[index].value != tag:
                 return index
         return None
+
+    def others(self, count: int) -> tuple[float, ...]:
+        """The first ``count`` values of every non-leader's slot, rank after rank, in one
+        read (the leader folds them in this order)."""
+        block = self._blocks.get(count)
+        if block is None:
+            gap = f"{(BOARD_VALUES - count) * 8}x"
+            block = struct.Struct("=" + gap.join([f"{count}d"] * (self.local_ranks - 1)))
+            self._blocks[count] = block
+        return block.unpack_from(self._view, self._slot_at[1])
 
     def values(self, index: int, count: int) -> tuple[float, ...]:
         """The first ``count`` values of slot ``index``, as floats."""

@@ -153,8 +153,7 @@ class Communicator:
         else:
             if board is not None:
                 self._board_arrivals(board, tag, seq)
-                for index in range(1, len(local)):
-                    fused.fold(values, board.values(index, len(values)), spans)
+                fused.fold_rows(values, board.others(len(values)), spans)
             else:
                 for src in local[1:]:
                     fused.fold(values, mesh.recv(src, seq, 0).tolist(), spans)

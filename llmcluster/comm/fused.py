@@ -50,6 +50,20 @@ def fold(acc: list[float], row: Sequence[float], spans: Sequence[Span]) -> None:
         acc[lo:hi] = map(op, acc[lo:hi], row[lo:hi])
 
 
+def fold_rows(acc: list[float], rows: Sequence[float], spans: Sequence[Span]) -> None:
+    """``acc = acc op row`` for each row of ``len(acc)`` values laid end to end in ``rows``,
+    row after row (the same order as ``fold`` once per row, in one pass per element)."""
+    width = len(acc)
+    if not width:
+        return
+    for op, lo, hi in spans:
+        for j in range(lo, hi):
+            total = acc[j]
+            for value in rows[j::width]:
+                total = op(total, value)
+            acc[j] = total
+
+
 def split(
     result: Sequence[float], parts: Sequence[tuple[np.ndarray, str]], spans: Sequence[Span],
     world_size: int,
