@@ -10,13 +10,12 @@ in-process figure; PSS per rank; per-step collective latency; allreduce busbw by
 bandwidth measured alongside (numpy copy and add of 16 MB on one core, and the copy on every
 core at once) and each 16 MB busbw given as a fraction of the limit that sets; CPU use of a
 default demo; the wall time per step and ready at 256-2048 ranks (the 2048-rank run once: it
-takes minutes). Baselines: torchrun+gloo and
-mpirun+mpi4py as measured on this machine class (shared/reference/perf-anchors.md); where
-mpi4py (with mpirun) or torch is installed, the full run also runs that baseline in the
-same invocation (``baselines.py``: launch and step at 8 and 64 ranks, busbw at 2, 4 and 8,
-each busbw run right after one of ours so both see the same load) and its ratios use those
-live figures, marked "this run"; otherwise the recorded figures are printed with their
-source. Results go to benchmarks/last-run.json.
+takes minutes). Baselines: torchrun+gloo and mpirun+mpi4py as measured on this machine class
+(shared/reference/perf-anchors.md); where mpi4py (with mpirun) or torch is installed, the
+full run also runs that baseline in the same invocation (``baselines.py``: launch and step
+at 8 and 64 ranks, busbw at 2, 4 and 8, each busbw run right after one of ours so both see
+the same load) and its ratios use those live figures, marked "this run"; otherwise the
+recorded figures are printed with their source. Results go to benchmarks/last-run.json.
 """
 
 from __future__ import annotations
