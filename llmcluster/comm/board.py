@@ -22,8 +22,9 @@ so every local rank inherits it; one cache line per word)::
 Each word but the counter has one writer, so plain aligned 32-bit stores suffice; x86-64's
 store ordering makes the data visible before the word (and the locked add everything
 before the counter). A rank arrives only after it has seen the previous result, so every
-arrival counted after a reset belongs to the current collective. Elsewhere (or without
-the futex syscall) ``board_supported()`` is False and collectives use the sockets.
+arrival counted after a reset belongs to the current collective. Elsewhere (not x86-64
+Linux, or a libc whose semaphores count differently) ``board_supported()`` is False and
+collectives use the sockets.
 """
 
 from __future__ import annotations
