@@ -202,8 +202,8 @@ def scale_run(ranks: int, steps: int = 10) -> Scale:
     return Scale(ready_at, (stamps[-1] - stamps[0]) / (len(stamps) - 1))
 
 
-def memory_bandwidth(nbytes: int = BUSBW_BYTES, repeats: int = 20) -> dict[str, Any]:
-    """One core's numpy copy and add of ``nbytes`` float32 (median GB/s of the output size)."""
+def _rates(nbytes: int, repeats: int) -> tuple[float, float]:
+    """This process's numpy copy and add of ``nbytes`` float32: median GB/s of the output."""
     a, b = np.ones(nbytes // 4, np.float32), np.ones(nbytes // 4, np.float32)
     c = np.empty_like(a)
 
@@ -216,13 +216,51 @@ def memory_bandwidth(nbytes: int = BUSBW_BYTES, repeats: int = 20) -> dict[str, 
             times.append(time.perf_counter() - started)
         return nbytes / statistics.median(times) / 1e9
 
-    return {"copy_gbs": rate(lambda: np.copyto(c, a)),
-            "add_gbs": rate(lambda: np.add(a, b, out=c))}  # fmt: skip
+    return rate(lambda: np.copyto(c, a)), rate(lambda: np.add(a, b, out=c))
 
 
-def busbw_limit(copy_gbs: float, ranks: int) -> float:
+def _copy_on_every_core(nbytes: int, repeats: int, cores: int) -> float:
+    """The summed copy rate of ``cores`` processes copying at once (started together
+    through a pipe): the memory bandwidth ranks on every core share."""
+    go_read, go_write = os.pipe()
+    done_read, done_write = os.pipe()
+    children = []
+    for _ in range(cores - 1):
+        pid = os.fork()
+        if pid == 0:  # a child: wait for the start, measure, report, leave
+            code = 1
+            try:
+                os.read(go_read, 1)
+                os.write(done_write, f"{_rates(nbytes, repeats)[0]:.6f}\n".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    os.write(go_write, b"x" * len(children))
+    total = _rates(nbytes, repeats)[0]
+    for pid in children:
+        os.waitpid(pid, 0)
+    os.close(done_write)
+    with os.fdopen(done_read) as reports:
+        total += sum(float(line) for line in reports)
+    for fd in (go_read, go_write):
+        os.close(fd)
+    return total
+
+
+def memory_bandwidth(nbytes: int = BUSBW_BYTES, repeats: int = 20) -> dict[str, float]:
+    """One core's numpy copy and add of ``nbytes`` float32, and the copy rate of every core
+    copying at once (GB/s of the output size; medians)."""
+    copy, add = _rates(nbytes, repeats)
+    cores = os.cpu_count() or 1
+    every = _copy_on_every_core(nbytes, repeats, cores) if cores > 1 else copy
+    return {"copy_gbs": copy, "add_gbs": add, "copy_all_cores_gbs": every}
+
+
+def busbw_limit(memory: dict[str, float], ranks: int) -> float:
     """The busbw no allreduce can beat here: each of the ``ranks`` inputs read once and each
-    output written once (2 x ranks x size bytes), at the copy rate on every core the ranks
-    can use; as nccl-tests' busbw, x 2(n-1)/n over the time."""
-    cores = min(ranks, os.cpu_count() or 1)
-    return copy_gbs * cores * 2 * (ranks - 1) / ranks**2
+    output written once (2 x ranks x size bytes of traffic) at the copy rate the cores reach
+    together (a copy moves 2 bytes per byte copied), or one core's for a single rank; as
+    nccl-tests' busbw, x 2(n-1)/n over that time."""
+    rate = memory["copy_all_cores_gbs"] if ranks > 1 else memory["copy_gbs"]
+    return rate * 2 * (ranks - 1) / ranks**2

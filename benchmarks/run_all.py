@@ -7,16 +7,17 @@ Figures (the full form gives each as the median of 3 runs): launch -> all ranks 
 first barrier, from outside (the command's exec to its ready record) next to the in-process
 figure; PSS per rank; per-step collective latency; allreduce busbw by size (through
 ``llmcluster bench``) in place and out of place, with this machine's memory bandwidth
-measured alongside (numpy copy and add of 16 MB) and each 16 MB busbw given as a fraction of
-the limit it sets; CPU use of a default demo; the wall time per step and ready at 256-2048
-ranks (the 2048-rank run once: it takes minutes); the step and CPU of a run with three
-observers, a scraped metrics endpoint and CURVE on against the same run bare. Baselines:
-torchrun+gloo and mpirun+mpi4py as measured on this machine class (shared/reference/perf-
-anchors.md); where mpi4py (with mpirun) or torch is installed, the full run also runs that
-baseline in the same invocation (``baselines.py``: launch and step at 8 and 64 ranks, busbw
-at 2, 4 and 8, each busbw run right after one of ours so both see the same load) and its
-ratios use those live figures, marked "this run"; otherwise the recorded figures are printed
-with their source. Results go to benchmarks/last-run.json.
+measured alongside (numpy copy and add of 16 MB on one core, and the copy on every core at
+once) and each 16 MB busbw given as a fraction of the limit that sets; CPU use of a default
+demo; the wall time per step and ready at 256-2048 ranks (the 2048-rank run once: it takes
+minutes); the step and CPU of a run with three observers, a scraped metrics endpoint and
+CURVE on against the same run bare. Baselines: torchrun+gloo and mpirun+mpi4py as measured
+on this machine class (shared/reference/perf-anchors.md); where mpi4py (with mpirun) or
+torch is installed, the full run also runs that baseline in the same invocation
+(``baselines.py``: launch and step at 8 and 64 ranks, busbw at 2, 4 and 8, each busbw run
+right after one of ours so both see the same load) and its ratios use those live figures,
+marked "this run"; otherwise the recorded figures are printed with their source. Results go
+to benchmarks/last-run.json.
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ def main() -> int:
     live: Live = {}
     memory = figures.memory_bandwidth()
     results.update({f"mem_{key}": value for key, value in memory.items()})
-    print(f"memory bandwidth (numpy, 16 MB, one core): copy {memory['copy_gbs']:.2f} GB/s, "
-          f"add {memory['add_gbs']:.2f} GB/s")  # fmt: skip
+    print(f"memory bandwidth (numpy, 16 MB): one core copy {memory['copy_gbs']:.2f} GB/s, add "
+          f"{memory['add_gbs']:.2f} GB/s; every core copying at once "
+          f"{memory['copy_all_cores_gbs']:.2f} GB/s in total")  # fmt: skip
     for n in (8, 64) if quick else (8, 64, 256):
         _launch_and_step(n, reps, live, results, with_baselines=not quick and n <= 64)
     for n in (64,) if quick else (64, 256):
@@ -124,7 +126,7 @@ def main() -> int:
         ratio = _ratio_text(per_rank, BASELINES["pss_mib"].get(n, {}), True)
         print(f"PSS  {n:4d} ranks: {per_rank:6.2f} MiB/rank, {total:.0f} MiB total   {ratio}")
     for n in (8,) if quick else (2, 4, 8):
-        _busbw_rows(n, reps, live, memory["copy_gbs"], results, with_baselines=not quick)
+        _busbw_rows(n, reps, live, memory, results, with_baselines=not quick)
     results["baselines_this_run"] = {b: {str(n): f for n, f in r.items()} for b, r in live.items()}
     if not quick:
         _demo_and_scale(results, reps)
@@ -167,7 +169,12 @@ def _launch_and_step(
 
 
 def _busbw_rows(
-    n: int, reps: int, live: Live, copy_gbs: float, results: dict[str, Any], with_baselines: bool
+    n: int,
+    reps: int,
+    live: Live,
+    memory: dict[str, float],
+    results: dict[str, Any],
+    with_baselines: bool,
 ) -> None:
     """16 MB busbw at ``n`` ranks in place and out of place, each run of ours next to a run
     of every baseline (so both see the same load), as a fraction of the memory limit."""
@@ -182,7 +189,7 @@ def _busbw_rows(
         medians = _medians(runs)
         wanted = {k: v for k, v in medians.items() if k.startswith("busbw")}
         live.setdefault(backend, {}).setdefault(n, {}).update(wanted)
-    limit = figures.busbw_limit(copy_gbs, n)
+    limit = figures.busbw_limit(memory, n)
     results[f"busbw_limit_gbs@{n}"] = limit
     for label, key, pick in (("in place", "busbw_16mb_gbs", "in_place"),
                              ("out of place", "busbw_16mb_oop_gbs", "out_of_place")):  # fmt: skip

@@ -32,8 +32,8 @@ REGISTERED = ("reg-in-place", "reg-both", "reg-src-only", "reg-out-only")  # whi
 
 def rank_input(rank: int, size: int, dtype: str = "float64") -> np.ndarray:
     rng = np.random.default_rng([1234, rank, size])
-    if dtype == "int64":
-        return rng.integers(-1000, 1000, size=size, dtype=np.int64)
+    if dtype.startswith("int"):
+        return rng.integers(-1000, 1000, size=size, dtype=np.int64).astype(dtype)
     return rng.standard_normal(size).astype(dtype)
 
 
@@ -281,6 +281,62 @@ def test_registered_buffers_single_copy(world: int, nproc: int, board: bool) -> 
     ]
     table += [("allreduce", "hierarchical", "min", 100003, "float64")]  # neither registered
     check(world, nproc, table, run_ranks(world, nproc, table, shm=True, board=board))
+
+
+@pytest.mark.parametrize(("world", "board"), [(2, True), (3, False), (8, True)])
+def test_registered_buffers_match_numpy_bit_for_bit(world: int, board: bool) -> None:
+    """On one node the arena's allreduce folds the ranks in rank order, so in place and out
+    of place its results are numpy's left-to-right sum to the last bit, for odd sizes and
+    every dtype."""
+    table = [
+        (kind, "hierarchical", "sum", size, dtype)
+        for kind in ("reg-in-place", "reg-both")
+        for dtype in ("float32", "float64", "int32", "int64")
+        for size in (1, 7, 4097, 100003)
+    ]
+    outputs = run_ranks(world, world, table, shm=True, board=board)
+    for i, (_, _, _, size, dtype) in enumerate(table):
+        expected = functools.reduce(np.add, [rank_input(r, size, dtype) for r in range(world)])
+        for rank in range(world):
+            got = outputs[rank][f"c{i}"]
+            assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes(), (i, rank)
+
+
+def _backing(address: int) -> str:
+    """What the mapping holding ``address`` maps (the last field of /proc/self/maps)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            lo, hi = (int(end, 16) for end in fields[0].split("-"))
+            if lo <= address < hi:
+                return fields[5].strip() if len(fields) > 5 else ""
+    raise AssertionError(f"{address:#x} is not mapped")
+
+
+def test_a_registered_buffer_has_the_asked_shape_and_lives_in_the_arena() -> None:
+    """A registered buffer has the shape asked for and lives in the arena, an anonymous
+    shared mapping: no /dev/shm name that an exit could leave behind (the kernel frees it
+    with the last process that maps it); past the heap, a plain array."""
+    region = create_region(1, SHM_CAPACITY)
+    ctx = zmq.Context()
+    with tempfile.TemporaryDirectory(prefix="llmc-test-") as folder:
+        mesh = PeerMesh(ctx, rank=0, run_id="t", bind=[f"ipc://{folder}/r0"], timeout_s=10,
+                        service=lambda: None)  # fmt: skip
+        mesh.set_peers([[f"ipc://{folder}/r0"]], [0])
+        try:
+            arena = ShmArena(region, 1, SHM_CAPACITY)
+            comm = Communicator(mesh, rank=0, topology=Topology.uniform(1, 1), shm=arena)
+            grid = comm.shared_buffer((3, 5), np.float64)
+            assert grid.shape == (3, 5) and arena.offset_of(0, grid.reshape(-1)) is not None
+            assert _backing(grid.__array_interface__["data"][0]) == "/dev/zero (deleted)"
+            grid[:] = np.arange(15.0).reshape(3, 5)
+            assert comm.allreduce(grid, algorithm="hierarchical", out=grid) is grid
+            assert grid.tolist() == np.arange(15.0).reshape(3, 5).tolist()
+            too_big = comm.shared_buffer(3 * SHM_CAPACITY, np.uint8)  # the heap is full: plain
+            assert too_big.size == 3 * SHM_CAPACITY and arena.offset_of(0, too_big) is None
+        finally:
+            mesh.close()
+            ctx.term()
 
 
 @pytest.mark.parametrize("board", [False, True])

@@ -4,10 +4,14 @@ A step's loss/step-time reduction is a few numbers. Sent as ZeroMQ messages insi
 node, each one wakes three threads (sender's I/O thread, receiver's I/O thread,
 receiver); on a busy 2-core machine those wake-ups are most of the step's collective
 time. On the board, a local rank writes its values into its own slot, marks its own word
-and adds one to the arrivals counter with ``FUTEX_WAKE_OP`` (an atomic add in the kernel
-that wakes the leader only when it was the last arrival): the leader, asleep on the
-counter with ``FUTEX_WAIT``, is woken once per collective, not once per rank. The leader
-resets the counter and publishes the result on one word that every local rank sleeps on.
+and adds one to the arrivals counter; the last arrival (the one that reads the full count
+back) wakes the leader, asleep on the counter with ``FUTEX_WAIT``, so a sleeping leader is
+woken once per collective, not once per rank, and a spinning one costs the arrivals no
+syscall. The counter is a process-shared POSIX semaphore that nobody waits on: glibc's
+``sem_post`` is the atomic add (a locked instruction in user space, which Python has no
+other way to issue), and its count is the first 32-bit word of the ``sem_t``, where the
+leader sleeps. The leader resets the counter and publishes the result on one word that
+every local rank sleeps on.
 
 Layout (one anonymous shared mapping per node, made by the node agent before it forks,
 so every local rank inherits it; one cache line per word)::
@@ -16,10 +20,11 @@ so every local rank inherits it; one cache line per word)::
     | result slot
 
 Each word but the counter has one writer, so plain aligned 32-bit stores suffice; x86-64's
-store ordering makes the data visible before the word (and a syscall orders everything
+store ordering makes the data visible before the word (and the locked add everything
 before the counter). A rank arrives only after it has seen the previous result, so every
-arrival counted after a reset belongs to the current collective. Elsewhere (or without
-the futex syscall) ``board_supported()`` is False and collectives use the sockets.
+arrival counted after a reset belongs to the current collective. Elsewhere (not x86-64
+Linux, or a libc whose semaphores count differently) ``board_supported()`` is False and
+collectives use the sockets.
 """
 
 from __future__ import annotations
@@ -27,20 +32,18 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
-
-import numpy as np
 
 from llmcluster.comm.shm import anonymous
 
 BOARD_VALUES = 32  # float64 values per slot: enough for any fused step reduction
 LINE = 64
 _SYS_FUTEX = 202  # x86_64
-_FUTEX_WAIT, _FUTEX_WAKE, _FUTEX_WAKE_OP = 0, 1, 5  # shared: the waiters are other processes
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # shared: the waiters are other processes
 _WAKE_ALL = 0x7FFFFFFF
-_OP_ADD, _CMP_EQ = 1, 0
 SPIN_S = 100e-6  # a waiter yields the CPU this long before it sleeps: on an oversubscribed
 # machine the poster is often runnable on this very core, and a futex wake-up across cores
 # costs more; a busy run queue makes each yield long, so the spin ends after a few
@@ -51,6 +54,22 @@ if _libc is not None:  # syscall(SYS_futex, uaddr, op, val, timeout or val2, uad
     _syscall.restype = ctypes.c_long
     _syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]  # fmt: skip
+_sem_post = getattr(_libc, "sem_post", None)
+if _sem_post is not None:
+    _sem_post.argtypes = [ctypes.c_void_p]
+
+
+def _counting_semaphore() -> bool:
+    """True if ``sem_post`` on a zeroed ``sem_t`` (as a fresh or cleared board holds) counts
+    in its first 32-bit word and touches nothing else (glibc's layout on x86-64)."""
+    if _sem_post is None:
+        return False
+    cell = (ctypes.c_uint32 * 8)()
+    posted = [_sem_post(ctypes.addressof(cell)) for _ in range(2)]
+    return posted == [0, 0] and list(cell) == [2, 0, 0, 0, 0, 0, 0, 0]
+
+
+_SEMAPHORE_COUNTS = _counting_semaphore()
 
 
 class _Timespec(ctypes.Structure):
@@ -58,8 +77,9 @@ class _Timespec(ctypes.Structure):
 
 
 def board_supported() -> bool:
-    """True where the futex path is correct: Linux on x86-64 (total store order)."""
-    return _libc is not None and platform.machine() == "x86_64"
+    """True where the futex path is correct: Linux on x86-64 (total store order) with
+    glibc's semaphores."""
+    return _SEMAPHORE_COUNTS and platform.machine() == "x86_64"
 
 
 def board_bytes(local_ranks: int) -> int:
@@ -93,43 +113,41 @@ def _futex(address: int, op: int, value: int, timeout_at: int | None) -> None:
     _syscall(_SYS_FUTEX, address, op, value, timeout_at, None, 0)
 
 
-def _add_and_wake_if(address: int, last: int) -> None:
-    """Atomically add 1 to the word at ``address``; wake one waiter if it held ``last``."""
-    assert _syscall is not None
-    op = (_OP_ADD << 28) | (_CMP_EQ << 24) | (1 << 12) | (last & 0xFFF)
-    _syscall(_SYS_FUTEX, address, _FUTEX_WAKE_OP, 0, 1, address, op)
-
-
 class NodeBoard:
     """One rank's handle on its node's board."""
 
     def __init__(self, region: Any, local_ranks: int) -> None:
-        if local_ranks > 0xFFF + 1:
-            raise ValueError("a board serves at most 4097 local ranks")
         self.local_ranks = local_ranks
         words = range(local_ranks + 2)  # one per rank, the result word, the arrivals counter
         self._cells = [ctypes.c_uint32.from_buffer(region, i * LINE) for i in words]
         self._addresses = [ctypes.addressof(cell) for cell in self._cells]
         self._arrivals, self._arrivals_at = self._cells[-1], self._addresses[-1]
-        self._slots = np.ndarray(
-            (local_ranks + 1, BOARD_VALUES), dtype=np.float64, buffer=region,
-            offset=(local_ranks + 2) * LINE,
-        )  # fmt: skip
+        slots_at = (local_ranks + 2) * LINE
+        self._view = memoryview(region)  # values go in and out with struct: no numpy per call
+        self._slot_at = [slots_at + i * BOARD_VALUES * 8 for i in range(local_ranks + 1)]
+        self._formats = [struct.Struct(f"={n}d") for n in range(BOARD_VALUES + 1)]
+        self._blocks: dict[int, struct.Struct] = {}  # count -> the other ranks' slots at once
 
-    def post(self, index: int, tag: int, values: np.ndarray) -> None:
+    def _put(self, index: int, values: Sequence[float]) -> None:
+        self._formats[len(values)].pack_into(self._view, self._slot_at[index], *values)
+
+    def post(self, index: int, tag: int, values: Sequence[float]) -> None:
         """Write ``values`` into slot ``index`` (the result slot is ``local_ranks``) and wake
         whoever waits on it."""
-        self._slots[index, : values.size] = values
+        self._put(index, values)
         self._cells[index].value = tag
         _futex(self._addresses[index], _FUTEX_WAKE, _WAKE_ALL, None)
 
-    def arrive(self, index: int, tag: int, values: np.ndarray | None = None) -> None:
+    def arrive(self, index: int, tag: int, values: Sequence[float] = ()) -> None:
         """A non-leader's part: ``values`` into slot ``index``, ``tag`` on its word, and one
         more on the arrivals counter (waking the leader if this was the last arrival)."""
-        if values is not None:
-            self._slots[index, : values.size] = values
+        if len(values):
+            self._put(index, values)
         self._cells[index].value = tag
-        _add_and_wake_if(self._arrivals_at, self.local_ranks - 2)
+        assert _sem_post is not None  # guarded by board_supported()
+        _sem_post(self._arrivals_at)  # the atomic add; only the last arrival makes a syscall
+        if self._arrivals.value == self.local_ranks - 1:
+            _futex(self._arrivals_at, _FUTEX_WAKE, 1, None)
 
     def await_arrivals(
         self, idle: Callable[[], None], slice_s: float, spin_s: float = SPIN_S
@@ -146,13 +164,19 @@ class NodeBoard:
                 return index
         return None
 
-    def read(self, index: int, count: int) -> np.ndarray:
-        """A copy of the first ``count`` values of slot ``index``."""
-        return self._slots[index, :count].copy()
+    def others(self, count: int) -> tuple[float, ...]:
+        """The first ``count`` values of every non-leader's slot, rank after rank, in one
+        read (the leader folds them in this order)."""
+        block = self._blocks.get(count)
+        if block is None:
+            gap = f"{(BOARD_VALUES - count) * 8}x"
+            block = struct.Struct("=" + gap.join([f"{count}d"] * (self.local_ranks - 1)))
+            self._blocks[count] = block
+        return block.unpack_from(self._view, self._slot_at[1])
 
-    def rows(self, indices: range, count: int) -> np.ndarray:
-        """Slots ``indices`` as rows (a view: read them before anyone posts again)."""
-        return self._slots[indices.start : indices.stop, :count]
+    def values(self, index: int, count: int) -> tuple[float, ...]:
+        """The first ``count`` values of slot ``index``, as floats."""
+        return self._formats[count].unpack_from(self._view, self._slot_at[index])
 
     def await_tag(
         self,

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from llmcluster.comm import fused
 from llmcluster.comm.board import BOARD_VALUES, SPIN_S, NodeBoard, tag_of
 from llmcluster.comm.intranode import IntraNode
 from llmcluster.comm.mesh import SERVICE_S, CollectiveTimeout, PeerMesh
@@ -36,7 +37,6 @@ ReduceOp = Callable[..., np.ndarray]
 OPS: dict[str, ReduceOp] = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum}
 RING_MIN_BYTES = 64 * 1024  # hierarchical: leaders switch from tree to ring above this size
 _EMPTY = np.zeros(0, dtype=np.uint8)
-_NOTHING = np.zeros(0)  # a board post that carries no values
 
 
 class Communicator:
@@ -67,14 +67,17 @@ class Communicator:
             self._intra = IntraNode(shm, self._index, across=len(self._leaders) > 1,
                                     sync=self._node_sync, poll=mesh.poll_service)  # fmt: skip
 
-    def shared_buffer(self, count: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
-        """A ``count``-element array in this rank's part of the node's arena (a registered
+    def shared_buffer(
+        self, shape: int | tuple[int, ...], dtype: np.dtype | type = np.float32
+    ) -> np.ndarray:
+        """An array of ``shape`` in this rank's part of the node's arena (a registered
         buffer: allreduce reads it in place and writes results into it without copies).
         Outside an arena, or when the arena is full, a plain array (collectives copy)."""
-        kind = np.dtype(dtype)
+        kind, dims = np.dtype(dtype), (shape,) if isinstance(shape, int) else tuple(shape)
+        count = int(np.prod(dims, dtype=np.int64))
         intra, shm = self._intra, self.shm
         found = shm.allocate(intra.index, count, kind) if intra and shm else None
-        return found if found is not None else np.empty(count, dtype=kind)
+        return (found if found is not None else np.empty(count, dtype=kind)).reshape(dims)
 
     def _next_seq(self) -> int:
         self.seq += 1
@@ -133,56 +136,42 @@ class Communicator:
         so every rank holds the bit-identical result.
         """
         seq = self._next_seq()
-        flat = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a, _ in parts])
-        spans, lo = [], 0
-        for array, op in parts:
-            hi = lo + np.size(array)
-            spans.append((OPS[op].reduce, lo, hi))
-            lo = hi
+        values, spans = fused.flatten(parts)
         local, leaders, mesh = self._local, self._leaders, self.mesh
         leader, root = local[0], leaders[0]
-        board = self.board if flat.size <= BOARD_VALUES else None
-
-        def fold(acc: np.ndarray, rows: np.ndarray) -> None:
-            """Fold ``rows`` into ``acc`` in order: one reduce per op along axis 0."""
-            stacked = np.concatenate([acc[None, :], rows])
-            for reduce, lo, hi in spans:
-                reduce(stacked[:, lo:hi], axis=0, out=acc[lo:hi])
-
+        board = self.board if len(values) <= BOARD_VALUES else None
+        tag = tag_of(mesh.attempt, seq)
+        result: Sequence[float]
         if self.rank != leader:
             if board is not None:
-                tag = tag_of(mesh.attempt, seq)
-                board.arrive(self._index, tag, flat)
+                board.arrive(self._index, tag, values)
                 self._board_result(board, tag, seq)
-                result = board.read(len(local), flat.size)
+                result = board.values(len(local), len(values))
             else:
-                mesh.send(leader, seq, 0, flat)
-                result = mesh.recv(leader, seq, 3)
+                mesh.send(leader, seq, 0, np.array(values))
+                result = mesh.recv(leader, seq, 3).tolist()
         else:
-            acc = flat
             if board is not None:
-                tag = tag_of(mesh.attempt, seq)
                 self._board_arrivals(board, tag, seq)
-                fold(acc, board.rows(range(1, len(local)), flat.size))
-            elif len(local) > 1:
-                fold(acc, np.stack([mesh.recv(src, seq, 0) for src in local[1:]]))
-            if self.rank != root:
-                mesh.send(root, seq, 1, acc)
-                result = mesh.recv(root, seq, 2)
+                fused.fold_rows(values, board.others(len(values)), spans)
             else:
+                for src in local[1:]:
+                    fused.fold(values, mesh.recv(src, seq, 0).tolist(), spans)
+            if self.rank != root:
+                mesh.send(root, seq, 1, np.array(values))
+                result = mesh.recv(root, seq, 2).tolist()
+            else:
+                for src in leaders[1:]:
+                    fused.fold(values, mesh.recv(src, seq, 1).tolist(), spans)
+                result = values
                 if len(leaders) > 1:
-                    fold(acc, np.stack([mesh.recv(src, seq, 1) for src in leaders[1:]]))
-                result = acc
-                mesh.send_many(leaders[1:], seq, 2, result)
+                    mesh.send_many(leaders[1:], seq, 2, np.array(result))
             if board is not None:
                 board.post(len(local), tag, result)
-            else:
-                mesh.send_many(local[1:], seq, 3, result)
+            elif len(local) > 1:
+                mesh.send_many(local[1:], seq, 3, np.array(result))
         mesh.flush()
-        return [
-            np.true_divide(result[lo:hi], self.world_size) if op == "mean" else result[lo:hi].copy()
-            for (_, op), (_, lo, hi) in zip(parts, spans, strict=True)
-        ]
+        return fused.split(result, parts, spans, self.world_size)
 
     def _board_idle(self, seq: int, source: Callable[[], int]) -> Callable[[], None]:
         """What a board wait runs between sleeps: serve control, and raise the watchdog
@@ -333,7 +322,7 @@ class Communicator:
             self._board_result(board, tag, seq)
         else:
             self._board_arrivals(board, tag, seq)
-            board.post(len(local), tag, _NOTHING)
+            board.post(len(local), tag, ())
 
     def _local_barrier(self, members: Sequence[int], seq: int, phase: int) -> None:
         self._tree_allreduce(members, _EMPTY.copy(), np.maximum, seq, phase)
