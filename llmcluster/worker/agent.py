@@ -128,7 +128,7 @@ class NodeAgent:
             if code is not None:
                 return code
             while True:
-                for msg in link.wait(CHECK_S, wake_fd=wake_read.fileno()):
+                for msg in link.wait(link.check_s, wake_fd=wake_read.fileno()):
                     code = self._handle(link, msg)
                     if code is not None:
                         return code

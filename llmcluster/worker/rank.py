@@ -117,6 +117,7 @@ class Rank:
             timeout_s=spec.config.collective_timeout_s,
             service=self.serve,
             curve=spec.curve,
+            service_s=self.link.check_s,  # a large world's ranks wake less often while idle
         )
         self.mesh.reset(spec.attempt)
         self.display: DisplayThread | None = None
