@@ -42,7 +42,7 @@ from llmcluster.worker.training import RankDied, Training
 
 RENDEZVOUS_TIMEOUT_S = 60.0
 RUN_SHOWN_WAIT_S = 5.0
-YIELD_TO_CONTROL_RANKS = 1024  # above this many ranks, ranks run below the control plane
+YIELD_TO_CONTROL_RANKS = 256  # above this many ranks, ranks run below the control plane
 RANK_NICE = 10
 
 
@@ -90,8 +90,9 @@ class Rank:
 
     def __init__(self, spec: RankSpec) -> None:
         self.spec = spec
-        if spec.config.ranks > YIELD_TO_CONTROL_RANKS:  # thousands of ranks on a few cores:
-            os.nice(RANK_NICE)  # the coordinator and agents must still be heard (heartbeats)
+        if spec.config.ranks > YIELD_TO_CONTROL_RANKS and spec.rank != 0:  # hundreds of ranks
+            os.nice(RANK_NICE)  # on a few cores: the coordinator and agents must still be heard
+            # (heartbeats), and rank 0 (the display, the fused star's root) keeps up
         self.stop_requested = False
         self.ctx = zmq.Context()
         tcp_inbox = any(address.startswith("tcp://") for address in spec.inbox)
