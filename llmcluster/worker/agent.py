@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -48,6 +49,10 @@ from llmcluster.worker.tail import Tailed, TailLog
 JOIN_FIRST_WAIT_S = 2.0  # a busy coordinator (hundreds of agents) may take a while to welcome
 JOIN_MAX_WAIT_S = 8.0
 REFUSED_EXIT = 2  # a refused node: like a usage error, retrying cannot help
+
+
+# what forking one rank takes: its global rank, the child's target, its environment, streams
+RankStart = tuple[int, Callable[[], int], dict[str, str], logspec.RankLogs]
 
 
 class Refusal(Exception):
@@ -345,56 +350,40 @@ class NodeAgent:
         else:  # nothing of the last attempt's words may look current to the new ranks
             clear_board(self.board)
         self._log_destinations(run_id, spawn.attempt, list(local))
-        for local_rank, rank in enumerate(local):
-            inbox = [f"ipc://{self.run_dir.path}/r{rank}"]
-            if self.spec.tcp_host:
-                inbox.append(f"tcp://{self.spec.tcp_host}:0")
-            spec = RankSpec(
-                config=config,
-                run_id=run_id,
-                rank=rank,
-                local_rank=local_rank,
-                node=self.node,
-                host=self.spec.host,
-                attempt=spawn.attempt,
-                start_step=spawn.start_step,
-                sim_time=spawn.sim_time,
-                control=self.spec.control,
-                publish=self.publish,
-                inbox=inbox,
-                speed=spawn.speed,
-                proof=rank_proof(spawn.nonce, rank),
-                curve=self.keys,
-                shm=self.shm,
-                board=self.board,
-                beacon=self.beacon,
-                plan_host=self.spec.tcp_host is None,  # one machine: the plan's host names
-            )
-            env = torchrun_env(
-                rank=rank,
-                local_rank=local_rank,
-                world_size=config.ranks,
-                local_world_size=len(local),
-                group_rank=self.node,
-                master_addr=config.master_addr,
-                master_port=config.master_port,
-                run_id=run_id,
-                restart_count=spec.attempt,
-                max_restarts=config.max_restarts,
-                role=config.role,
-            )
-            logs = self.rank_logs[rank]
-            if logs.error_file:
-                env[ERROR_FILE_VAR] = logs.error_file
-            pid = fork_child(
-                lambda s=spec: Rank(s).run(),
-                name=f"llmc-rank{rank}",
-                env=env,
-                stdout=logs.stdout,
-                stderr=logs.stderr,
-            )
+        # every rank's spec first, then the forks back to back: whatever the agent writes
+        # between two forks (pages it shares with the last child) is copied on write
+        starts = [self._rank_start(spawn, run_id, local_rank, rank)
+                  for local_rank, rank in enumerate(local)]  # fmt: skip
+        for rank, target, env, logs in starts:
+            pid = fork_child(target, name=f"llmc-rank{rank}", env=env, stdout=logs.stdout,
+                             stderr=logs.stderr)  # fmt: skip
             self.children[pid] = rank
         streams = self.rank_logs.values()
         tailed = [Tailed(logs.stdout, logs.prefix, 1) for logs in streams if logs.tee_stdout]
         tailed += [Tailed(logs.stderr, logs.prefix, 2) for logs in streams if logs.tee_stderr]
         self.tail = TailLog(tailed).start() if tailed else None
+
+    def _rank_start(self, spawn: Spawn, run_id: str, local_rank: int, rank: int) -> RankStart:
+        """What forking ``rank`` takes: the child's target, torchrun environment and streams."""
+        config = self.config
+        assert config is not None
+        inbox = [f"ipc://{self.run_dir.path}/r{rank}"]  # plan_host: one machine, the plan's names
+        if self.spec.tcp_host:
+            inbox.append(f"tcp://{self.spec.tcp_host}:0")
+        spec = RankSpec(config=config, run_id=run_id, rank=rank, local_rank=local_rank,
+                        node=self.node, host=self.spec.host, attempt=spawn.attempt,
+                        start_step=spawn.start_step, sim_time=spawn.sim_time,
+                        control=self.spec.control, publish=self.publish, inbox=inbox,
+                        speed=spawn.speed, proof=rank_proof(spawn.nonce, rank), curve=self.keys,
+                        shm=self.shm, board=self.board, beacon=self.beacon,
+                        plan_host=self.spec.tcp_host is None)  # fmt: skip
+        env = torchrun_env(rank=rank, local_rank=local_rank, world_size=config.ranks,
+                           local_world_size=len(config.node_ranks(self.node)),
+                           group_rank=self.node, master_addr=config.master_addr,
+                           master_port=config.master_port, run_id=run_id,
+                           restart_count=spec.attempt, max_restarts=config.max_restarts,
+                           role=config.role)  # fmt: skip
+        logs = self.rank_logs[rank]
+        if logs.error_file:
+            env[ERROR_FILE_VAR] = logs.error_file
+        return rank, lambda: Rank(spec).run(), env, logs
