@@ -76,7 +76,8 @@ def run_local(config: RunConfig, plan: sim.RunPlan, metrics: MetricsSettings | N
                 launch_wall=launch_wall,
                 start_time=timeline_start(config, plan, launch_wall),
                 secret=secrets.token_hex(16),
-                join_timeout_s=LOCAL_RENDEZVOUS_TIMEOUT_S,  # a rendezvous that never completes
+                # a rendezvous that never completes
+                join_timeout_s=LOCAL_RENDEZVOUS_TIMEOUT_S * config.start_scale,
                 simulated_hosts=True,  # logs show the plan's cluster, never this machine
                 publish_endpoint=publish,
                 agent_pid=os.getpid(),
