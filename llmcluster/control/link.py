@@ -12,6 +12,7 @@ token's server key (``control.security``), so it talks to the real coordinator o
 from __future__ import annotations
 
 import ctypes
+import math
 import mmap
 import time
 from typing import Any
@@ -165,7 +166,8 @@ class ControlLink:
                 self._next_beat - time.monotonic() if self.run_id is not None else remaining
             )
             slice_s = min(remaining, self.check_s, max(until_beat, 0.0))
-            ready = dict(poller.poll(max(0, slice_s) * 1000))
+            # whole milliseconds, rounded up: a fraction of one polls at once (a spin to the end)
+            ready = dict(poller.poll(math.ceil(max(0.0, slice_s) * 1000)))
             if self.socket in ready:
                 messages = self.receive_ready()
                 if messages:
