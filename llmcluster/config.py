@@ -20,6 +20,7 @@ MAX_NNODES = 512
 MAX_DURATION_S = 366 * 86400.0
 RECORD_SUFFIXES = (".svg", ".html", ".txt", ".cast")
 SILENCE_SCALE_RANKS = 256
+START_SCALE_RANKS = 1024
 TARGET_WALL_STEP_S = 0.5  # --speed auto: a demo shows a step about every half second
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -174,6 +175,13 @@ class RunConfig:
         stretched beyond 256 ranks, where one 2-core machine cannot schedule every process
         within 3 s while a thousand of them start."""
         return self.heartbeat_timeout_s * max(1.0, self.ranks / SILENCE_SCALE_RANKS)
+
+    @property
+    def start_scale(self) -> float:
+        """How many times longer than a 1024-rank world this one may take to start (1 up to
+        1024 ranks): every rank costs tens of milliseconds of CPU to start, and 2048 of them
+        on two cores take longer than a minute to pass their first barrier."""
+        return max(1.0, self.ranks / START_SCALE_RANKS)
 
     @property
     def makes_log_files(self) -> bool:

@@ -40,3 +40,23 @@ def test_the_beacon_is_shared_across_fork() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert beacon.heard() == 42.0
+
+
+@pytest.mark.parametrize(("timeout_s", "polls"), [(3.0, range(4, 7)), (24.0, range(1, 3))])
+def test_an_idle_wait_checks_for_silence_a_twelfth_of_a_long_timeout_apart(
+    tmp_path: Path, timeout_s: float, polls: range
+) -> None:
+    """A large world's tolerance is long: its 1024 waiting ranks must not wake 4 times a
+    second each (about a core of two); a short tolerance is still checked every 0.25 s."""
+    ctx = zmq.Context()
+    link = ControlLink(ctx, endpoint=f"ipc://{tmp_path}/nobody", identity=b"r0", run_id=None,
+                       src=0, timeout_s=timeout_s)  # fmt: skip
+    calls = []
+    poll = link._poller.poll
+    link._poller.poll = lambda ms: calls.append(ms) or poll(ms)  # type: ignore[method-assign]
+    try:
+        assert link.wait(1.0) == []
+        assert len(calls) in polls, calls
+    finally:
+        link.close()
+        ctx.term()

@@ -4,7 +4,7 @@ Each rank binds one PULL "inbox"; it connects a PUSH socket to a peer's inbox th
 first time it sends there. Messages are tagged (src, seq, phase) so that the
 collectives can ask for exactly the message they need while others wait in a
 pending table. ``service`` (the rank serves its control socket there) is called at
-least every ``SERVICE_S`` while the rank is inside a collective, whether its receives
+least every ``service_s`` while the rank is inside a collective, whether its receives
 wait or find their message at once (``poll_service``, which long shared-memory loops
 call too); it may raise to abandon the collective (abort, dead coordinator).
 The hot path is lean on purpose: a binary header (``frames``) with small arrays inline,
@@ -27,8 +27,7 @@ from llmcluster.control.security import CurveKeys, connect_curve, over_tcp, serv
 from llmcluster.wire.messages import MAX_PEER_BYTES
 
 SERVICE_S = 0.25  # control is served at least this often while a rank waits (1024 idle
-# ranks waking 20 times a second cost more than a core)
-POLL_MS = 250
+# ranks waking 20 times a second cost more than a core); a large world's ranks wait longer
 CLOSE_LINGER_MS = 500
 SNDMORE, RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)  # plain ints: enum arithmetic is slow
 
@@ -58,8 +57,10 @@ class PeerMesh:
         timeout_s: float,
         service: Service,
         curve: CurveKeys | None = None,
+        service_s: float = SERVICE_S,
     ) -> None:
         self.rank, self.run_id, self.timeout_s = rank, run_id, timeout_s
+        self.service_s = service_s
         self._curve = curve
         self.attempt = 0
         self.dropped = 0
@@ -69,7 +70,7 @@ class PeerMesh:
         self._inbox.setsockopt(zmq.MAXMSGSIZE, MAX_PEER_BYTES + 4096)
         self._inbox.setsockopt(zmq.RCVHWM, 0)
         self._inbox.setsockopt(zmq.LINGER, 0)
-        self._inbox.setsockopt(zmq.RCVTIMEO, POLL_MS)
+        self._inbox.setsockopt(zmq.RCVTIMEO, round(service_s * 1000))
         self._tag = run_tag(run_id)
         self.node = node
         self.endpoints: list[str] = []
@@ -140,7 +141,7 @@ class PeerMesh:
         for tracker in self._trackers:
             while True:
                 try:
-                    tracker.wait(SERVICE_S)
+                    tracker.wait(self.service_s)
                     break
                 except zmq.NotDone:
                     self.poll_service()
@@ -149,7 +150,7 @@ class PeerMesh:
     def serve(self) -> None:
         """Serve the control socket now (a collective waiting elsewhere calls this)."""
         self._service()
-        self._next_service = time.monotonic() + SERVICE_S
+        self._next_service = time.monotonic() + self.service_s
 
     def poll_service(self) -> None:
         """Serve the control socket if it is due (cheap enough to call between blocks)."""
@@ -168,7 +169,7 @@ class PeerMesh:
             return found
         receive, accept = self._inbox.recv, self._accept
         while True:
-            try:  # blocks for at most POLL_MS (RCVTIMEO): one call per message, no poller
+            try:  # blocks for at most service_s (RCVTIMEO): one call per message, no poller
                 frame = receive()
             except zmq.Again:
                 frame = None

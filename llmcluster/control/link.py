@@ -12,6 +12,7 @@ token's server key (``control.security``), so it talks to the real coordinator o
 from __future__ import annotations
 
 import ctypes
+import math
 import mmap
 import time
 from collections.abc import Sequence
@@ -31,7 +32,9 @@ from llmcluster.wire import (
 from llmcluster.wire.messages import Heartbeat
 
 HEARTBEAT_S = 1.0  # one beat a second each way; silence is judged against the timeout
-CHECK_S = 0.25  # how often a waiting process checks for silence
+CHECK_S = 0.25  # how often a waiting process checks for silence (at least)
+CHECKS_PER_TIMEOUT = 12  # a long timeout (a large world's) is checked less often: 1024 idle
+# ranks waking 4 times a second each cost about a core of this machine's two
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enum costs on every step
 
 
@@ -102,6 +105,12 @@ class ControlLink:
         self.last_heard = time.monotonic()
         self._next_beat = 0.0
 
+    @property
+    def check_s(self) -> float:
+        """How long an idle wait sleeps between silence checks (and a waiting collective
+        between serving control): CHECK_S, or a twelfth of a longer timeout."""
+        return max(CHECK_S, self.timeout_s / CHECKS_PER_TIMEOUT)
+
     def send(self, kind: Kind, body: Any) -> None:
         """Send one message (``body`` is the kind's dataclass) to the coordinator; never
         blocks: with no connection to queue it on (a refused handshake ends the connection
@@ -159,7 +168,12 @@ class ControlLink:
         while True:
             self.tick()
             remaining = deadline - time.monotonic()
-            ready = dict(poller.poll(max(0, min(remaining, CHECK_S)) * 1000))
+            until_beat = (
+                self._next_beat - time.monotonic() if self.run_id is not None else remaining
+            )
+            slice_s = min(remaining, self.check_s, max(until_beat, 0.0))
+            # whole milliseconds, rounded up: a fraction of one polls at once (a spin to the end)
+            ready = dict(poller.poll(math.ceil(max(0.0, slice_s) * 1000)))
             if self.socket in ready:
                 messages = self.receive_ready()
                 if messages:

@@ -131,7 +131,7 @@ class NodeAgent:
                 return code
             checked = -math.inf  # when the ranks were last looked at
             while True:
-                code = self._serve(link, CHECK_S, wake_read, self.starter.fds())
+                code = self._serve(link, link.check_s, wake_read, self.starter.fds())
                 tick = checked + self.spec.monitor_interval_s  # torchrun's monitor interval:
                 while code is None and time.monotonic() < tick:  # woken before it, wait
                     code = self._serve(link, tick - time.monotonic(), wake_read)

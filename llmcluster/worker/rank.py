@@ -42,8 +42,9 @@ from llmcluster.worker.training import RankDied, Training
 
 RENDEZVOUS_TIMEOUT_S = 60.0
 RUN_SHOWN_WAIT_S = 5.0
-YIELD_TO_CONTROL_RANKS = 1024  # above this many ranks, ranks run below the control plane
-RANK_NICE = 10
+YIELD_TO_CONTROL_RANKS = 256  # above this many ranks, ranks run below the control plane:
+RANK_NICE = 10  # at nice 10 (a tenth of the coordinator's weight), and above 1024 ranks
+LOWEST_RANKS, LOWEST_NICE = 1024, 19  # at 19 (a 68th): 2048 niced ranks still starved it
 
 
 def shm_capacity(config: RunConfig) -> int:
@@ -90,8 +91,10 @@ class Rank:
 
     def __init__(self, spec: RankSpec) -> None:
         self.spec = spec
-        if spec.config.ranks > YIELD_TO_CONTROL_RANKS:  # thousands of ranks on a few cores:
-            os.nice(RANK_NICE)  # the coordinator and agents must still be heard (heartbeats)
+        # hundreds of ranks on a few cores: the coordinator and agents must still be heard
+        # (heartbeats); rank 0 (the display, the fused star's root) keeps up
+        if spec.config.ranks > YIELD_TO_CONTROL_RANKS and spec.rank != 0:
+            os.nice(LOWEST_NICE if spec.config.ranks > LOWEST_RANKS else RANK_NICE)
         self.stop_requested = False
         self.ctx = zmq.Context()
         tcp_inbox = any(address.startswith("tcp://") for address in spec.inbox)
@@ -117,6 +120,7 @@ class Rank:
             timeout_s=spec.config.collective_timeout_s,
             service=self.serve,
             curve=spec.curve,
+            service_s=self.link.check_s,  # a large world's ranks wake less often while idle
         )
         self.mesh.reset(spec.attempt)
         self.display: DisplayThread | None = None
@@ -289,7 +293,7 @@ class Rank:
         """This node's address book: ascending ranks of the world, one non-empty endpoint
         list each, among them every rank in ``needed`` (anything else is dropped and
         counted; the wait goes on)."""
-        deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_S
+        deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_S * self.spec.config.start_scale
         world = self.spec.config.ranks
         while True:
             book = self._await(Kind.BOOK, deadline - time.monotonic()).body
