@@ -160,8 +160,12 @@ class StepClock:
                     self.first_step.set()
 
     def wait_first_step(self, timeout_s: float = 300) -> None:
-        if not self.first_step.wait(timeout_s):
-            raise RuntimeError("no step within the timeout")
+        deadline = time.monotonic() + timeout_s
+        while not self.first_step.wait(0.5):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the run exited {self.proc.returncode} before its first step")
+            if time.monotonic() > deadline:
+                raise RuntimeError("no step within the timeout")
 
     def seconds_per_step(self, steps: int, timeout_s: float = 600) -> float:
         """The wall time per step over the next ``steps`` steps."""
@@ -195,7 +199,8 @@ def _cores(before: dict[int, float], after: dict[int, float], wall: float) -> fl
 def step_seconds(ranks: int, featured: bool, steps: int) -> float:
     """Wall seconds per step at --speed 1e6 over ``steps`` steps after the observers are in."""
     ports = _free_ports()
-    proc = _launch(ports, featured, ["--steps", "1000000", "--speed", "1e6"], ranks)
+    proc = _launch(ports, featured, ["--steps", "1000000", "--speed", "1e6", "--seed", "1"],
+                   ranks)  # fmt: skip
     try:
         clock = StepClock(proc)
         clock.wait_first_step()
