@@ -13,6 +13,7 @@ import ctypes
 import gc
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -173,3 +174,22 @@ def terminate_all(pids: Iterable[int], *, grace_s: float = 1.0) -> dict[int, int
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+class SignalWakeup:
+    """A socket that turns readable when a signal arrives, a child's exit (SIGCHLD) included,
+    so a process can wait long on its sockets and still see at once that a child ended;
+    ``close`` restores the previous wake-up descriptor and SIGCHLD handler."""
+
+    def __init__(self) -> None:
+        self.read, self._write = socket.socketpair()
+        self.read.setblocking(False)
+        self._write.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(self._write.fileno())
+        self._previous_handler = signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        signal.signal(signal.SIGCHLD, self._previous_handler)
+        self.read.close()
+        self._write.close()

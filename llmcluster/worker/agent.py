@@ -20,7 +20,6 @@ import contextlib
 import math
 import os
 import secrets
-import signal
 import socket
 import sys
 import time
@@ -34,7 +33,7 @@ from llmcluster.comm.shm import create_region
 from llmcluster.config import RunConfig
 from llmcluster.control.link import CHECK_S, Beacon, ControlLink, CoordinatorLost
 from llmcluster.control.net import reachable
-from llmcluster.control.procs import signal_name
+from llmcluster.control.procs import SignalWakeup, signal_name
 from llmcluster.control.rundir import RunDir, remove_if_stale, start_janitor, stop_janitor
 from llmcluster.control.security import CurveKeys, HandshakeWatch
 from llmcluster.exporters.prometheus_server import MetricsExporter
@@ -118,11 +117,8 @@ class NodeAgent:
             marks_beacon=True,
         )
         # a child's exit wakes the loop at once (SIGCHLD's wake-up fd), so it can wait long
-        wake_read, wake_write = socket.socketpair()
-        wake_read.setblocking(False)
-        wake_write.setblocking(False)
-        previous_fd = signal.set_wakeup_fd(wake_write.fileno())
-        previous_handler = signal.signal(signal.SIGCHLD, lambda *_: None)
+        wakeup = SignalWakeup()
+        wake_read = wakeup.read
         try:
             code = self._slots_ready()
             if code is None:
@@ -151,10 +147,7 @@ class NodeAgent:
                   file=sys.stderr, flush=True)  # fmt: skip
             return 1
         finally:
-            signal.set_wakeup_fd(previous_fd)
-            signal.signal(signal.SIGCHLD, previous_handler)
-            wake_read.close()
-            wake_write.close()
+            wakeup.close()
             self.starter.stop(list(self.children))
             self.children.clear()
             self._stop_tail()

@@ -17,14 +17,13 @@ import contextlib
 import dataclasses
 import os
 import select
-import signal
 import socket
 import sys
 import time
 
 from llmcluster.comm.memfd import SharedRegion
 from llmcluster.control.link import Beacon
-from llmcluster.control.procs import reap, terminate_all
+from llmcluster.control.procs import SignalWakeup, reap, terminate_all
 from llmcluster.setup import build_setup
 from llmcluster.worker.slots import (
     BYE,
@@ -83,21 +82,14 @@ class Slot:
             print(f"llmcluster launch: no node agent listened at {self.path} in "
                   f"{timeout_s:.0f}s (local rank {self.local_rank})", file=sys.stderr)  # fmt: skip
             return AGENT_GONE
-        wake_read, wake_write = socket.socketpair()
-        wake_read.setblocking(False)
-        wake_write.setblocking(False)
-        previous_fd = signal.set_wakeup_fd(wake_write.fileno())
-        previous_handler = signal.signal(signal.SIGCHLD, lambda *_: None)
+        wakeup = SignalWakeup()
         try:
             send(conn, HELLO, self.local_rank)
-            return self._serve(conn, wake_read)
+            return self._serve(conn, wakeup.read)
         except OSError:  # the agent's end broke under a send
             return AGENT_GONE
         finally:
-            signal.set_wakeup_fd(previous_fd)
-            signal.signal(signal.SIGCHLD, previous_handler)
-            wake_read.close()
-            wake_write.close()
+            wakeup.close()
             if self.child is not None:
                 terminate_all([self.child])
             conn.close()
