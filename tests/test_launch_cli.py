@@ -171,8 +171,8 @@ def test_the_rendezvous_backend_and_monitor_interval_are_the_launchs_own(
     assert "rdzv_backend     : static" in done.stdout, done.stdout[:3000]
     assert "monitor_interval : 0.7" in done.stdout
     assert "restart 1/1" in done.stderr or "restart 1/1" in done.stdout
-    jsonl = run_cli("launch", "--nproc-per-node", "2", "--master-port", port, "--steps", "1",
-                    "--speed", "1e6", "--rdzv-backend", "c10d", "--format", "jsonl",
+    jsonl = run_cli("launch", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+                    "--steps", "1", "--speed", "1e6", "--rdzv-backend", "c10d", "--format", "jsonl",
                     timeout=90)  # fmt: skip
     run = records(jsonl.stdout)[0]
     assert (run["rdzv_backend"], run["monitor_interval_s"]) == ("c10d", 0.1)

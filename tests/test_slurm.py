@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any
 import pytest
 from conftest import Proc, processes_marked
 from slurm_cluster import Job, NoHosts, SlurmCluster, missing, slurm_cluster
+
+from llmcluster.control.rundir import sweep_stale_dirs
 
 SBATCH = Path(__file__).parent.parent / "examples" / "slurm" / "train.sbatch"
 PER_RANK = SBATCH.with_name("train-per-rank.sbatch")
@@ -160,7 +163,7 @@ def test_scancel_leaves_no_process_of_the_job_on_any_host(
 
 @pytest.mark.timeout(150)
 def test_a_node_lost_mid_job_is_handled_like_any_lost_node(
-    slurm: SlurmCluster, clean_table: None, test_mark: str
+    slurm: SlurmCluster, clean_table: None, test_mark: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """node2's task killed as a crashed host would lose it: the coordinator finds the node
     silent, the run (no restarts left) fails with the report, srun ends the step, the job is
@@ -183,6 +186,11 @@ def test_a_node_lost_mid_job_is_handled_like_any_lost_node(
     while (left := processes_marked(test_mark)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == [], f"processes of job {job.job_id} left: {left}"
+    # srun ends the step when a task is killed, and slurmstepd kills what is left of it (the
+    # agent's janitor too): the killed agent's directory may stay, stale, for the next start
+    # on that host to sweep, as it does here
+    monkeypatch.setattr(tempfile, "tempdir", str(slurm.root / "tmp"))
+    sweep_stale_dirs()
     assert _files_left(slurm) == []
 
 
