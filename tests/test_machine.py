@@ -72,6 +72,7 @@ class Harness:
         self.now, self.wall = 0.0, 1_000.0
         self.machine = Coordinator(self.config, plan, settings, self.now)
         self.actions: list[object] = []
+        self.host_prefix = "host"  # where each node's ranks say they run
 
     def feed(self, event: object) -> list[object]:
         out = self.machine.handle(event)  # type: ignore[arg-type]
@@ -100,7 +101,7 @@ class Harness:
                 node=rank // 2,
                 pid=200 + rank,
                 endpoints=(f"ipc://r{rank}",),
-                host=f"host{rank // 2}",
+                host=f"{self.host_prefix}{rank // 2}",
                 env={
                     "RANK": str(rank),
                     "LOCAL_RANK": str(rank % 2),
@@ -503,3 +504,23 @@ def test_reports_about_steps_the_run_cannot_be_at_are_dropped() -> None:
     assert len(h.machine.reports.pending) == pending
     h.step(2)
     assert [r.step for r in h.published() if r.TYPE == "step"] == [1, 2]
+
+
+def test_the_ranks_records_of_a_new_attempt_name_the_hosts_its_ranks_joined_from() -> None:
+    """The rank infos every merged record carries are kept per attempt, not rebuilt per
+    message: a restart whose ranks join from other hosts (spares) must show those."""
+    h = Harness()
+    h.start()
+    h.step(1)
+    h.message(b"agent0", Kind.AGENT_EXIT, AgentExit(rank=1, pid=201, exitcode=-9), AGENT_SRC)
+    h.feed(DisplayStatus(True, h.machine.published))
+    h.tick()
+    h.exit_all()
+    h.tick()
+    assert h.machine.attempt == 1
+    h.host_prefix = "spare"
+    h.start()
+    h.step(2)
+    ranks = [r for r in h.published() if r.TYPE == "ranks"]  # type: ignore[attr-defined]
+    assert [s.host for s in ranks[0].ranks] == ["host0", "host0", "host1", "host1"]
+    assert [s.host for s in ranks[-1].ranks] == ["spare0", "spare0", "spare1", "spare1"]

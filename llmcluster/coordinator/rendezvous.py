@@ -74,6 +74,7 @@ class Rendezvous:
         self.attempt = 0
         self.agents: dict[int, AgentPeer] = {}
         self.ranks: dict[int, RankPeer] = {}
+        self._infos: tuple[RankInfo, ...] | None = None  # built once per attempt's book
         self.lost_nodes: set[int] = set()
         self.dropped = 0
         self.refused = 0
@@ -211,6 +212,7 @@ class Rendezvous:
             self.dropped += 1
             return None
         host = self.plan.node_names[body.node] if self.settings.simulated_hosts else body.host
+        self._infos = None
         self.ranks[body.rank] = RankPeer(
             identity,
             now,
@@ -250,9 +252,12 @@ class Rendezvous:
             self.send(members, Kind.BOOK, book)
         self.publish(self.run_record())
 
-    def infos(self) -> list[RankInfo]:
-        """Every rank's join info, in rank order."""
-        return [self.ranks[r].info for r in range(self.config.ranks)]  # type: ignore[misc]
+    def infos(self) -> tuple[RankInfo, ...]:
+        """Every rank's join info, in rank order (kept: every stats message of every rank
+        needs it, and rebuilt per message it made each step cost the world squared)."""
+        if self._infos is None:
+            self._infos = tuple(self.ranks[r].info for r in range(self.config.ranks))  # type: ignore[misc]
+        return self._infos
 
     def run_record(self) -> RunRecord:
         config, infos = self.config, self.infos()
@@ -312,6 +317,7 @@ class Rendezvous:
     def new_attempt_state(self, wall: float) -> None:
         """Forget the last attempt's ranks."""
         self.ranks.clear()
+        self._infos = None
         self.rendezvous_wall = wall
         if self.settings.join_timeout_s:  # lost nodes get the join timeout again to come back
             self.join_deadline = self.now + self.settings.join_timeout_s
