@@ -60,3 +60,21 @@ def test_an_idle_wait_checks_for_silence_a_twelfth_of_a_long_timeout_apart(
     finally:
         link.close()
         ctx.term()
+
+
+def test_a_wait_under_a_millisecond_sleeps_it_instead_of_polling_a_whole_one(
+    tmp_path: Path,
+) -> None:
+    """A 300 µs compute sleep (a fast --speed) must not become poll's 1 ms, nor a spin."""
+    ctx = zmq.Context()
+    link = ControlLink(ctx, endpoint=f"ipc://{tmp_path}/nobody", identity=b"r0", run_id=None,
+                       src=0, timeout_s=3.0)  # fmt: skip
+    calls = []
+    poll = link._poller.poll
+    link._poller.poll = lambda ms: calls.append(ms) or poll(ms)  # type: ignore[method-assign]
+    try:
+        assert link.wait(300e-6) == []
+        assert calls and max(calls) == 0 and len(calls) <= 2, calls  # slept, then one look
+    finally:
+        link.close()
+        ctx.term()

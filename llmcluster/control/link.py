@@ -173,7 +173,11 @@ class ControlLink:
             )
             slice_s = min(remaining, self.check_s, max(until_beat, 0.0))
             # whole milliseconds, rounded up: a fraction of one polls at once (a spin to the end)
-            ready = dict(poller.poll(math.ceil(max(0.0, slice_s) * 1000)))
+            timeout_ms = math.ceil(max(0.0, slice_s) * 1000)
+            if 0 < remaining < 1e-3 and slice_s == remaining:  # the wait's last fraction of a
+                time.sleep(remaining)  # millisecond: rounded up it would overshoot by up to 1 ms
+                timeout_ms = 0  # (a compute phase at --speed 1e6 is microseconds)
+            ready = dict(poller.poll(timeout_ms))
             if self.socket in ready:
                 messages = self.receive_ready()
                 if messages:
