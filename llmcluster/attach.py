@@ -7,13 +7,16 @@ sends the cluster's snapshot first, so a late attach shows the current state at 
 ends when the run ends (the summary) or when the coordinator goes silent. Detaching
 (Ctrl+C, a closed terminal) only drops one observer: the run never waits for one. Views:
 the live dashboard (on a terminal; on a pipe, the log), the GPU grid, one node's
-``nvidia-smi`` table, or the log in the run's style.
+``nvidia-smi`` table, or the log in the run's style. The grid and the table show the latest
+state at most ``REDRAW_S`` apart (as ``watch`` or ``nvidia-smi -l`` do), never a frame per
+record: a fast run sends hundreds a second, and drawing each cost the run's own CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -30,6 +33,7 @@ from llmcluster.wire.records import RanksRecord, Record, RunRecord, SummaryRecor
 VIEWS = ("dashboard", "grid", "smi", "log")
 SILENCE_S = 6.0  # the hub beats every second; this long without a word means it is gone
 POLL_S = 0.2
+REDRAW_S = 0.25  # rich Live's default rate: 4 frames a second
 
 
 class AttachError(Exception):
@@ -141,6 +145,8 @@ class _Screen:
     def __init__(self, config: RunConfig, console: Any, view: str, node: int) -> None:
         self.config, self.console, self.view, self.node = config, console, view, node
         self.run: RunRecord | None = None
+        self.pending: RanksRecord | None = None  # the latest state, not drawn yet
+        self.drawn_at = -math.inf
 
     def show(self, record: Record) -> None:
         from llmcluster import render
@@ -150,18 +156,32 @@ class _Screen:
                 raise AttachError(f"--node {self.node}: the run has nodes 0 to {record.nnodes - 1}")
             self.run = record
         elif isinstance(record, RanksRecord) and self.run:
-            width, ascii_only = self.console.width, self.config.ascii_only
-            if self.view == "smi":
-                from llmcluster.render.smi import smi_lines
-
-                lines = smi_lines(self.run, record, self.node)
-            else:
-                lines = render.grid_lines(self.run, record, width=width, ascii_only=ascii_only)
-            self._draw(lines)
+            self.pending = record
+            self.tick()
         elif isinstance(record, SummaryRecord):
+            self.tick(final=True)  # the last state first, then the summary under it
             width = self.console.width
             self._print(render.summary_lines(self.run, record, width=width,
                                              ascii_only=self.config.ascii_only))  # fmt: skip
+
+    def tick(self, *, final: bool = False) -> None:
+        """Draw the latest state if it is not on screen and the last frame is REDRAW_S old
+        (``final``: whatever its age)."""
+        from llmcluster import render
+
+        now = time.monotonic()
+        record = self.pending
+        if record is None or self.run is None or (not final and now - self.drawn_at < REDRAW_S):
+            return
+        self.pending, self.drawn_at = None, now
+        if self.view == "smi":
+            from llmcluster.render.smi import smi_lines
+
+            lines = smi_lines(self.run, record, self.node)
+        else:
+            lines = render.grid_lines(self.run, record, width=self.console.width,
+                                      ascii_only=self.config.ascii_only)  # fmt: skip
+        self._draw(lines)
 
     def _draw(self, lines: list[str]) -> None:
         if self.console.is_terminal:
@@ -169,8 +189,8 @@ class _Screen:
         self._print(lines)
 
     def _print(self, lines: list[str]) -> None:
-        for line in lines:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        # one print for the frame: rich's per-call cost, once per line, was most of a redraw
+        self.console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
         self.console.file.flush()
 
     def close(self) -> None:
@@ -185,6 +205,9 @@ class _Sink:
 
     def show(self, record: Record) -> None:
         self.display.show(record)
+
+    def tick(self) -> None:
+        """Nothing to catch up on: the run's displays show every record as it comes."""
 
     def close(self) -> None:
         self.display.close()
@@ -218,6 +241,7 @@ def watch(endpoint: str, config: RunConfig, view: str, node: int,
                 screen.show(record)
                 if isinstance(record, SummaryRecord):
                     return 0
+            screen.tick()
     except HubSilent as exc:
         print(f"llmcluster attach: {exc}; detaching", file=sys.stderr)
         return 1
