@@ -42,7 +42,8 @@ class Busbw:
     in_place: dict[int, float]
 
 
-def _running(args: list[str]) -> subprocess.Popen[str]:
+def running(args: list[str]) -> subprocess.Popen[str]:
+    """``llmcluster ARGS --format jsonl``, its records on a pipe."""
     return subprocess.Popen(
         [*LLMC, *args, "--format", "jsonl"],
         stdout=subprocess.PIPE,
@@ -55,7 +56,7 @@ def _running(args: list[str]) -> subprocess.Popen[str]:
 def ready(ranks: int) -> Ready:
     """One launch of a 1-step run."""
     launched = time.time()
-    proc = _running(["--ranks", str(ranks), "--steps", "1", "--speed", "1e6"])
+    proc = running(["--ranks", str(ranks), "--steps", "1", "--speed", "1e6"])
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
@@ -114,21 +115,22 @@ def _wait_step(proc: subprocess.Popen[str], step: int) -> None:
     raise RuntimeError("the run ended early")
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Interrupt a run as Ctrl+C does and wait for it to end."""
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
 
 
 def pss(ranks: int) -> dict[str, float]:
     """PSS per rank (median over ranks) and in total, during training."""
-    proc = _running(["--ranks", str(ranks), "--steps", "100000", "--speed", "1e6"])
+    proc = running(["--ranks", str(ranks), "--steps", "100000", "--speed", "1e6"])
     try:
         _wait_step(proc, 3)
         pids = run_pids(proc.pid)
         per_rank = [_smaps_pss_mib(pid) for pid in pids if _comm(pid).startswith("llmc-rank")]
         total = sum(_smaps_pss_mib(pid) for pid in pids)
     finally:
-        _stop(proc)
+        stop(proc)
     return {"per_rank_mib": statistics.median(per_rank), "total_mib": total}
 
 
@@ -158,7 +160,7 @@ def cpu_seconds(pids: list[int]) -> float:
 def demo_cpu(ranks: int, seconds: float, windows: int) -> list[float]:
     """CPU-seconds per wall-second of a default demo (auto speed), all its processes, over
     ``windows`` consecutive windows of ``seconds``."""
-    proc = _running(["--ranks", str(ranks), "--seed", "1"])
+    proc = running(["--ranks", str(ranks), "--seed", "1"])
     try:
         _wait_step(proc, 2)
         pids = run_pids(proc.pid)
@@ -169,37 +171,45 @@ def demo_cpu(ranks: int, seconds: float, windows: int) -> list[float]:
             shares.append((cpu_seconds(pids) - before) / (time.monotonic() - started))
         return shares
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @dataclass(frozen=True)
 class Scale:
-    """One large run: its launch figures and the wall seconds per step."""
+    """One large run: its launch figures, the wall seconds per step once it runs steadily, and
+    the seconds from its ready record to its first steady step."""
 
     ready: Ready
     step_s: float
+    warmup_s: float
 
 
-def scale_run(ranks: int, steps: int = 10) -> Scale:
+WARMUP_STEPS = 10  # a large world's first steps are slow (each rank faults in the step's
+# code; the first eval and checkpoint after step 10); steady steps are timed after them
+
+
+def scale_run(ranks: int, steps: int = 2 * WARMUP_STEPS) -> Scale:
     """A ``ranks``-rank run at --speed 1e6 (compute sleeps ~0) that must start, train and
-    exit cleanly (RuntimeError otherwise): ready from exec and in-process, and the wall time
-    per step from the first step record to the last (records can arrive in bursts, so not a
-    median gap)."""
+    exit cleanly (RuntimeError otherwise): ready from exec and in-process; the wall time per
+    step from the record of step WARMUP_STEPS + 1 to the last (records can arrive in bursts,
+    so not a median gap), and from the ready record to that of step WARMUP_STEPS + 1."""
     launched = time.time()
-    proc = _running(["--ranks", str(ranks), "--steps", str(steps), "--speed", "1e6",
-                     "--max-restarts", "0"])  # fmt: skip
-    stamps, ready_at = [], None
+    proc = running(["--ranks", str(ranks), "--steps", str(steps), "--speed", "1e6",
+                    "--max-restarts", "0"])  # fmt: skip
+    stamps, ready_at, ready_stamp = [], None, 0.0
     assert proc.stdout is not None
     for line in proc.stdout:
         record = json.loads(line)
         if record["type"] == "ready":
             ready_at = Ready(time.time() - launched, float(record["ready_s"]))
+            ready_stamp = time.monotonic()
         elif record["type"] == "step":
             stamps.append(time.monotonic())
     code = proc.wait(timeout=600)
     if code != 0 or ready_at is None or len(stamps) != steps:
         raise RuntimeError(f"a {ranks}-rank run exited {code} after {len(stamps)} step(s)")
-    return Scale(ready_at, (stamps[-1] - stamps[0]) / (len(stamps) - 1))
+    steady = stamps[WARMUP_STEPS:]
+    return Scale(ready_at, (steady[-1] - steady[0]) / (len(steady) - 1), steady[0] - ready_stamp)
 
 
 def _rates(nbytes: int, repeats: int) -> tuple[float, float]:

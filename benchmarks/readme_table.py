@@ -69,6 +69,12 @@ def table(results: dict[str, Any]) -> list[str]:
     walls = " / ".join(f"{results.get(f'wall_step_s@{n}', float('nan')):.2f}"
                        for n in (256, 512, 1024, 2048))  # fmt: skip
     rows.append(f"| wall time per step at 256 / 512 / 1024 / 2048 ranks | {walls} s | - | - |")
+    warmups = " / ".join(f"{results.get(f'warmup_s@{n}', float('nan')):.1f}"
+                         for n in (256, 512, 1024, 2048))  # fmt: skip
+    rows.append(f"| the same runs, ready -> step 11 | {warmups} s | - | - |")
+    readies = " / ".join(f"{results.get(f'ready_s@{n}', float('nan')):.1f}" for n in (1024, 2048))
+    rows.append(f"| launch (exec) -> all ranks past the first barrier, 1024 / 2048 ranks | "
+                f"{readies} s | - | - |")  # fmt: skip
     rows.append(f"| largest N with a step under 1 s (of 256, 512, 1024, 2048) | "
                 f"{results['largest_n_step_under_1s']} | - | - |")  # fmt: skip
     rows.append(f"| memory bandwidth, numpy 16 MB | one core: copy {results['mem_copy_gbs']:.2f}"

@@ -10,14 +10,15 @@ figure; PSS per rank; per-step collective latency; allreduce busbw by size (thro
 measured alongside (numpy copy and add of 16 MB on one core, and the copy on every core at
 once) and each 16 MB busbw given as a fraction of the limit that sets; CPU use of a default
 demo; the wall time per step and ready at 256-2048 ranks (the 2048-rank run once: it takes
-minutes); the step and CPU of a run with three observers, a scraped metrics endpoint and
-CURVE on against the same run bare. Baselines: torchrun+gloo and mpirun+mpi4py as measured
-on this machine class (shared/reference/perf-anchors.md); where mpi4py (with mpirun) or
-torch is installed, the full run also runs that baseline in the same invocation
-(``baselines.py``: launch and step at 8 and 64 ranks, busbw at 2, 4 and 8, each busbw run
-right after one of ours so both see the same load) and its ratios use those live figures,
-marked "this run"; otherwise the recorded figures are printed with their source. Results go
-to benchmarks/last-run.json.
+minutes); what a 1024-rank start is made of (page faults by kind of process, at this
+machine's measured cost of a fresh page); the step and CPU of a run with three observers, a
+scraped metrics endpoint and CURVE on against the same run bare. Baselines: torchrun+gloo
+and mpirun+mpi4py as measured on this machine class (shared/reference/perf-anchors.md);
+where mpi4py (with mpirun) or torch is installed, the full run also runs that baseline in
+the same invocation (``baselines.py``: launch and step at 8 and 64 ranks, busbw at 2, 4 and
+8, each busbw run right after one of ours so both see the same load) and its ratios use
+those live figures, marked "this run"; otherwise the recorded figures are printed with their
+source. Results go to benchmarks/last-run.json.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +39,7 @@ sys.path.insert(0, str(HERE))
 import baselines  # noqa: E402  (sibling scripts)
 import feature_cost  # noqa: E402
 import figures  # noqa: E402
+import start_cost  # noqa: E402
 import step_latency  # noqa: E402
 
 SOURCE = "shared/reference/perf-anchors.md (2-vCPU EPYC, torch 2.13 gloo, Open MPI 4.1.4)"
@@ -130,6 +133,7 @@ def main() -> int:
     results["baselines_this_run"] = {b: {str(n): f for n, f in r.items()} for b, r in live.items()}
     if not quick:
         _demo_and_scale(results, reps)
+        _start_cost(results)
         _feature_cost(results, reps)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {args.out}")
@@ -219,16 +223,32 @@ def _demo_and_scale(results: dict[str, Any], reps: int) -> None:
             print(f"{n} ranks: every run failed")
             continue
         step = statistics.median(run.step_s for run in done)
+        warmup = statistics.median(run.warmup_s for run in done)
         outside = statistics.median(run.ready.from_exec for run in done)
         inside = statistics.median(run.ready.in_process for run in done)
-        results[f"wall_step_s@{n}"] = step
+        results[f"wall_step_s@{n}"], results[f"warmup_s@{n}"] = step, warmup
         results[f"ready_s@{n}"], results[f"ready_inproc_s@{n}"] = outside, inside
-        print(f"{n} ranks: wall per step {step:.3f} s, ready {outside:.2f} s from exec (in-process "
-              f"{inside:.2f} s); {len(done)}/{len(runs)} run(s) clean")  # fmt: skip
+        first = figures.WARMUP_STEPS + 1
+        print(f"{n} ranks: wall per step {step:.3f} s (steps {first}+; ready -> step {first} "
+              f"{warmup:.1f} s), ready {outside:.2f} s from exec (in-process {inside:.2f} s); "
+              f"{len(done)}/{len(runs)} run(s) clean")  # fmt: skip
     under = [n for n in SCALE_RANKS if results.get(f"wall_step_s@{n}", 9e9) < 1.0]
     results["largest_n_step_under_1s"] = max(under, default=0)
     print(f"largest N tried {SCALE_RANKS} with a step under 1 s: "
           f"{results['largest_n_step_under_1s']}")  # fmt: skip
+
+
+def _start_cost(results: dict[str, Any]) -> None:
+    """What a 1024-rank start is made of: faults and CPU by kind of process at the ready
+    record, and this machine's cost of a fresh page (``start_cost.py``)."""
+    try:
+        run = start_cost.start_cost(1024)
+    except (RuntimeError, subprocess.SubprocessError) as failed:
+        print(f"1024-rank start cost: failed ({failed})")
+        return
+    cost = start_cost.page_cost(start_cost.touch_gib_for(run))
+    results["start_cost@1024"] = {"run": asdict(run), "page": asdict(cost)}
+    print(start_cost.summary(run, cost, os.cpu_count() or 1))
 
 
 def _feature_cost(results: dict[str, Any], reps: int) -> None:

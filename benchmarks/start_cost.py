@@ -1,0 +1,153 @@
+"""What a large start costs, and what it is made of: page faults at this machine's page cost.
+
+At the ready record of one ``ranks``-rank run (``--speed 1e6``) it reads every process of the
+run (found by parentage) and sums, by kind (coordinator, node agents, ranks), the minor page
+faults and the CPU-seconds used so far. Then, in the same invocation, it measures what as
+much fresh memory as those faults amount to (one page each) costs to fault in here: one byte
+written per page of new anonymous memory, GiB after GiB. A VM backs its guest's memory
+lazily, so a page costs more the more fresh memory is touched at once (printed: the first
+GiB's cost and the last's). ``faults x mean cost`` estimates the CPU the faults alone take:
+the part of the start no change of llmcluster's own code removes while each rank is a forked
+Python process that writes those pages (copy-on-write of the interpreter's objects it uses).
+
+    python benchmarks/start_cost.py --ranks 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import mmap
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import figures  # (a sibling script)
+
+PAGE = mmap.PAGESIZE
+KINDS = ("coordinator", "agents", "ranks")
+
+
+@dataclass(frozen=True)
+class PageCost:
+    """Microseconds to fault in one fresh anonymous page, over ``touch_gib`` GiB at once."""
+
+    mean_us: float
+    first_gib_us: float
+    last_gib_us: float  # after (touch_gib - 1) GiB of fresh memory are already touched
+    touch_gib: int
+
+
+@dataclass(frozen=True)
+class StartCost:
+    """One run at its ready record: per kind of process, how many, faults and CPU-seconds."""
+
+    ready_s: float  # from exec
+    processes: dict[str, int]
+    faults: dict[str, int]
+    cpu_s: dict[str, float]
+
+
+def page_cost(touch_gib: int) -> PageCost:
+    """Touch ``touch_gib`` GiB of fresh memory a page at a time, timing each GiB (the memory
+    is unmapped at the end)."""
+    gib = 1 << 30
+    region = mmap.mmap(-1, touch_gib * gib)
+    pages = np.frombuffer(region, dtype=np.uint8)
+    try:
+        costs = []
+        for index in range(touch_gib):
+            started = time.perf_counter()
+            pages[index * gib : (index + 1) * gib : PAGE] = 1
+            costs.append((time.perf_counter() - started) / (gib // PAGE) * 1e6)
+    finally:
+        del pages
+        region.close()
+    return PageCost(sum(costs) / len(costs), costs[0], costs[-1], touch_gib)
+
+
+def touch_gib_for(run: StartCost) -> int:
+    """As many GiB as the run's faults amount to (a page each), within half the memory
+    available now."""
+    wanted = math.ceil(sum(run.faults.values()) * PAGE / (1 << 30))
+    available = os.sysconf("SC_AVPHYS_PAGES") * PAGE // (2 << 30)
+    return max(1, min(wanted, available))
+
+
+def _kind(pid: int, root: int) -> str:
+    if pid == root:
+        return "coordinator"
+    with open(f"/proc/{pid}/comm") as src:
+        return "agents" if src.read().startswith("llmc-agent") else "ranks"
+
+
+def start_cost(ranks: int) -> StartCost:
+    """One run of ``ranks`` ranks, read at its ready record, then interrupted."""
+    launched = time.time()
+    proc = figures.running(["--ranks", str(ranks), "--steps", "100000", "--speed", "1e6",
+                            "--max-restarts", "0"])  # fmt: skip
+    assert proc.stdout is not None
+    tick = os.sysconf("SC_CLK_TCK")
+    processes = dict.fromkeys(KINDS, 0)
+    faults = dict.fromkeys(KINDS, 0)
+    cpu = dict.fromkeys(KINDS, 0.0)
+    try:
+        for line in proc.stdout:
+            if json.loads(line)["type"] == "ready":
+                break
+        else:
+            raise RuntimeError(f"a {ranks}-rank run ended without a ready record")
+        ready_s = time.time() - launched
+        for pid in figures.run_pids(proc.pid):
+            try:
+                kind = _kind(pid, proc.pid)
+                with open(f"/proc/{pid}/stat") as src:
+                    fields = src.read().rsplit(")", 1)[1].split()
+            except OSError:  # gone since the listing (a helper process)
+                continue
+            processes[kind] += 1
+            faults[kind] += int(fields[7])
+            cpu[kind] += (int(fields[11]) + int(fields[12])) / tick
+    finally:
+        figures.stop(proc)
+    return StartCost(ready_s, processes, faults, cpu)
+
+
+def summary(run: StartCost, cost: PageCost, cores: int) -> str:
+    """The printed account: faults and CPU by kind, and the faults' share at this page cost."""
+    total_faults, total_cpu = sum(run.faults.values()), sum(run.cpu_s.values())
+    ranks = max(run.processes["ranks"], 1)
+    faults_cpu = total_faults * cost.mean_us / 1e6
+    parts = ", ".join(f"{kind} {run.cpu_s[kind]:.1f}" for kind in KINDS)
+    return (
+        f"start of {run.processes['ranks']} ranks: ready {run.ready_s:.1f} s from exec, "
+        f"{total_cpu:.1f} CPU-s used by then ({parts}); {total_faults} page faults "
+        f"({run.faults['ranks'] / ranks:.0f} per rank, {run.faults['agents']} in the agents). "
+        f"Faulting in as much fresh memory ({cost.touch_gib} GiB) costs {cost.mean_us:.1f} us a "
+        f"page here ({cost.first_gib_us:.1f} in the first GiB, {cost.last_gib_us:.1f} in the "
+        f"last): ~{faults_cpu:.1f} CPU-s for the faults alone, {faults_cpu / cores:.1f} s on "
+        f"{cores} cores"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, default=1024)
+    args = parser.parse_args()
+    if args.ranks < 1:
+        parser.error("--ranks must be at least 1")
+    run = start_cost(args.ranks)
+    cost = page_cost(touch_gib_for(run))
+    print(summary(run, cost, os.cpu_count() or 1))
+    print(json.dumps({"figure": "start_cost", **asdict(run), **asdict(cost)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
