@@ -7,6 +7,7 @@ import argparse
 import datetime
 import math
 import time
+from collections.abc import Callable
 
 from llmcluster.config import ConfigError, parse_duration
 from llmcluster.worker.logspec import parse_ranks_filter, std_from_str
@@ -83,18 +84,21 @@ def size_value(text: str) -> int:
     return int(value)
 
 
-def std_value(text: str) -> str:
-    """A ``--redirects``/``--tee`` value, checked by torch's own parser (its message)."""
-    try:
-        std_from_str(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def _checked_by(parse: Callable[[str], object], what: str) -> Callable[[str], str]:
+    """A value type that keeps the text ``parse`` accepts and turns its ValueError (torch's
+    own message) into argparse's one line."""
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    check.__name__ = check.__qualname__ = what
+    check.__doc__ = f"A {what.replace('_', ' ')}, checked as torch checks it."
+    return check
 
 
-def ranks_filter_value(text: str) -> str:
-    try:
-        parse_ranks_filter(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+std_value = _checked_by(std_from_str, "std_value")  # --redirects / --tee
+ranks_filter_value = _checked_by(parse_ranks_filter, "ranks_filter_value")  # --local-ranks-filter
