@@ -148,9 +148,22 @@ class PeerMesh:
         self._trackers.clear()
 
     def serve(self) -> None:
-        """Serve the control socket now (a collective waiting elsewhere calls this)."""
+        """Serve the control socket now (a collective waiting elsewhere calls this), and
+        file what waits in the inbox: a rank whose collectives all run on the node board
+        never reads it otherwise, and what a hostile sender put there must still be dropped
+        and counted."""
         self._service()
+        self._drain()
         self._next_service = time.monotonic() + self.service_s
+
+    def _drain(self) -> None:
+        receive, accept = self._inbox.recv, self._accept
+        while True:
+            try:
+                frame = receive(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            accept(frame)
 
     def poll_service(self) -> None:
         """Serve the control socket if it is due (cheap enough to call between blocks)."""
@@ -161,10 +174,10 @@ class PeerMesh:
         """Return the array ``src`` sent for (seq, phase), servicing control while waiting."""
         key = (src, seq, phase)
         pending = self._pending
-        found = pending.pop(key, None)
         started = time.monotonic()
         if started >= self._next_service:  # busy collectives must not starve heartbeats
             self.serve()
+        found = pending.pop(key, None)
         if found is not None:
             return found
         receive, accept = self._inbox.recv, self._accept
@@ -180,7 +193,10 @@ class PeerMesh:
                     return found
             now = time.monotonic()
             if now >= self._next_service:
-                self.serve()
+                self.serve()  # (which may file the awaited message)
+                found = pending.pop(key, None)
+                if found is not None:
+                    return found
             if now - started > self.timeout_s:
                 raise CollectiveTimeout(src, seq, now - started)
 
