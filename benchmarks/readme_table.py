@@ -68,7 +68,9 @@ def table(results: dict[str, Any]) -> list[str]:
                 f"{results['cpu_cores@64']:.2f} cores | - | - |")  # fmt: skip
     walls = " / ".join(f"{results.get(f'wall_step_s@{n}', float('nan')):.2f}"
                        for n in (256, 512, 1024, 2048))  # fmt: skip
-    rows.append(f"| wall time per step at 256 / 512 / 1024 / 2048 ranks | {walls} s | - | - |")
+    rows.append(
+        f"| wall time per step (steps 11-20) at 256 / 512 / 1024 / 2048 ranks | {walls} s | - | - |"
+    )
     warmups = " / ".join(f"{results.get(f'warmup_s@{n}', float('nan')):.1f}"
                          for n in (256, 512, 1024, 2048))  # fmt: skip
     rows.append(f"| the same runs, ready -> step 11 | {warmups} s | - | - |")
