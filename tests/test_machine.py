@@ -395,6 +395,23 @@ def test_a_silent_rank_fails_the_step() -> None:
     assert failure.TYPE == "failure" and failure.rank == 3 and "stopped answering" in failure.reason
 
 
+def test_silence_is_judged_against_what_has_been_read_not_the_clock() -> None:
+    """Messages queued behind a burst (read CONTROL_BATCH at a time) are not silence: while
+    the coordinator has read only what was sent by t, a rank heard at t - 1 is not lost."""
+    h = Harness()
+    h.start()
+    h.step(1)
+    heard = h.now
+    h.now += 10.0  # far past the 3 s tolerance on the clock
+    h.feed(Tick(h.now, h.wall, read_up_to=heard + 1.0))  # but read only up to 1 s after
+    assert h.machine.phase is Phase.TRAINING
+    assert not [r for r in h.published() if r.TYPE == "failure"]  # type: ignore[attr-defined]
+    h.feed(Tick(h.now, h.wall, read_up_to=h.now))  # the backlog is read: nobody spoke
+    failure = h.published()[-1]
+    assert failure.TYPE == "failure"  # type: ignore[attr-defined]
+    assert failure.reason == "node 0 (host0) silent for 10.0s"  # type: ignore[attr-defined]
+
+
 def test_interrupt_stops_at_the_next_boundary_and_waits_for_the_display() -> None:
     h = Harness()
     h.start()

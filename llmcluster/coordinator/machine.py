@@ -97,7 +97,8 @@ class Coordinator(Rendezvous):
         elif isinstance(event, HandshakeFailed):
             self.handshake_failed(event.endpoint, event.now)
         elif isinstance(event, Tick):
-            self._tick(event.now, event.wall)
+            read = event.now if event.read_up_to is None else event.read_up_to
+            self._tick(event.now, event.wall, read)
         elif isinstance(event, AgentLost):
             self._agent_lost(event)
         elif isinstance(event, Interrupted):
@@ -316,7 +317,7 @@ class Coordinator(Rendezvous):
         )
 
     # ---- time ------------------------------------------------------------------------
-    def _tick(self, now: float, wall: float) -> None:
+    def _tick(self, now: float, wall: float, read_up_to: float) -> None:
         self.now = now
         if self.phase is Phase.OVER:
             return
@@ -330,7 +331,7 @@ class Coordinator(Rendezvous):
         if self.phase is Phase.RENDEZVOUS:
             self._rendezvous_tick(now)
         elif self.phase in (Phase.TRAINING, Phase.STOPPING):
-            self._health_tick(now)
+            self._health_tick(now, read_up_to)
         elif self.phase is Phase.RESTARTING:
             self._wind_down(now, wall, RESTART_KILL_WAIT_S, self._respawn)
         elif self.phase is Phase.ABORTING:
@@ -353,13 +354,13 @@ class Coordinator(Rendezvous):
             )
             self._abort()
 
-    def _health_tick(self, now: float) -> None:
+    def _health_tick(self, now: float, read_up_to: float) -> None:
         if self.deadline is not None and now >= self.deadline and self.phase is Phase.TRAINING:
             self._stop("exit-after-time", 0)
         timeout = self.config.silence_tolerance_s
-        node = silent_node(self.agents, now, timeout)
+        node = silent_node(self.agents, read_up_to, timeout)
         if node is not None:
-            agent, silence = self.agents[node], now - self.agents[node].last_seen
+            agent, silence = self.agents[node], read_up_to - self.agents[node].last_seen
             self.node_lost(node)
             self._fail(
                 f"node {node} ({agent.host}) silent for {silence:.1f}s",
@@ -367,9 +368,9 @@ class Coordinator(Rendezvous):
                 -9,
             )
             return
-        rank = silent_rank(self.ranks, now, timeout)
+        rank = silent_rank(self.ranks, read_up_to, timeout)
         if rank is not None:
-            silence = now - self.ranks[rank].last_seen
+            silence = read_up_to - self.ranks[rank].last_seen
             self._fail(f"rank {rank} stopped answering for {silence:.1f}s", rank, -9)
 
     def _wind_down(

@@ -137,6 +137,7 @@ class CoordinatorServer:
         poller.register(self.hub.socket, zmq.POLLIN)
         if self.watch is not None:
             poller.register(self.watch.fd, zmq.POLLIN)
+        read_up_to = time.monotonic()
         try:
             while not self.machine.over:
                 ready = dict(poller.poll(POLL_MS))
@@ -152,15 +153,15 @@ class CoordinatorServer:
                 if status != self._status:
                     self._status = status
                     self._feed(status)
-                if self.router in ready:
-                    self._control(now, wall)
+                if self.router not in ready or self._control(now, wall):
+                    read_up_to = now  # every message sent before the poll has been read
                 for lost in self.supervisor.lost(now):
                     self._feed(lost)
                 while self.signals:
                     signum = self.signals.pop(0)
                     name = signal.Signals(signum).name
                     self._feed(Interrupted(name, EXIT_CODES.get(signum, 128 + signum), now))
-                self._feed(Tick(now, wall))
+                self._feed(Tick(now, wall, read_up_to))
             return self.machine.exit_code
         finally:
             self.supervisor.close()
@@ -172,13 +173,14 @@ class CoordinatorServer:
                 self.gatekeeper.stop()
             self.ctx.term()
 
-    def _control(self, now: float, wall: float) -> None:
+    def _control(self, now: float, wall: float) -> bool:
+        """Read and feed up to CONTROL_BATCH control messages; True if none is left."""
         world = self.machine.config.ranks
         for _ in range(CONTROL_BATCH):
             try:
                 identity, *frames = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return True
             except ValueError:  # an empty multipart message
                 self._feed(Malformed())
                 continue
@@ -192,6 +194,7 @@ class CoordinatorServer:
                 self._feed(Malformed())
                 continue
             self._feed(Received(identity, msg, now, wall))
+        return False
 
     def _feed(self, event: Event) -> None:
         for action in self.machine.handle(event):

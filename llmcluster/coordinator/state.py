@@ -72,10 +72,14 @@ class AgentLost:
 
 @dataclass(frozen=True)
 class Tick:
-    """Time passed (the loop's poll returned)."""
+    """Time passed (the loop's poll returned). ``read_up_to``: the time by which every control
+    message sent has been read (None: ``now``); silence is judged against it, so a backlog of
+    messages not read yet (a burst of samples, bounded batches) never makes their senders
+    look silent."""
 
     now: float
     wall: float
+    read_up_to: float | None = None
 
 
 @dataclass(frozen=True)
