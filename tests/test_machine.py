@@ -21,6 +21,7 @@ from llmcluster.coordinator.state import (
     Publish,
     Received,
     ReplaceAgent,
+    Say,
     Send,
     Settings,
     ShowUnshown,
@@ -478,6 +479,44 @@ def test_refused_nodes_are_told_why() -> None:
     h.message(b"a1", Kind.AGENT_JOIN, AgentJoin(node=-1, host="h", pid=6), AGENT_SRC)
     out = h.message(b"a2", Kind.AGENT_JOIN, AgentJoin(node=-1, host="h", pid=7), AGENT_SRC)
     assert _refusals(out) == ["every node rank is taken"] and _codes(out) == ["full"]
+
+
+def test_a_replacement_for_a_node_gone_quiet_waits_for_the_verdict_instead_of_a_refusal() -> None:
+    """The cut node's own side may give up, and a scheduler start its replacement, before
+    the coordinator has judged the silence: the replacement's join is not refused while its
+    holder misses beats, and its retry is admitted once the holder is declared lost."""
+    h = Harness()
+    h.start()
+    h.step(1)
+    replacement = AgentJoin(node=1, host="spare", pid=9)
+    out = h.message(b"spare", Kind.AGENT_JOIN, replacement, AGENT_SRC)
+    assert _refusals(out) == ["node rank 1 is taken"]  # node 1 beats: a second one is refused
+    h.tick(1.0)
+    h.message(b"agent0", Kind.HEARTBEAT, Heartbeat(t=1.0), AGENT_SRC)  # node 1 falls quiet
+    h.tick(1.5)
+    out = h.message(b"spare", Kind.AGENT_JOIN, replacement, AGENT_SRC)
+    assert _refusals(out) == [] and not [a for a in out if isinstance(a, Send)]
+    assert any("waits: its holder (host1) has been silent for 2.5s" in a.text
+               for a in out if isinstance(a, Say))  # fmt: skip
+    h.message(b"agent0", Kind.HEARTBEAT, Heartbeat(t=2.0), AGENT_SRC)
+    h.tick(1.0)  # node 1 silent for 3.5 s: lost, the group restarts
+    assert h.published()[-1].reason == "node 1 (host1) silent for 3.5s"  # type: ignore[attr-defined]
+    assert 1 not in h.machine.agents
+    out = h.message(b"spare", Kind.AGENT_JOIN, replacement, AGENT_SRC)  # the retry
+    assert [a.kind for a in out if isinstance(a, Send)] == [Kind.AGENT_WELCOME, Kind.SPAWN]
+    assert h.machine.agents[1].host == "spare"
+
+
+def test_a_quiet_holder_that_speaks_again_keeps_its_node_rank() -> None:
+    h = Harness()
+    h.start()
+    h.tick(2.5)
+    h.message(b"agent0", Kind.HEARTBEAT, Heartbeat(t=2.5), AGENT_SRC)
+    joiner = AgentJoin(node=1, host="spare", pid=9)
+    assert _refusals(h.message(b"spare", Kind.AGENT_JOIN, joiner, AGENT_SRC)) == []  # held
+    h.message(b"agent1", Kind.HEARTBEAT, Heartbeat(t=2.6), AGENT_SRC)  # it was only slow
+    out = h.message(b"spare", Kind.AGENT_JOIN, joiner, AGENT_SRC)
+    assert _refusals(out) == ["node rank 1 is taken"] and h.machine.agents[1].host == "host1"
 
 
 def test_each_node_gets_its_own_nonce_and_a_join_needs_its_rank_proof() -> None:

@@ -154,10 +154,20 @@ def test_cut_node_is_replaced_and_the_run_recovers(hosts: None, clean_table: Non
         NETNS.run("cut", "node2")
         assert node1.wait(timeout=60) != 0  # the cut node gives up on its coordinator
         NETNS.run("heal", "node2")
-        replacement = _node("node2", 1)  # the node is replaced, as a scheduler would
-        out, _ = node0.communicate(timeout=180)
+        # a scheduler replaces the node once the job has judged it lost and restarts (one
+        # that came sooner would be held, or refused while late packets of the old node
+        # still made it look live)
+        for line in node0.stdout:
+            seen.append(json.loads(line) if line.startswith("{") else {})
+            if seen[-1].get("type") == "restart":
+                break
+        replacement = _node("node2", 1)
+        (out, err), (_, replacement_err), (_, coord_err) = communicate_all(
+            [node0, replacement, coord], timeout=180
+        )
         recs = seen + [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-        assert node0.returncode == 0 and coord.wait(timeout=30) == 0
+        assert node0.returncode == 0, (err, replacement_err, coord_err)
+        assert coord.returncode == 0
     finally:
         NETNS.run("heal", "node2", check=False)
         reap(coord, node0, node1, *([replacement] if replacement else []))

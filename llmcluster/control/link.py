@@ -29,9 +29,8 @@ from llmcluster.wire import (
     decode,
     encode,
 )
-from llmcluster.wire.messages import Heartbeat
+from llmcluster.wire.messages import HEARTBEAT_S, Heartbeat
 
-HEARTBEAT_S = 1.0  # one beat a second each way; silence is judged against the timeout
 CHECK_S = 0.25  # how often a waiting process checks for silence (at least)
 CHECKS_PER_TIMEOUT = 12  # a long timeout (a large world's) is checked less often: 1024 idle
 # ranks waking 4 times a second each cost about a core of this machine's two

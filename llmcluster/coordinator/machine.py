@@ -40,6 +40,7 @@ from llmcluster.coordinator.state import (
 )
 from llmcluster.wire import Kind, Message
 from llmcluster.wire.messages import (
+    HEARTBEAT_S,
     AgentExit,
     Done,
     Exit,
@@ -53,7 +54,6 @@ from llmcluster.wire.messages import (
 from llmcluster.wire.messages import Phase as PhaseReport
 from llmcluster.wire.records import LogRecord, ReadyRecord, Record
 
-HEARTBEAT_S = 1.0
 DRAIN_DISPLAY_S = 1.0  # a failure report gets this long to reach the screen before the kill
 RESTART_KILL_WAIT_S = 5.0
 ABORT_WAIT_S = 3.0

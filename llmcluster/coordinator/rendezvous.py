@@ -21,7 +21,7 @@ from llmcluster.coordinator.reports import Reports
 from llmcluster.coordinator.state import Action, AgentPeer, RankPeer, Say, Settings
 from llmcluster.telemetry.describe import run_record
 from llmcluster.telemetry.merge import RankInfo
-from llmcluster.wire import AGENT_SRC, PROTOCOL_VERSION, Kind, Message
+from llmcluster.wire import AGENT_SRC, HEARTBEAT_S, PROTOCOL_VERSION, Kind, Message
 from llmcluster.wire.messages import (
     STEP_REDUCTION_VALUES,
     AgentExit,
@@ -42,6 +42,7 @@ AGENT_KINDS = frozenset({Kind.AGENT_EXIT, Kind.HEARTBEAT})  # what an agent may 
 RANK_KINDS = frozenset({Kind.READY, Kind.STATS, Kind.PHASE, Kind.DONE, Kind.FAILURE,
                         Kind.HEARTBEAT})  # fmt: skip
 REFUSALS_SAID = 10  # refusals said one by one; after that, one line per thousand
+HOLDER_DYING_S = 2 * HEARTBEAT_S  # an agent this long unheard has missed two beats
 HANDSHAKE_NOTE_S = 5.0  # failed handshakes are reported at most this often (a flood is one line)
 
 
@@ -78,6 +79,7 @@ class Rendezvous:
         self.lost_nodes: set[int] = set()
         self.dropped = 0
         self.refused = 0
+        self.held = 0  # joins for a node rank whose holder had gone quiet (see _hold)
         self.handshakes_failed = 0
         self._next_handshake_note = 0.0
         self.rendezvous_wall = settings.launch_wall
@@ -110,7 +112,11 @@ class Rendezvous:
                 why = f"node rank {node} is out of range (the run has {config.nnodes} node(s))"
                 self.refuse(identity, why, body.host, RefusedFor.NODE_RANK)
             return
-        if node in self.agents:
+        holder = self.agents.get(node)
+        if holder is not None and now - holder.last_seen > HOLDER_DYING_S:
+            self._hold(node, holder, body.host, now)  # the joiner retries after the verdict
+            return
+        if holder is not None:
             self.refuse(identity, f"node rank {node} is taken", body.host, RefusedFor.TAKEN)
             return
         self.agents[node] = AgentPeer(identity, now, body.host, body.pid)
@@ -135,6 +141,18 @@ class Rendezvous:
         if self.refused <= REFUSALS_SAID or self.refused % 1000 == 0:  # a flood: a few lines
             origin = f" from {host!r}" if host else ""
             self.out.append(Say(f"refused a join{origin} ({self.refused} so far): {reason}", True))
+
+    def _hold(self, node: int, holder: AgentPeer, host: str, now: float) -> None:
+        """A join for a node rank whose holder has stopped beating: a replacement may come
+        before the holder's silence is judged (the holder's own side gives up on us as
+        soon). It gets no answer; its retry is admitted once the holder is declared lost,
+        or refused if the holder speaks again."""
+        self.held += 1
+        if self.held <= REFUSALS_SAID or self.held % 1000 == 0:
+            origin = f" from {host!r}" if host else ""
+            self.out.append(Say(f"a join{origin} for node rank {node} waits: its holder "
+                                f"({holder.host}) has been silent for "
+                                f"{now - holder.last_seen:.1f}s"))  # fmt: skip
 
     def foreign_join(self, identity: bytes, version: int) -> None:
         """A node of another protocol version asked to join."""

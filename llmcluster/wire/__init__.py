@@ -8,6 +8,7 @@ from llmcluster.wire.codec import Message, decode, encode, send_frames
 from llmcluster.wire.messages import (
     AGENT_SRC,
     COORDINATOR_SRC,
+    HEARTBEAT_S,
     MAX_CONTROL_BYTES,
     OBSERVER_SRC,
     PROTOCOL_VERSION,
@@ -18,6 +19,7 @@ from llmcluster.wire.schema import DecodeError, from_wire, to_wire
 __all__ = [
     "AGENT_SRC",
     "COORDINATOR_SRC",
+    "HEARTBEAT_S",
     "MAX_CONTROL_BYTES",
     "OBSERVER_SRC",
     "PROTOCOL_VERSION",

@@ -18,6 +18,7 @@ from llmcluster.wire.schema import num, rank_field
 
 PROTOCOL_VERSION = 2
 MAGIC = b"LLMC"
+HEARTBEAT_S = 1.0  # every peer beats once a second each way; silence is judged against a timeout
 MAX_CONTROL_BYTES = 4 * 1024 * 1024  # largest control/telemetry message (address book, 1024+)
 MAX_PEER_BYTES = 1 << 30  # largest peer (collective) frame: a 1 GiB gradient bucket
 

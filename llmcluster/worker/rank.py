@@ -28,10 +28,10 @@ from llmcluster.comm.shm import ShmArena
 from llmcluster.comm.topology import Topology, send_targets
 from llmcluster.config import RunConfig
 from llmcluster.control.env import TORCHRUN_VARS
-from llmcluster.control.link import HEARTBEAT_S, ControlLink, CoordinatorLost
+from llmcluster.control.link import ControlLink, CoordinatorLost
 from llmcluster.control.security import Gatekeeper
 from llmcluster.render.nccl import NcclRank
-from llmcluster.wire import Kind, Message
+from llmcluster.wire import HEARTBEAT_S, Kind, Message
 from llmcluster.wire.messages import Book, Done, Exit, Failure, Join, RankOnly
 from llmcluster.worker.bench import print_bench, rank_bench
 from llmcluster.worker.display import DisplayThread
