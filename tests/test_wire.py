@@ -10,7 +10,7 @@ import pytest
 
 from llmcluster.wire import PROTOCOL_VERSION, DecodeError, Kind, Message, decode, encode
 from llmcluster.wire.codec import HEADER, ForeignVersion
-from llmcluster.wire.messages import MAGIC, Join, RankOnly, Refused
+from llmcluster.wire.messages import MAGIC, Book, Join, RankOnly, Refused
 
 
 def _msg(kind: Kind = Kind.READY, body: object = None) -> Message:
@@ -92,3 +92,25 @@ def test_another_protocol_version_is_named_and_a_refusal_of_any_version_is_read(
     refused = {"k": "refused", "run": "x", "att": 0, "src": -1, "reason": "no"}
     for version in (1, PROTOCOL_VERSION, 200):
         assert decode(_versioned(version, refused), run_id=None).body == Refused(reason="no")
+
+
+def test_prepared_checkers_spare_a_forked_rank_the_type_hints(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An agent prepares every body's checkers before it forks: a rank's first book and
+    join then decode without evaluating a type hint (each rank did it, and copied the pages)."""
+    from llmcluster.wire import codec, schema
+
+    schema._fields.cache_clear()
+    schema._names.cache_clear()
+    codec.prepare()
+
+    def no_hints(cls: type) -> None:
+        raise AssertionError(f"type hints of {cls.__name__} evaluated after prepare()")
+
+    monkeypatch.setattr(schema.typing, "get_type_hints", no_hints)
+    book = Book(ranks=(0, 5), endpoints=(("ipc:///r0",), ("ipc:///r5", "tcp://h:1")))
+    join = Join(rank=3, local_rank=3, node=0, pid=42, endpoints=("ipc:///x",), host="h",
+                env={"RANK": "3"}, proof="p")  # fmt: skip
+    for kind, body in ((Kind.BOOK, book), (Kind.JOIN, join)):
+        assert decode(encode(_msg(kind, body)), run_id="run1", world_size=8).body == body

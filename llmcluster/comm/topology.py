@@ -22,8 +22,10 @@ class Topology:
     node_of: tuple[int, ...]
 
     @classmethod
+    @functools.cache
     def uniform(cls, world_size: int, nproc_per_node: int) -> Topology:
-        """torchrun's mapping: rank r lives on node r // nproc_per_node."""
+        """torchrun's mapping: rank r lives on node r // nproc_per_node (one object per
+        shape: an agent builds it once and the ranks it forks inherit it)."""
         return cls(tuple(r // nproc_per_node for r in range(world_size)))
 
     @functools.cached_property
@@ -60,7 +62,8 @@ def tree_targets(members: Sequence[int], idx: int) -> set[int]:
     return out
 
 
-def send_targets(topology: Topology, rank: int) -> set[int]:
+@functools.lru_cache(maxsize=64)
+def send_targets(topology: Topology, rank: int) -> frozenset[int]:
     """Every rank that ``rank``'s collectives may send to (``broadcast`` and ``gather`` from
     root 0; another root needs every rank's endpoint)."""
     world = range(len(topology.node_of))
@@ -75,7 +78,7 @@ def send_targets(topology: Topology, rank: int) -> set[int]:
         if idx == 0:  # the fused star's root answers every leader
             out |= set(leaders)
     out.discard(rank)
-    return out
+    return frozenset(out)
 
 
 def node_book_ranks(topology: Topology, node: int) -> tuple[int, ...]:

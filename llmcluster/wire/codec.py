@@ -24,6 +24,7 @@ import zmq
 
 from llmcluster.wire.messages import BODIES, MAGIC, MAX_CONTROL_BYTES, PROTOCOL_VERSION, Kind
 from llmcluster.wire.schema import DecodeError, from_wire, to_wire
+from llmcluster.wire.schema import prepare as prepare_body
 
 HEADER = MAGIC + bytes([PROTOCOL_VERSION])
 _SNDMORE = int(zmq.SNDMORE)  # a plain int: pyzmq's send_multipart pays for enum arithmetic
@@ -48,6 +49,12 @@ class Message:
     attempt: int
     src: int
     body: Any
+
+
+def prepare() -> None:
+    """Build every message body's checkers now (before forking ranks: ``schema.prepare``)."""
+    for cls in BODIES.values():
+        prepare_body(cls)
 
 
 def encode(msg: Message) -> list[bytes]:

@@ -195,6 +195,17 @@ def _names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+def prepare(cls: type) -> None:
+    """Build ``cls``'s checkers and field names (and those of the dataclasses it holds) now:
+    a process that forks many children does it once, instead of every child on its first
+    message (each would also copy the pages that building writes)."""
+    _names(cls)
+    for hint in typing.get_type_hints(cls).values():
+        for nested in _nested_dataclasses(hint):
+            prepare(nested)
+    _fields(cls)
+
+
 _PLAIN = (int, float, str, bool, type(None))
 
 

@@ -38,7 +38,6 @@ from llmcluster.control.rundir import RunDir, remove_if_stale, start_janitor, st
 from llmcluster.control.security import CurveKeys, HandshakeWatch
 from llmcluster.exporters.prometheus_server import MetricsExporter
 from llmcluster.render.fmt import glog
-from llmcluster.setup import build_setup
 from llmcluster.wire import AGENT_SRC, Kind, Message
 from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Refused, Spawn
 from llmcluster.worker import announce, logspec
@@ -46,7 +45,7 @@ from llmcluster.worker.agentspec import AgentSpec
 from llmcluster.worker.errors import record_signal_death
 from llmcluster.worker.rank import shm_capacity
 from llmcluster.worker.slots import SlotLost, SlotStarter
-from llmcluster.worker.starter import LocalStarter, NodePlace, rank_launches
+from llmcluster.worker.starter import LocalStarter, NodePlace, prepare_forks, rank_launches
 from llmcluster.worker.tail import Tailed, TailLog
 
 JOIN_FIRST_WAIT_S = 2.0  # a busy coordinator (hundreds of agents) may take a while to welcome
@@ -354,8 +353,7 @@ class NodeAgent:
         if config is None:
             return
         local = config.node_ranks(self.node)
-        if config.bench is None:
-            build_setup(config)  # once per node: every rank forked below inherits it
+        prepare_forks(config, local)  # once per node: every rank forked below inherits it
         allocate = self.starter.allocate
         if self.shm is None:  # mapped before the fork: every local rank inherits it
             self.shm = create_region(len(local), shm_capacity(config), allocate)

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmcluster.comm.shm import anonymous
+from llmcluster.comm.topology import Topology, send_targets
 from llmcluster.config import RunConfig
 from llmcluster.control.env import torchrun_env
 from llmcluster.control.link import Beacon
 from llmcluster.control.procs import fork_child, reap, terminate_all
 from llmcluster.control.security import CurveKeys, rank_proof
+from llmcluster.setup import build_setup
+from llmcluster.wire import codec
 from llmcluster.wire.messages import Spawn
 from llmcluster.worker import logspec
 from llmcluster.worker.errors import ERROR_FILE_VAR
@@ -86,6 +89,20 @@ def rank_launches(
             env[ERROR_FILE_VAR] = logs.error_file
         launches.append(RankLaunch(spec, env, logs.stdout, logs.stderr))
     return launches
+
+
+def prepare_forks(config: RunConfig, local: Iterable[int]) -> None:
+    """Compute before forking what every local rank would otherwise compute for itself on
+    its way to the first barrier: the run's setup, the message checkers, the topology and
+    each rank's send targets. A forked rank inherits them; computing them itself, it would
+    also copy every page the work writes (a thousand ranks on two cores feel both)."""
+    if config.bench is None:
+        build_setup(config)
+    codec.prepare()
+    topology = Topology.uniform(config.ranks, config.nproc_per_node)
+    for rank in local:
+        send_targets(topology, rank)
+        topology.node_members(topology.node_of[rank])
 
 
 def fork_rank(launch: RankLaunch) -> int:
