@@ -111,6 +111,28 @@ def test_a_closed_stdout_stops_the_run_within_seconds(clean_table: None) -> None
 
 
 @pytest.mark.timeout(90)
+def test_a_reader_that_pauses_at_the_end_gets_every_record_whole(clean_table: None) -> None:
+    """``llmcluster --format jsonl | shipper`` where the shipper stops reading for a while
+    as the run ends: rank 0's display blocks on the full pipe in the middle of a line. The
+    coordinator says so and waits; every record then arrives once, and whole (writing the
+    rest itself, it cut into that line)."""
+    run = Running("--ranks", "64", "--steps", "20", "--speed", "1e6", "--format", "jsonl")
+    try:
+        deadline = time.monotonic() + 60
+        while not any("waiting for the reader" in line for line in run._stderr):
+            assert run.proc.poll() is None, run.stderr_text()
+            assert time.monotonic() < deadline, "the coordinator never said it waits"
+            time.sleep(0.05)  # the read is held back on purpose: this polls stderr's lines
+        code, seen, err = run.finish(timeout_s=30)  # (records() parses every line)
+    finally:
+        run.kill()
+    assert code == 0, err
+    assert [r["step"] for r in seen if r["type"] == "step"] == list(range(1, 21))
+    assert [r["type"] for r in seen].count("summary") == 1 and seen[-1]["type"] == "summary"
+    assert "showing the rest here" not in err, err
+
+
+@pytest.mark.timeout(90)
 def test_a_demo_beside_the_suite_survives_a_clean_table_test(test_mark: str) -> None:
     demo_mark = f"demo-{uuid.uuid4().hex}"  # someone else's run: not this test's marker
     demo = Running(*SLOW_RUN, "--format", "jsonl", env={MARK: demo_mark})

@@ -320,28 +320,67 @@ def test_the_kill_waits_for_the_display_but_not_forever() -> None:
     assert len(h.sent(Kind.KILL)) == 1
 
 
-def test_the_end_waits_while_the_display_is_still_showing_and_shows_what_it_never_did() -> None:
-    """A loaded machine or a far rank 0: the run ends only after the display has gone
-    RENDER_WAIT_S without showing more, and what it never showed the coordinator shows."""
-    h = Harness()
+def _finished_behind(h: Harness, behind: int) -> int:
+    """Six steps, the display ``behind`` records, every rank done: the end waits."""
     h.start()
     for step in range(1, 7):
         h.step(step)
-    h.feed(DisplayStatus(True, h.machine.published - 5))  # five records behind
+    h.feed(DisplayStatus(True, h.machine.published - behind))
     for rank in range(4):
         h.message(h.rank_id(rank), Kind.DONE, Done(rank=rank, step=6), rank)
     assert h.types()[-1] == "summary"
-    behind = h.machine.published - 5
+    return h.machine.published - behind
+
+
+def _rank0_beats(h: Harness, seconds: float) -> list[object]:
+    """Rank 0's main thread keeps answering while time passes (a beat a second)."""
+    out: list[object] = []
+    for _ in range(round(seconds)):
+        out += h.tick(1.0)
+        out += h.message(h.rank_id(0), Kind.HEARTBEAT, Heartbeat(t=h.now), 0)
+    return out
+
+
+def test_the_end_waits_while_the_display_is_still_showing_and_shows_what_it_never_did() -> None:
+    """A loaded machine or a far rank 0: the run ends only after the display has shown all,
+    however slowly; once rank 0 is gone, what it never showed the coordinator shows."""
+    h = Harness()
+    shown = _finished_behind(h, 5)
     for _ in range(4):  # it shows one more record every 8 s: slow, but showing
-        h.tick()
-        h.tick(8.0)
+        _rank0_beats(h, 8)
         assert h.sent(Kind.EXIT) == []
-        behind += 1
-        h.feed(DisplayStatus(True, behind))
+        shown += 1
+        h.feed(DisplayStatus(True, shown))
+    h.message(b"agent0", Kind.AGENT_EXIT, AgentExit(rank=0, pid=200, exitcode=-9), AGENT_SRC)
     h.tick()
-    h.tick(10.5)  # then nothing for longer than the wait
+    h.tick(10.5)  # then nothing more, and rank 0 is gone
     exits = h.sent(Kind.EXIT)
     assert exits and any(isinstance(a, ShowUnshown) for a in h.actions)
+
+
+def test_a_display_held_up_by_its_reader_is_never_written_around() -> None:
+    """``llmcluster --format jsonl | slow-shipper``: rank 0's display is blocked on a full
+    pipe, mid-line, and rank 0 still answers. The coordinator says so once and waits; it
+    does not print the records itself (they would cut into the line being written)."""
+    h = Harness()
+    _finished_behind(h, 5)
+    out = _rank0_beats(h, 40)
+    says = [a.text for a in out if isinstance(a, Say) and "waiting for the reader" in a.text]
+    assert len(says) == 1
+    assert h.sent(Kind.EXIT) == [] and not any(isinstance(a, ShowUnshown) for a in h.actions)
+    h.feed(DisplayStatus(True, h.machine.published))  # the reader caught up
+    h.tick()
+    assert h.sent(Kind.EXIT) and not any(isinstance(a, ShowUnshown) for a in h.actions)
+
+
+def test_a_held_display_whose_rank_falls_silent_is_shown_by_the_coordinator() -> None:
+    h = Harness()
+    _finished_behind(h, 5)
+    _rank0_beats(h, 12)
+    assert h.sent(Kind.EXIT) == []
+    h.tick(h.config.silence_tolerance_s + 1)  # rank 0's host is cut off
+    h.tick()
+    assert h.sent(Kind.EXIT) and any(isinstance(a, ShowUnshown) for a in h.actions)
 
 
 def test_a_display_that_showed_everything_ends_the_run_at_once() -> None:

@@ -27,3 +27,8 @@ def silent_rank(ranks: Mapping[int, RankPeer], now: float, tolerance_s: float) -
         ),
         None,
     )
+
+
+def answering(peer: RankPeer | None, now: float, tolerance_s: float) -> bool:
+    """``peer`` lives and was heard from within ``tolerance_s``."""
+    return peer is not None and not peer.exited and now - peer.last_seen < tolerance_s

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from llmcluster import sim
 from llmcluster.config import RunConfig
-from llmcluster.coordinator.health import silent_node, silent_rank
+from llmcluster.coordinator.health import answering, silent_node, silent_rank
 from llmcluster.coordinator.rendezvous import Rendezvous
 from llmcluster.coordinator.reports import Reports
 from llmcluster.coordinator.state import (
@@ -76,6 +76,7 @@ class Coordinator(Rendezvous):
         self.wait_for_seq = 0  # the record the display should show before we go on
         self.phase_deadline = 0.0
         self.kill_sent = False
+        self.display_held_said = False  # once per run: the display waits for its reader
         self.failure_reason = ""
         self._next_beat = 0.0
 
@@ -227,9 +228,23 @@ class Coordinator(Rendezvous):
             exit_reason=self.exit_reason,
         )
 
+    def _display_finished(self, now: float, read_up_to: float) -> bool:
+        """Shown all, or gone. Silent RENDER_WAIT_S while rank 0 answers, it waits for the
+        reader of its output (a full pipe): nothing may be written around its line."""
+        shown = self.display_acked >= self.wait_for_seq or not self.display_present
+        if shown or now <= self.phase_deadline:
+            return shown
+        if not answering(self.ranks.get(0), read_up_to, self.config.silence_tolerance_s):
+            return True  # rank 0 is gone: the coordinator shows the rest
+        if not self.display_held_said:
+            self.display_held_said = True
+            self.say(f"the display has shown nothing for {RENDER_WAIT_S:.0f} s while rank 0 "
+                     "answers: waiting for the reader of its output", warn=True)  # fmt: skip
+        return False
+
     def _release(self) -> None:
         if self.display_present and self.display_acked < self.wait_for_seq:
-            self.say("the display stopped showing the run; showing the rest here", warn=True)
+            self.say("rank 0 and its display are gone; showing the rest here", warn=True)
             self.out.append(ShowUnshown())  # nothing the run published is lost
         self.send(self.live_ranks(), Kind.EXIT, Exit(code=0))
         self.send(self.agent_identities(), Kind.EXIT, Exit(code=0))
@@ -336,11 +351,7 @@ class Coordinator(Rendezvous):
             self._wind_down(now, wall, RESTART_KILL_WAIT_S, self._respawn)
         elif self.phase is Phase.ABORTING:
             self._wind_down(now, wall, ABORT_WAIT_S, self._aborted)
-        elif self.phase is Phase.FINISHING and (
-            self.display_acked >= self.wait_for_seq
-            or not self.display_present
-            or now > self.phase_deadline
-        ):
+        elif self.phase is Phase.FINISHING and self._display_finished(now, read_up_to):
             self._release()
 
     def _rendezvous_tick(self, now: float) -> None:
