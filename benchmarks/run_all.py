@@ -240,15 +240,17 @@ def _demo_and_scale(results: dict[str, Any], reps: int) -> None:
 
 def _start_cost(results: dict[str, Any]) -> None:
     """What a 1024-rank start is made of: faults and CPU by kind of process at the ready
-    record, and this machine's cost of a fresh page (``start_cost.py``)."""
+    record, this machine's cost of a fresh page, and a bare world's start of as many forked
+    Python ranks (``start_cost.py``)."""
     try:
         run = start_cost.start_cost(1024)
+        bare = start_cost.bare_world(1024)
     except (RuntimeError, subprocess.SubprocessError) as failed:
         print(f"1024-rank start cost: failed ({failed})")
         return
     cost = start_cost.page_cost(start_cost.touch_gib_for(run))
-    results["start_cost@1024"] = {"run": asdict(run), "page": asdict(cost)}
-    print(start_cost.summary(run, cost, os.cpu_count() or 1))
+    results["start_cost@1024"] = {"run": asdict(run), "page": asdict(cost), "bare": asdict(bare)}
+    print(start_cost.summary(run, cost, bare, os.cpu_count() or 1))
 
 
 def _feature_cost(results: dict[str, Any], reps: int) -> None:

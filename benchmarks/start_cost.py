@@ -7,8 +7,10 @@ much fresh memory as those faults amount to (one page each) costs to fault in he
 written per page of new anonymous memory, GiB after GiB. A VM backs its guest's memory
 lazily, so a page costs more the more fresh memory is touched at once (printed: the first
 GiB's cost and the last's). ``faults x mean cost`` estimates the CPU the faults alone take:
-the part of the start no change of llmcluster's own code removes while each rank is a forked
-Python process that writes those pages (copy-on-write of the interpreter's objects it uses).
+the part of the start spent copying pages (copy-on-write of the interpreter's objects a rank
+uses). Beside it, a bare world of the same shape (``bare_world.py``: forked Python ranks that
+only make a ZeroMQ context, bind, join and wait for a book) gives the floor of forking that
+many Python processes on this machine at all.
 
     python benchmarks/start_cost.py --ranks 1024
 """
@@ -20,6 +22,7 @@ import json
 import math
 import mmap
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -72,6 +75,25 @@ def page_cost(touch_gib: int) -> PageCost:
     return PageCost(sum(costs) / len(costs), costs[0], costs[-1], touch_gib)
 
 
+@dataclass(frozen=True)
+class BareWorld:
+    """``bare_world.py``'s start of the same number of ranks, from its exec."""
+
+    ready_s: float
+    faults_per_rank: float
+    cpu_ms_per_rank: float
+
+
+def bare_world(ranks: int) -> BareWorld:
+    """Run ``bare_world.py`` with ``ranks`` ranks (a minute at most) and read its figures."""
+    script = Path(__file__).resolve().parent / "bare_world.py"
+    done = subprocess.run([sys.executable, str(script), "--ranks", str(ranks)],
+                          capture_output=True, text=True, timeout=180, check=True)  # fmt: skip
+    figures_line = json.loads(done.stdout.splitlines()[-1])
+    return BareWorld(figures_line["ready_s"], figures_line["faults_per_rank"],
+                     figures_line["cpu_ms_per_rank"])  # fmt: skip
+
+
 def touch_gib_for(run: StartCost) -> int:
     """As many GiB as the run's faults amount to (a page each), within half the memory
     available now."""
@@ -119,8 +141,9 @@ def start_cost(ranks: int) -> StartCost:
     return StartCost(ready_s, processes, faults, cpu)
 
 
-def summary(run: StartCost, cost: PageCost, cores: int) -> str:
-    """The printed account: faults and CPU by kind, and the faults' share at this page cost."""
+def summary(run: StartCost, cost: PageCost, bare: BareWorld, cores: int) -> str:
+    """The printed account: faults and CPU by kind, the faults' share at this page cost, and
+    the bare world's start beside it."""
     total_faults, total_cpu = sum(run.faults.values()), sum(run.cpu_s.values())
     ranks = max(run.processes["ranks"], 1)
     faults_cpu = total_faults * cost.mean_us / 1e6
@@ -132,7 +155,10 @@ def summary(run: StartCost, cost: PageCost, cores: int) -> str:
         f"Faulting in as much fresh memory ({cost.touch_gib} GiB) costs {cost.mean_us:.1f} us a "
         f"page here ({cost.first_gib_us:.1f} in the first GiB, {cost.last_gib_us:.1f} in the "
         f"last): ~{faults_cpu:.1f} CPU-s for the faults alone, {faults_cpu / cores:.1f} s on "
-        f"{cores} cores"
+        f"{cores} cores. A bare world of as many forked Python ranks (ZeroMQ context, bind, "
+        f"join, book; bare_world.py): ready {bare.ready_s:.1f} s from exec, "
+        f"{bare.faults_per_rank:.0f} faults and {bare.cpu_ms_per_rank:.1f} ms of CPU a rank "
+        f"({run.ready_s / bare.ready_s:.1f}x the bare world's start)"
     )
 
 
@@ -144,8 +170,9 @@ def main() -> int:
         parser.error("--ranks must be at least 1")
     run = start_cost(args.ranks)
     cost = page_cost(touch_gib_for(run))
-    print(summary(run, cost, os.cpu_count() or 1))
-    print(json.dumps({"figure": "start_cost", **asdict(run), **asdict(cost)}))
+    bare = bare_world(args.ranks)
+    print(summary(run, cost, bare, os.cpu_count() or 1))
+    print(json.dumps({"figure": "start_cost", **asdict(run), **asdict(cost), "bare": asdict(bare)}))
     return 0
 
 
