@@ -358,11 +358,8 @@ class Coordinator(Rendezvous):
         if self.join_deadline is not None and now > self.join_deadline:
             missing = [n for n in range(self.config.nnodes) if n not in self.agents]
             self.exit_code, self.exit_reason = 1, "rendezvous timeout"
-            self.say(
-                "rendezvous timed out; missing node(s) "
-                f"{', '.join(map(str, missing)) or 'none (ranks did not join)'}",
-                warn=True,
-            )
+            named = ", ".join(map(str, missing)) or "none (ranks did not join)"
+            self.say(f"rendezvous timed out; missing node(s) {named}", warn=True)
             self._abort()
 
     def _health_tick(self, now: float, read_up_to: float) -> None:
@@ -373,11 +370,8 @@ class Coordinator(Rendezvous):
         if node is not None:
             agent, silence = self.agents[node], read_up_to - self.agents[node].last_seen
             self.node_lost(node)
-            self._fail(
-                f"node {node} ({agent.host}) silent for {silence:.1f}s",
-                self.config.node_ranks(node)[0],
-                -9,
-            )
+            first_rank = self.config.node_ranks(node)[0]
+            self._fail(f"node {node} ({agent.host}) silent for {silence:.1f}s", first_rank, -9)
             return
         rank = silent_rank(self.ranks, read_up_to, timeout)
         if rank is not None:
