@@ -85,7 +85,6 @@ def bare_world(ranks: int) -> dict[str, float]:
             pid = os.fork()
             if pid == 0:
                 try:
-                    router.close(linger=0)
                     _agent(node, ranks, run_dir)
                 finally:
                     os._exit(0)

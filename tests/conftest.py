@@ -229,6 +229,10 @@ class Running:
         self.seen.extend(records(rest))
         return self.proc.returncode, self.seen, self.stderr_text(timeout_s)
 
+    def stderr_lines_so_far(self) -> list[str]:
+        """The lines the run has written to stderr until now (it may still be running)."""
+        return list(self._stderr)
+
     def stderr_text(self, timeout_s: float = 10.0) -> str:
         """Everything the run wrote to stderr (waits for the stream to end)."""
         self._stderr_reader.join(timeout_s)

@@ -119,7 +119,7 @@ def test_a_reader_that_pauses_at_the_end_gets_every_record_whole(clean_table: No
     run = Running("--ranks", "64", "--steps", "20", "--speed", "1e6", "--format", "jsonl")
     try:
         deadline = time.monotonic() + 60
-        while not any("waiting for the reader" in line for line in run._stderr):
+        while not any("waiting for the reader" in line for line in run.stderr_lines_so_far()):
             assert run.proc.poll() is None, run.stderr_text()
             assert time.monotonic() < deadline, "the coordinator never said it waits"
             time.sleep(0.05)  # the read is held back on purpose: this polls stderr's lines

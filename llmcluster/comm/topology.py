@@ -47,6 +47,10 @@ class Topology:
         """The lowest rank of every node, in node order."""
         return list(self._leaders)
 
+    @functools.cached_property
+    def _send_targets(self) -> dict[int, frozenset[int]]:
+        return {}  # filled by send_targets (an agent's, for its ranks, before it forks them)
+
 
 def tree_targets(members: Sequence[int], idx: int) -> set[int]:
     """Whom ``members[idx]`` sends to in a binomial reduce to members[0] (its parent) and
@@ -62,10 +66,17 @@ def tree_targets(members: Sequence[int], idx: int) -> set[int]:
     return out
 
 
-@functools.lru_cache(maxsize=64)
 def send_targets(topology: Topology, rank: int) -> frozenset[int]:
     """Every rank that ``rank``'s collectives may send to (``broadcast`` and ``gather`` from
-    root 0; another root needs every rank's endpoint)."""
+    root 0; another root needs every rank's endpoint). Kept on ``topology``: a forked rank
+    finds its own there."""
+    known = topology._send_targets.get(rank)
+    if known is None:
+        known = topology._send_targets[rank] = _send_targets(topology, rank)
+    return known
+
+
+def _send_targets(topology: Topology, rank: int) -> frozenset[int]:
     world = range(len(topology.node_of))
     local = topology.node_members(topology.node_of[rank])
     out = set(local) | tree_targets(world, rank) | {0}
