@@ -6,6 +6,8 @@ import glob
 import os
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -166,3 +168,52 @@ def test_ranks_are_named_and_see_the_torchrun_environment(clean_table: None) -> 
         run.kill()
     assert rc == 130
     assert not [d for d in os.listdir("/tmp") if d.startswith(f"llmcluster-{run.proc.pid}-")]
+
+
+_READY_FIRST = """
+import os
+import sys
+from llmcluster.control.link import ControlLink
+from llmcluster.wire import Kind
+from llmcluster.worker import training
+
+sent = []
+send = ControlLink.send
+
+
+def recording_send(self, kind, body):
+    sent.append(kind)
+    return send(self, kind, body)
+
+
+build = training.Training.__init__
+
+
+def reporting_build(self, host):
+    when = "after" if Kind.READY in sent else "before"
+    os.write(2, f"rank {host.spec.rank} built its training {when} READY\\n".encode())  # whole
+    build(self, host)
+
+
+ControlLink.send = recording_send
+training.Training.__init__ = reporting_build
+from llmcluster.cli import main  # noqa: E402
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_rank_says_ready_before_it_builds_its_training(clean_table: None) -> None:
+    """The start's critical path is the rendezvous: a rank builds its training state (its
+    GPU's personality, its gradient bucket) once the process group is up, as a training
+    script builds its model after init_process_group, so a thousand ranks' builds do not
+    hold up the first barrier on two cores. Every process of the run is forked from this
+    script, so its hooks are every rank's."""
+    done = subprocess.run(
+        [sys.executable, "-c", _READY_FIRST, "--ranks", "16", "--steps", "2", *FAST,
+         "--format", "jsonl"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    built = [line for line in done.stderr.splitlines() if " built its training " in line]
+    assert sorted(built) == sorted(f"rank {r} built its training after READY" for r in range(16))

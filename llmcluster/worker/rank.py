@@ -31,6 +31,8 @@ from llmcluster.control.env import TORCHRUN_VARS
 from llmcluster.control.link import ControlLink, CoordinatorLost
 from llmcluster.control.security import Gatekeeper
 from llmcluster.render.nccl import NcclRank
+from llmcluster.setup import RunSetup, build_setup
+from llmcluster.sim import RunPlan
 from llmcluster.wire import HEARTBEAT_S, Kind, Message
 from llmcluster.wire.messages import Book, Done, Exit, Failure, Join, RankOnly
 from llmcluster.worker.bench import print_bench, rank_bench
@@ -38,7 +40,7 @@ from llmcluster.worker.display import DisplayThread
 from llmcluster.worker.errors import record_error, record_exception
 from llmcluster.worker.framework_log import FrameworkLog, writes_own_lines
 from llmcluster.worker.nccl_log import NcclLog
-from llmcluster.worker.training import RankDied, Training
+from llmcluster.worker.training import RankDied, Training, carry_out_faults
 
 RENDEZVOUS_TIMEOUT_S = 60.0
 RUN_SHOWN_WAIT_S = 5.0
@@ -170,12 +172,9 @@ class Rank:
                                              spec.attempt, proof=spec.proof,
                                              curve=spec.curve)  # fmt: skip
                 self.display.start()
-            training = Training(self) if spec.config.bench is None else None
-            if training is not None and writes_own_lines(spec.config):
-                lock = self.display.lock if self.display is not None else None
-                self.framework = FrameworkLog(spec, training.plan, lock)
-            comm = self._rendezvous(training)
-            if training is None:
+            setup = build_setup(spec.config) if spec.config.bench is None else None
+            comm = self._rendezvous(setup)
+            if setup is None:
                 rows = rank_bench(comm, spec.config.bench, spec.config.algorithm)
                 if spec.rank == 0:
                     print_bench(
@@ -185,7 +184,8 @@ class Rank:
                         settings=spec.config.bench,
                     )
                 self.link.send(Kind.DONE, Done(rank=spec.rank, step=0))
-            else:
+            else:  # the model is built once the process group is up, as a training script does
+                training = Training(self)
                 last = training.run(comm)
                 if self.framework is not None:
                     self.framework.finish(last)
@@ -220,9 +220,10 @@ class Rank:
               flush=True)  # fmt: skip
         return record_exception(exc)
 
-    def _rendezvous(self, training: Training | None) -> Communicator:
+    def _rendezvous(self, setup: RunSetup | None) -> Communicator:
         """Join, get the address book, pass the first barrier (a fault injected at step 0
-        strikes just before it)."""
+        strikes just before it) and say READY; then, off the start's critical path, this
+        rank's NCCL init lines and its framework's first lines (a training run)."""
         spec = self.spec
         self.link.send(
             Kind.JOIN,
@@ -248,15 +249,18 @@ class Rank:
         board = NodeBoard(spec.board, len(local)) if spec.board is not None else None
         comm = Communicator(self.mesh, rank=spec.rank, topology=topology, shm=arena, board=board)
         booked = time.monotonic()
-        if training is not None:
-            training.carry_out_faults(0)
+        if setup is not None:
+            carry_out_faults(spec, setup.plan, setup.process_faults, 0)
         comm.barrier()
-        if training is not None:
-            self._nccl_init(training, booked - self.started, time.monotonic() - self.started)
-            if self.framework is not None:
+        up = time.monotonic()
+        self.link.send(Kind.READY, RankOnly(rank=spec.rank))
+        if setup is not None:
+            self._nccl_init(setup.plan, booked - self.started, up - self.started)
+            if writes_own_lines(spec.config):
+                lock = self.display.lock if self.display is not None else None
+                self.framework = FrameworkLog(spec, setup.plan, lock)
                 self._await_run_shown()
                 self.framework.ready()
-        self.link.send(Kind.READY, RankOnly(rank=spec.rank))
         return comm
 
     def _await_run_shown(self) -> None:
@@ -269,9 +273,9 @@ class Rank:
                 return
             self.serve()
 
-    def _nccl_init(self, training: Training, bootstrap_s: float, total_s: float) -> None:
+    def _nccl_init(self, plan: RunPlan, bootstrap_s: float, total_s: float) -> None:
         """The communicator is up: this rank's NCCL init lines, as NCCL_DEBUG asks."""
-        spec, plan = self.spec, training.plan
+        spec = self.spec
         me = NcclRank(
             rank=spec.rank,
             local_rank=spec.local_rank,

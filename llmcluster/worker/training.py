@@ -52,6 +52,28 @@ class RankHost(Protocol):
     def sleep(self, seconds: float) -> None: ...
 
 
+def carry_out_faults(spec: Any, plan: sim.RunPlan, faults: tuple[Fault, ...], step: int) -> None:
+    """Injected process faults, for real: the i-th fires in restart attempt i, on its rank,
+    from its step on (a kill, a real OOM's traceback and exit, or a hang)."""
+    attempt = spec.attempt
+    if attempt >= len(faults):
+        return
+    fault = faults[attempt]
+    if fault.rank != spec.rank or step < fault.step:
+        return
+    if fault.kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    oom = sim.fatal_event(plan, spec.rank, fault.step) if fault.kind == "oom" else None
+    if oom is not None:  # torch's traceback, then the uncaught exception's exit code
+        callstack = sim.oom_traceback(plan, oom)
+        for line in callstack:
+            print(f"[rank{spec.rank}]: {line}", file=sys.stderr)
+        sys.stderr.flush()
+        raise RankDied(sim.oom_message(plan, oom), "\n".join(callstack), 1)
+    while True:  # hang: alive, silent, deaf to the coordinator (like a stuck CUDA kernel)
+        time.sleep(3600)
+
+
 class Training:
     """One rank's training loop for one attempt."""
 
@@ -79,7 +101,7 @@ class Training:
         cost = sim.comm_cost(plan, spec.config.algorithm)
         step = spec.start_step - 1
         for step in range(spec.start_step, plan.total_steps + 1):
-            self.carry_out_faults(step)
+            carry_out_faults(spec, plan, self.faults, step)
             stop = self._step(step, cost)
             if stop:
                 break
@@ -151,28 +173,6 @@ class Training:
             self.host.nccl.collective(
                 name="AllReduce", count=count, datatype=datatype, op=op, buffer=buffer
             )
-
-    def carry_out_faults(self, step: int) -> None:
-        """Injected process faults, for real: the i-th fires in restart attempt i."""
-        attempt = self.spec.attempt
-        if attempt >= len(self.faults):
-            return
-        fault: Fault = self.faults[attempt]
-        if fault.rank != self.spec.rank or step < fault.step:
-            return
-        if fault.kind == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        oom = (
-            sim.fatal_event(self.plan, self.spec.rank, fault.step) if fault.kind == "oom" else None
-        )
-        if oom is not None:  # torch's traceback, then the uncaught exception's exit code
-            callstack = sim.oom_traceback(self.plan, oom)
-            for line in callstack:
-                print(f"[rank{self.spec.rank}]: {line}", file=sys.stderr)
-            sys.stderr.flush()
-            raise RankDied(sim.oom_message(self.plan, oom), "\n".join(callstack), 1)
-        while True:  # hang: alive, silent, deaf to the coordinator (like a stuck CUDA kernel)
-            time.sleep(3600)
 
     def _between_steps(self, step: int) -> None:
         """Validation and checkpointing after ``step``."""
