@@ -175,10 +175,10 @@ import os
 import sys
 from llmcluster.control.link import ControlLink
 from llmcluster.wire import Kind
-from llmcluster.worker import training
+from llmcluster.worker import rank, training
 
-sent = []
-send = ControlLink.send
+sent, heard = [], []
+send, await_kind = ControlLink.send, rank.Rank._await
 
 
 def recording_send(self, kind, body):
@@ -186,16 +186,23 @@ def recording_send(self, kind, body):
     return send(self, kind, body)
 
 
+def recording_await(self, kind, timeout_s):
+    message = await_kind(self, kind, timeout_s)
+    heard.append(kind)
+    return message
+
+
 build = training.Training.__init__
 
 
 def reporting_build(self, host):
-    when = "after" if Kind.READY in sent else "before"
-    os.write(2, f"rank {host.spec.rank} built its training {when} READY\\n".encode())  # whole
+    when = "after READY and GO" if Kind.READY in sent and Kind.GO in heard else "too early"
+    os.write(2, f"rank {host.spec.rank} built its training {when}\\n".encode())  # one write
     build(self, host)
 
 
 ControlLink.send = recording_send
+rank.Rank._await = recording_await
 training.Training.__init__ = reporting_build
 from llmcluster.cli import main  # noqa: E402
 
@@ -203,12 +210,13 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_rank_says_ready_before_it_builds_its_training(clean_table: None) -> None:
+def test_a_rank_builds_its_training_once_every_rank_is_ready(clean_table: None) -> None:
     """The start's critical path is the rendezvous: a rank builds its training state (its
-    GPU's personality, its gradient bucket) once the process group is up, as a training
-    script builds its model after init_process_group, so a thousand ranks' builds do not
-    hold up the first barrier on two cores. Every process of the run is forked from this
-    script, so its hooks are every rank's."""
+    GPU's personality, its gradient bucket) once the process group is up (READY sent, GO
+    heard: init_process_group's store barrier), as a training script builds its model, so
+    a thousand ranks' builds hold up neither the first barrier nor the coordinator hearing
+    it on two cores. Every process of the run is forked from this script: its hooks are
+    every rank's."""
     done = subprocess.run(
         [sys.executable, "-c", _READY_FIRST, "--ranks", "16", "--steps", "2", *FAST,
          "--format", "jsonl"],
@@ -216,4 +224,5 @@ def test_a_rank_says_ready_before_it_builds_its_training(clean_table: None) -> N
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     built = [line for line in done.stderr.splitlines() if " built its training " in line]
-    assert sorted(built) == sorted(f"rank {r} built its training after READY" for r in range(16))
+    assert sorted(built) == sorted(f"rank {r} built its training after READY and GO"
+                                   for r in range(16))  # fmt: skip

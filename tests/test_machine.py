@@ -188,6 +188,21 @@ class Harness:
             )
 
 
+def test_go_reaches_every_rank_once_the_last_is_ready() -> None:
+    """init_process_group's store barrier: no rank hears GO before every rank is READY."""
+    h = Harness()
+    h.join_agents()
+    h.join_ranks()
+    for rank in range(h.config.ranks - 1):
+        h.message(h.rank_id(rank), Kind.READY, RankOnly(rank=rank), rank)
+    assert h.sent(Kind.GO) == [] and "ready" not in h.types()
+    last = h.config.ranks - 1
+    h.message(h.rank_id(last), Kind.READY, RankOnly(rank=last), last)
+    (go,) = h.sent(Kind.GO)
+    assert sorted(go.identities) == sorted(h.rank_id(r) for r in range(h.config.ranks))
+    assert h.types()[-1] == "ready"
+
+
 def test_rendezvous_sends_the_book_once_every_rank_joined() -> None:
     h = Harness()
     h.join_agents()

@@ -43,6 +43,7 @@ from llmcluster.wire.messages import (
     HEARTBEAT_S,
     AgentExit,
     Done,
+    Empty,
     Exit,
     Failure,
     Heartbeat,
@@ -74,11 +75,9 @@ class Coordinator(Rendezvous):
         self.deadline = now + config.exit_after_s if config.exit_after_s is not None else None
         self.display_present, self.display_acked, self.published = False, 0, 0
         self.wait_for_seq = 0  # the record the display should show before we go on
-        self.phase_deadline = 0.0
-        self.kill_sent = False
+        self.phase_deadline, self.kill_sent = 0.0, False
         self.display_held_said = False  # once per run: the display waits for its reader
-        self.failure_reason = ""
-        self._next_beat = 0.0
+        self.failure_reason, self._next_beat = "", 0.0
 
     @property
     def over(self) -> bool:
@@ -191,6 +190,7 @@ class Coordinator(Rendezvous):
                 attempt=self.attempt,
             )
         )
+        self.send(self.live_ranks(), Kind.GO, Empty())
         self.reports.accepting = True
         self.publish_all(self.reports.release(self.infos()))
 

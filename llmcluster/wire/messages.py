@@ -16,7 +16,7 @@ from typing import Any
 from llmcluster.wire.records import PhaseName
 from llmcluster.wire.schema import num, rank_field
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAGIC = b"LLMC"
 HEARTBEAT_S = 1.0  # every peer beats once a second each way; silence is judged against a timeout
 MAX_CONTROL_BYTES = 4 * 1024 * 1024  # largest control/telemetry message (address book, 1024+)
@@ -43,6 +43,7 @@ class Kind(str, Enum):
     JOIN = "join"
     BOOK = "book"  # address book: the peer endpoints a node's ranks send to
     READY = "ready"  # rank passed the first barrier
+    GO = "go"  # coordinator -> ranks: every rank is ready (init_process_group's store barrier)
     STOP = "stop"  # coordinator -> ranks: stop at the next step boundary
     EXIT = "exit"  # coordinator -> everyone: leave now
     FAILURE = "failure"  # rank -> coordinator: root cause before it exits
@@ -286,6 +287,7 @@ BODIES: dict[Kind, type] = {
     Kind.JOIN: Join,
     Kind.BOOK: Book,
     Kind.READY: RankOnly,
+    Kind.GO: Empty,
     Kind.STOP: Reason,
     Kind.EXIT: Exit,
     Kind.FAILURE: Failure,

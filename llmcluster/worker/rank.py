@@ -222,8 +222,8 @@ class Rank:
 
     def _rendezvous(self, setup: RunSetup | None) -> Communicator:
         """Join, get the address book, pass the first barrier (a fault injected at step 0
-        strikes just before it) and say READY; then, off the start's critical path, this
-        rank's NCCL init lines and its framework's first lines (a training run)."""
+        strikes just before it), say READY and wait for every rank's; then, off the start's
+        critical path, this rank's NCCL init lines and its framework's first lines."""
         spec = self.spec
         self.link.send(
             Kind.JOIN,
@@ -254,6 +254,9 @@ class Rank:
         comm.barrier()
         up = time.monotonic()
         self.link.send(Kind.READY, RankOnly(rank=spec.rank))
+        # init_process_group's store-based barrier: asleep until every rank is ready, so
+        # that the coordinator hears a thousand READYs on two cores before any rank works
+        self._await(Kind.GO, RENDEZVOUS_TIMEOUT_S * config.start_scale)
         if setup is not None:
             self._nccl_init(setup.plan, booked - self.started, up - self.started)
             if writes_own_lines(spec.config):
