@@ -132,6 +132,29 @@ def test_a_reader_that_pauses_at_the_end_gets_every_record_whole(clean_table: No
     assert "showing the rest here" not in err, err
 
 
+def test_a_restart_while_the_reader_lags_leaves_no_half_record(clean_table: None) -> None:
+    """``llmcluster --format jsonl | shipper``, a slow shipper and ranks killed twice mid-run:
+    each restart kills rank 0 while its display waits on the full pipe, and the next
+    attempt's display replays what was not shown. Every line still parses (rank 0 was
+    killed in the middle of a line, and the replay continued that line)."""
+    kills = "kill:rank=5,step=8;kill:rank=9,step=14"
+    run = Running("--ranks", "64", "--steps", "20", "--speed", "1e6", "--inject", kills,
+                  "--format", "jsonl")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not any("waiting for the reader" in line for line in run.stderr_lines_so_far()):
+            assert run.proc.poll() is None, run.stderr_text()
+            assert time.monotonic() < deadline, "the coordinator never said it waits"
+            time.sleep(0.05)  # the read is held back on purpose: this polls stderr's lines
+        code, seen, err = run.finish(timeout_s=30)  # (records() parses every line)
+    finally:
+        run.kill()
+    assert code == 0, err
+    assert [r["type"] for r in seen].count("restart") == 2
+    assert [r["step"] for r in seen if r["type"] == "step"][-1] == 20
+    assert [r["type"] for r in seen].count("summary") == 1 and seen[-1]["type"] == "summary"
+
+
 @pytest.mark.timeout(90)
 def test_a_demo_beside_the_suite_survives_a_clean_table_test(test_mark: str) -> None:
     demo_mark = f"demo-{uuid.uuid4().hex}"  # someone else's run: not this test's marker

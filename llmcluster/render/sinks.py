@@ -4,7 +4,9 @@
 scrolling ``log`` (plain text, no ANSI when piped or with NO_COLOR), or the ``live``
 dashboard on a terminal. ``--record FILE.svg|.html|.txt`` saves what was shown.
 ``show_records`` lets the coordinator print what no rank 0 was left to show. A closed
-stdout (``| head``, a hung-up terminal) is silenced, never a traceback: the run ends.
+stdout (``| head``, a hung-up terminal) is silenced, never a traceback: the run ends. What
+goes to standard output goes through ``wholeline.WholeWrites``: into a pipe, each record is
+one whole write, so a display killed while its reader lags leaves no half line behind.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Protocol
 
 from llmcluster.config import RunConfig
 from llmcluster.render.cast import CastWriter
+from llmcluster.render.wholeline import WholeWrites
 from llmcluster.wire.records import Record, SummaryRecord, record_to_wire
 
 LIVE_REFRESH_PER_S = 8
@@ -53,7 +56,7 @@ class JsonlDisplay:
     """One JSON object per line on stdout."""
 
     def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stdout
+        self.stream = stream or WholeWrites()
 
     def show(self, record: Record) -> None:
         self.stream.write(jsonl_line(record) + "\n")
@@ -184,7 +187,7 @@ def make_console(config: RunConfig, *, file: Any = None) -> Any:
     """A rich Console honouring --no-color, NO_COLOR, --ascii, --record and a non-TTY stdout;
     ``--record FILE.cast`` records what it shows, with its timing, as asciicast v2."""
     no_color = config.no_color or "NO_COLOR" in os.environ
-    target = file or sys.stdout
+    target = file or WholeWrites()
     casting = bool(config.record_path and config.record_path.endswith(".cast"))
     width = None
     if casting:

@@ -1,0 +1,76 @@
+"""Whole writes into a pipe: a record is written in one go once it fits, never in part."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from llmcluster.render import wholeline
+from llmcluster.render.wholeline import F_GETPIPE_SZ, F_SETPIPE_SZ, fits, queued, write_whole
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read, write = os.pipe()
+    fcntl.fcntl(write, F_SETPIPE_SZ, 64 * 1024)
+    yield read, write
+    os.close(read)
+    os.close(write)
+
+
+def _drain(fd: int, nbytes: int) -> bytes:
+    data = b""
+    while len(data) < nbytes:
+        data += os.read(fd, nbytes - len(data))
+    return data
+
+
+def test_the_room_asked_for_counts_half_empty_slots() -> None:
+    page = wholeline.PAGE
+    assert fits(64 * 1024, 0, 64 * 1024 - 2 * page)
+    assert not fits(64 * 1024, 0, 64 * 1024 - 2 * page + 1)
+    assert not fits(64 * 1024, 20 * 1024, 30 * 1024)  # 30 KiB of room, but partly filled
+
+
+def test_a_record_larger_than_the_pipe_grows_it_and_goes_whole(pipe: tuple[int, int]) -> None:
+    read, write = pipe
+    record = b"x" * (100 * 1024) + b"\n"  # no reader yet: a plain write would block part-way
+    write_whole(write, record)
+    assert fcntl.fcntl(write, F_GETPIPE_SZ) >= 2 * len(record)
+    assert queued(write) == len(record)
+    assert _drain(read, len(record)) == record
+
+
+def test_a_writer_waits_for_room_without_writing_part(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A display killed while it waits leaves the pipe as it was: nothing of its record."""
+    read, write = pipe
+    first, second = b"a" * 40_000 + b"\n", b"b" * 20_000 + b"\n"
+    assert os.write(write, first) == len(first)  # what the reader has not read yet
+    waiting = threading.Event()
+    monkeypatch.setattr(wholeline.time, "sleep", lambda _s: waiting.set())
+    writer = threading.Thread(target=write_whole, args=(write, second), daemon=True)
+    writer.start()
+    assert waiting.wait(10), "the writer never waited for room"
+    assert queued(write) == len(first)  # waiting, it has written none of its record
+    assert _drain(read, len(first)) == first
+    writer.join(10)
+    assert not writer.is_alive()
+    assert _drain(read, len(second)) == second
+
+
+def test_a_writer_waiting_for_a_reader_that_left_gets_a_broken_pipe() -> None:
+    read, write = os.pipe()
+    try:
+        fcntl.fcntl(write, F_SETPIPE_SZ, 64 * 1024)
+        os.write(write, b"a" * 40_000)
+        os.close(read)
+        with pytest.raises(BrokenPipeError):
+            write_whole(write, b"b" * 20_000)
+    finally:
+        os.close(write)
