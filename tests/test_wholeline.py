@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pathlib
 import threading
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ import pytest
 
 from llmcluster.render import wholeline
 from llmcluster.render.wholeline import F_GETPIPE_SZ, F_SETPIPE_SZ, fits, queued, write_whole
+from llmcluster.worker.tail import Tailed, TailLog
 
 
 @pytest.fixture
@@ -74,3 +76,21 @@ def test_a_writer_waiting_for_a_reader_that_left_gets_a_broken_pipe() -> None:
             write_whole(write, b"b" * 20_000)
     finally:
         os.close(write)
+
+
+def test_the_agents_tee_writes_a_long_rank_line_whole(
+    pipe: tuple[int, int], tmp_path: pathlib.Path
+) -> None:
+    """``--tee``: a rank's line longer than the console pipe's room reaches it in one piece
+    (a plain write stopped part-way in the full pipe, waiting for a reader)."""
+    read, write = pipe
+    line = b"[default3]:" + b"z" * (100 * 1024)
+    log = tmp_path / "stdout.log"
+    log.write_bytes(b"z" * (100 * 1024) + b"\n")
+    tail = TailLog([Tailed(str(log), "[default3]:", write)]).start()
+    stopper = threading.Thread(target=tail.stop, daemon=True)
+    stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive(), "the tee stopped part-way into the pipe"
+    assert queued(write) == len(line) + 1
+    assert _drain(read, len(line) + 1) == line + b"\n"

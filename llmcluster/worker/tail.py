@@ -2,8 +2,9 @@
 
 torch implements ``--tee`` as a redirect plus ``TailLog`` (``tail_log.py``): one thread per
 file polls for new lines every 0.1 s and writes ``<prefix><line>`` to the agent's stdout or
-stderr. Each line is written with a single ``os.write``, so lines of different ranks
-interleave on a shared terminal in the order the ranks really printed them (per poll).
+stderr. Each line is one whole write (``render.wholeline``: into a pipe, once it has room for
+all of it), so lines of different ranks interleave on a shared console in the order the
+ranks really printed them (per poll), and never in the middle of one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import contextlib
 import os
 import threading
 from dataclasses import dataclass
+
+from llmcluster.render.wholeline import write_whole
 
 POLL_S = 0.1  # torch's interval_sec
 
@@ -41,14 +44,14 @@ def _follow(item: Tailed, finished: threading.Event) -> None:
                 *complete, pending = pending.split(b"\n")
                 for line in complete:
                     with contextlib.suppress(OSError):
-                        os.write(item.fd, header + line + b"\n")
+                        write_whole(item.fd, header + line + b"\n")
                 continue
             if finished.is_set():  # the producer is gone and the file is drained
                 break
             finished.wait(POLL_S)
     if pending:
         with contextlib.suppress(OSError):
-            os.write(item.fd, header + pending + b"\n")
+            write_whole(item.fd, header + pending + b"\n")
 
 
 class TailLog:
