@@ -1,8 +1,9 @@
 """A rank: one process playing one GPU.
 
 Life of a rank: join the coordinator, receive its node's address book, pass the first barrier,
-then run its workload (``training.train`` or ``bench.rank_bench``) in lock-step with every
-other rank, and wait to be told to leave. Rank 0 of a training run also hosts the display
+say READY and wait for GO (every rank is ready: init_process_group's store barrier), then
+build and run its workload (``training.Training`` or ``bench.rank_bench``) in lock-step with
+every other rank, and wait to be told to leave. Rank 0 of a training run also hosts the display
 thread, the telemetry plane's reliable subscriber. It joins with the proof its agent handed
 it at fork; across hosts its TCP sockets use the run's CurveZMQ keys, its inbox behind the
 token's ZAP handler. A malformed address book is dropped (counted) like any bad message.
