@@ -5,6 +5,9 @@ from __future__ import annotations
 import fcntl
 import os
 import pathlib
+import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -94,3 +97,35 @@ def test_the_agents_tee_writes_a_long_rank_line_whole(
     assert not stopper.is_alive(), "the tee stopped part-way into the pipe"
     assert queued(write) == len(line) + 1
     assert _drain(read, len(line) + 1) == line + b"\n"
+
+
+_WRITER = """
+import sys
+from llmcluster.render.wholeline import write_line
+
+sys.stdin.buffer.read(1)  # every writer starts at once
+for index in range(1000):
+    write_line(f"{sys.argv[1]}:{index}:" + "x" * 1500)
+"""
+
+
+def test_lines_of_processes_sharing_stderr_stay_whole_unbuffered() -> None:
+    """The ranks and agent of a node share one stderr, and the project's image sets
+    PYTHONUNBUFFERED, under which ``print`` writes a line's text and its newline apart."""
+    read, write = os.pipe()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-c", _WRITER]
+    writers = [
+        subprocess.Popen([*command, str(n)], stderr=write, env=env, stdin=subprocess.PIPE)
+        for n in range(6)
+    ]
+    os.close(write)
+    for writer in writers:
+        assert writer.stdin is not None
+        writer.stdin.write(b"g")
+        writer.stdin.close()
+    with os.fdopen(read, "rb") as source:
+        lines = source.read().decode().splitlines()
+    assert [w.wait(timeout=60) for w in writers] == [0] * 6
+    assert len(lines) == 6 * 1000
+    assert all(re.fullmatch(r"\d:\d+:x{1500}", line) for line in lines)

@@ -12,7 +12,6 @@ token's ZAP handler, and failed handshakes are watched (``control.security``).
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -45,6 +44,7 @@ from llmcluster.coordinator.state import (
     ShowUnshown,
     Tick,
 )
+from llmcluster.render.wholeline import write_line
 from llmcluster.telemetry.hub import RecordHub
 from llmcluster.wire import (
     COORDINATOR_SRC,
@@ -221,7 +221,7 @@ class CoordinatorServer:
         elif isinstance(action, ReplaceAgent):
             self.supervisor.replace(action.node)
         elif isinstance(action, Say):
-            print(f"llmcluster coordinator: {action.text}", file=sys.stderr, flush=True)
+            write_line(f"llmcluster coordinator: {action.text}")
         elif isinstance(action, ShowUnshown):
             self.show_locally(self.hub.unshown())
             self.hub.forget_unshown()

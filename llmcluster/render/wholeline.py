@@ -126,3 +126,13 @@ class WholeWrites:
 
     def isatty(self) -> bool:
         return bool(self.stream.isatty())
+
+
+def write_line(text: str, stream: Any = None) -> None:
+    """``text`` and its newline in one write to ``stream`` (standard error by default), then
+    flushed. Under PYTHONUNBUFFERED (the project's image sets it) ``print`` writes the text
+    and the newline apart, and the lines of processes sharing a stream (the ranks and agent
+    of a node) interleave in the middle."""
+    out = stream or sys.stderr
+    out.write(text + "\n")
+    out.flush()

@@ -21,7 +21,6 @@ import math
 import os
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from llmcluster.control.rundir import RunDir, remove_if_stale, start_janitor, st
 from llmcluster.control.security import CurveKeys, HandshakeWatch
 from llmcluster.exporters.prometheus_server import MetricsExporter
 from llmcluster.render.fmt import glog
+from llmcluster.render.wholeline import write_line
 from llmcluster.wire import AGENT_SRC, Kind, Message
 from llmcluster.wire.messages import AgentExit, AgentJoin, AgentWelcome, Exit, Refused, Spawn
 from llmcluster.worker import announce, logspec
@@ -136,14 +136,13 @@ class NodeAgent:
                     self._report_exit(link, pid, exitcode)
                 checked = time.monotonic()
         except CoordinatorLost as lost:
-            print(f"llmcluster node {self.node}: {lost}; stopping local ranks", file=sys.stderr)
+            write_line(f"llmcluster node {self.node}: {lost}; stopping local ranks")
             return 1
         except Refusal as refusal:
-            print(f"llmcluster node: {refusal}", file=sys.stderr, flush=True)
+            write_line(f"llmcluster node: {refusal}")
             return REFUSED_EXIT
         except SlotLost as lost:
-            print(f"llmcluster node {self.node}: {lost}; this node cannot start its ranks",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            write_line(f"llmcluster node {self.node}: {lost}; this node cannot start its ranks")
             return 1
         finally:
             wakeup.close()
@@ -181,7 +180,7 @@ class NodeAgent:
         if why is None:
             return None
         if why:
-            print(f"llmcluster node: {why}", file=sys.stderr, flush=True)
+            write_line(f"llmcluster node: {why}")
         return 128 + self.signals[0] if self.signals else 1
 
     def _join(self, link: ControlLink) -> int | None:
@@ -220,12 +219,16 @@ class NodeAgent:
                 pass
             waited = time.monotonic() - started
             if waited > self.spec.join_timeout_s:
-                print(f"llmcluster node: no coordinator answered at {self.spec.control} in "
-                      f"{waited:.0f}s; giving up", file=sys.stderr)  # fmt: skip
+                write_line(
+                    f"llmcluster node: no coordinator answered at {self.spec.control} in "
+                    f"{waited:.0f}s; giving up"
+                )
                 return 1
             if attempt in (2, 5) or attempt % 10 == 0:
-                print(f"llmcluster node: waiting for the coordinator at {self.spec.control} "
-                      f"(attempt {attempt})", file=sys.stderr)  # fmt: skip
+                write_line(
+                    f"llmcluster node: waiting for the coordinator at {self.spec.control} "
+                    f"(attempt {attempt})"
+                )
             backoff = min(backoff * 2, JOIN_MAX_WAIT_S)
 
     def _handshake_failure(self) -> str:
@@ -274,8 +277,7 @@ class NodeAgent:
 
     def _log(self, level: str, where: str, text: str) -> None:
         """A torch.distributed logging line of this agent (stderr, as Python logging's)."""
-        print(f"{glog(level, self.sim_time, os.getpid(), where)} {text}", file=sys.stderr,
-              flush=True)  # fmt: skip
+        write_line(f"{glog(level, self.sim_time, os.getpid(), where)} {text}")
 
     def _log_destinations(self, run_id: str, attempt: int, ranks: list[int]) -> None:
         """torch's ``DefaultLogsSpecs.reify``: this attempt's directories and every rank's
@@ -335,7 +337,7 @@ class NodeAgent:
     # ---- a standalone node's own lines (node 0's are rank 0's to print) -------------------
     def _say(self, text: str) -> None:
         if self.spec.announce:  # stderr, as torchrun's logging: stdout stays the ranks' own
-            print(text, file=sys.stderr, flush=True)
+            write_line(text)
 
     def _announce_group(self, attempt: int, run_id: str) -> None:
         if self.spec.announce and self.node != 0 and self.config is not None:

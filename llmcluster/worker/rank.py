@@ -15,7 +15,6 @@ import contextlib
 import itertools
 import os
 import secrets
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from llmcluster.control.env import TORCHRUN_VARS
 from llmcluster.control.link import ControlLink, CoordinatorLost
 from llmcluster.control.security import Gatekeeper
 from llmcluster.render.nccl import NcclRank
+from llmcluster.render.wholeline import write_line
 from llmcluster.setup import RunSetup, build_setup
 from llmcluster.sim import RunPlan
 from llmcluster.wire import HEARTBEAT_S, Kind, Message
@@ -205,7 +205,7 @@ class Rank:
             self.report_failure(f"watchdog: {timeout}", 1, error_file)
             return 1
         except CoordinatorLost as lost:
-            print(f"[rank{spec.rank}]: llmcluster: {lost}; exiting", file=sys.stderr, flush=True)
+            write_line(f"[rank{spec.rank}]: llmcluster: {lost}; exiting")
             return 1
         except Exception as exc:  # the agent reports the exit, naming the error file
             self._record_error(exc)
@@ -217,8 +217,7 @@ class Rank:
         """The rank's own traceback on its stderr (``[rankN]: `` per line, as torch prints it)
         and its error.json (torch's ``@record``); returns the file's path or ""."""
         lines = traceback.format_exc().rstrip("\n").split("\n")
-        print("\n".join(f"[rank{self.spec.rank}]: {line}" for line in lines), file=sys.stderr,
-              flush=True)  # fmt: skip
+        write_line("\n".join(f"[rank{self.spec.rank}]: {line}" for line in lines))
         return record_exception(exc)
 
     def _rendezvous(self, setup: RunSetup | None) -> Communicator:

@@ -18,12 +18,12 @@ import dataclasses
 import os
 import select
 import socket
-import sys
 import time
 
 from llmcluster.comm.memfd import SharedRegion
 from llmcluster.control.link import Beacon
 from llmcluster.control.procs import SignalWakeup, reap, terminate_all
+from llmcluster.render.wholeline import write_line
 from llmcluster.setup import build_setup
 from llmcluster.worker.slots import (
     BYE,
@@ -73,14 +73,18 @@ class Slot:
         try:
             conn = connect(self.path, timeout_s, self.signals)
         except OSError as exc:
-            print(f"llmcluster launch: cannot reach this node's agent at {self.path}: "
-                  f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
+            write_line(
+                f"llmcluster launch: cannot reach this node's agent at {self.path}: "
+                f"{exc.strerror or exc}"
+            )
             return AGENT_GONE
         if conn is None:
             if self.signals:
                 return 128 + self.signals[0]
-            print(f"llmcluster launch: no node agent listened at {self.path} in "
-                  f"{timeout_s:.0f}s (local rank {self.local_rank})", file=sys.stderr)  # fmt: skip
+            write_line(
+                f"llmcluster launch: no node agent listened at {self.path} in "
+                f"{timeout_s:.0f}s (local rank {self.local_rank})"
+            )
             return AGENT_GONE
         wakeup = SignalWakeup()
         try:
@@ -109,8 +113,10 @@ class Slot:
                 continue
             frame = receive(conn)
             if frame is None:
-                print(f"llmcluster launch: local rank {self.local_rank}: the node agent is "
-                      "gone; stopping its rank", file=sys.stderr, flush=True)  # fmt: skip
+                write_line(
+                    f"llmcluster launch: local rank {self.local_rank}: the node agent is "
+                    "gone; stopping its rank"
+                )
                 return AGENT_GONE
             kind, body, fds = frame
             if kind == START and self.child is None:

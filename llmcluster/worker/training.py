@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
 import time
 from typing import Any, Protocol
 
@@ -22,6 +21,7 @@ import numpy as np
 from llmcluster import sim
 from llmcluster.comm import Communicator
 from llmcluster.control.link import ControlLink
+from llmcluster.render.wholeline import write_line
 from llmcluster.setup import build_setup
 from llmcluster.sim.faults import Fault
 from llmcluster.wire import Kind
@@ -66,9 +66,7 @@ def carry_out_faults(spec: Any, plan: sim.RunPlan, faults: tuple[Fault, ...], st
     oom = sim.fatal_event(plan, spec.rank, fault.step) if fault.kind == "oom" else None
     if oom is not None:  # torch's traceback, then the uncaught exception's exit code
         callstack = sim.oom_traceback(plan, oom)
-        for line in callstack:
-            print(f"[rank{spec.rank}]: {line}", file=sys.stderr)
-        sys.stderr.flush()
+        write_line("\n".join(f"[rank{spec.rank}]: {line}" for line in callstack))
         raise RankDied(sim.oom_message(plan, oom), "\n".join(callstack), 1)
     while True:  # hang: alive, silent, deaf to the coordinator (like a stuck CUDA kernel)
         time.sleep(3600)
