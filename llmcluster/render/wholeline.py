@@ -11,6 +11,9 @@ the pipe (``F_SETPIPE_SZ``) when it could never hold it; the write then finds ro
 stop part-way. Linux counts a pipe's room in page-sized slots, and a slot that is partly
 filled may take no more data, so the room asked for is the data plus two pages, beside
 twice the bytes already queued. Anything else (a terminal, a file) is written as it is.
+
+``write_line`` is the same care for standard error, which a node's ranks and agent share: a
+line and its newline in one write (``print`` writes them apart under PYTHONUNBUFFERED).
 """
 
 from __future__ import annotations
