@@ -14,8 +14,8 @@ from netns_hosts import communicate_all, reap
 from test_multihost import COORD, NETNS, hosts  # noqa: F401 - the fixture
 
 
-def _start(host: str, *args: str) -> subprocess.Popen[str]:
-    return NETNS.start(host, args, {"NCCL_DEBUG": "INFO"})
+def _start(host: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return NETNS.start(host, args, {"NCCL_DEBUG": "INFO", **(env or {})})
 
 
 @pytest.mark.timeout(180)
@@ -81,10 +81,11 @@ def test_each_node_takes_its_own_torchrun_log_flags(tmp_path: str, clean_table: 
                    "--style", "megatron", "--ui", "log", "--steps", "3",
                    "--speed", "1e6")  # fmt: skip
     node_args = ("node", "--master-addr", COORD, "--master-port", "29500", "--token", "s3cret")
+    tmp = {"TMPDIR": str(tmp_path)}  # node 1's torchelastic_ directory (mkdtemp, as torch's)
     nodes = [
         _start("node1", *node_args, "--node-rank", "0", "-r", "3", "--log-dir", node0_dir),
         _start("node2", *node_args, "--node-rank", "1", "-t", "3", "--local-ranks-filter", "3",
-               "--role", "worker"),
+               "--role", "worker", env=tmp),
     ]  # fmt: skip
     try:
         *outputs, _ = communicate_all([*nodes, coord], timeout=150)
@@ -99,6 +100,8 @@ def test_each_node_takes_its_own_torchrun_log_flags(tmp_path: str, clean_table: 
     assert [path.split(os.sep)[-2] for path in stdouts] == ["0", "1", "2", "3"]
     with open(stdouts[0]) as f:
         assert any(MEGATRON["world"].match(line) for line in f.read().splitlines())
+    tee_dirs = glob.glob(f"{tmp_path}/torchelastic_*/*_*/attempt_0/3/stdout.log")
+    assert len(tee_dirs) == 1  # where torch's tee keeps local rank 3's files: not in /tmp
     lines = out1.splitlines()
     assert lines and all(line.startswith("[worker3]:") for line in lines)
     iterations = [MEGATRON["iteration"].match(line[len("[worker3]:") :]) for line in lines]
