@@ -110,6 +110,16 @@ def test_a_closed_stdout_stops_the_run_within_seconds(clean_table: None) -> None
     assert took < 5.0, f"the run took {took:.1f}s to notice its closed stdout"
 
 
+def _until_the_end_waits_for_the_reader(run: Running, *, timeout_s: float) -> None:
+    """Hold the read back (on purpose) until the coordinator says its end waits for the
+    reader; this polls stderr's lines."""
+    deadline = time.monotonic() + timeout_s
+    while not any("waiting for the reader" in line for line in run.stderr_lines_so_far()):
+        assert run.proc.poll() is None, run.stderr_text()
+        assert time.monotonic() < deadline, "the coordinator never said it waits"
+        time.sleep(0.05)
+
+
 @pytest.mark.timeout(90)
 def test_a_reader_that_pauses_at_the_end_gets_every_record_whole(clean_table: None) -> None:
     """``llmcluster --format jsonl | shipper`` where the shipper stops reading for a while
@@ -118,11 +128,7 @@ def test_a_reader_that_pauses_at_the_end_gets_every_record_whole(clean_table: No
     rest itself, it cut into that line)."""
     run = Running("--ranks", "64", "--steps", "20", "--speed", "1e6", "--format", "jsonl")
     try:
-        deadline = time.monotonic() + 60
-        while not any("waiting for the reader" in line for line in run.stderr_lines_so_far()):
-            assert run.proc.poll() is None, run.stderr_text()
-            assert time.monotonic() < deadline, "the coordinator never said it waits"
-            time.sleep(0.05)  # the read is held back on purpose: this polls stderr's lines
+        _until_the_end_waits_for_the_reader(run, timeout_s=60)
         code, seen, err = run.finish(timeout_s=30)  # (records() parses every line)
     finally:
         run.kill()
@@ -141,11 +147,7 @@ def test_a_restart_while_the_reader_lags_leaves_no_half_record(clean_table: None
     run = Running("--ranks", "64", "--steps", "20", "--speed", "1e6", "--inject", kills,
                   "--format", "jsonl")  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
-        while not any("waiting for the reader" in line for line in run.stderr_lines_so_far()):
-            assert run.proc.poll() is None, run.stderr_text()
-            assert time.monotonic() < deadline, "the coordinator never said it waits"
-            time.sleep(0.05)  # the read is held back on purpose: this polls stderr's lines
+        _until_the_end_waits_for_the_reader(run, timeout_s=90)
         code, seen, err = run.finish(timeout_s=30)  # (records() parses every line)
     finally:
         run.kill()
