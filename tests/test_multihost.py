@@ -101,15 +101,21 @@ def test_cut_link_is_detected_within_the_heartbeat_timeout(hosts: None, clean_ta
                 break
         NETNS.run("cut", "node2")
         cut_at = time.monotonic()
-        assert coord.wait(timeout=60) == 1
+        failure = {}
+        for line in node0.stdout:  # rank 0 shows the failure the moment the coordinator decides
+            failure = json.loads(line) if line.startswith("{") else {}
+            if failure.get("type") == "failure":
+                break
         detected = time.monotonic() - cut_at
-        assert detected < 3.0 + 3.0  # heartbeat timeout plus teardown on a loaded 2-core box
-        remaining, _ = node0.communicate(timeout=60)
-        assert node0.returncode == 1  # the job failed: every node says so, as torchrun does
-        recs = [json.loads(x) for x in remaining.splitlines() if x.startswith("{")]
-        failure = next(r for r in recs if r["type"] == "failure")
+        # the heartbeat timeout (3 s) plus the record's way to rank 0's display: the time the
+        # teardown then takes is not detection, and on a loaded 2-core box it varies by seconds
+        assert detected < 3.0 + 1.5, detected
         assert failure["node"] == 1 and failure["rank"] >= 8, failure  # the cut host's ranks
-        print(f"cut detected after {detected:.2f}s: {failure['reason']}")
+        assert coord.wait(timeout=60) == 1
+        node0.communicate(timeout=60)
+        assert node0.returncode == 1  # the job failed: every node says so, as torchrun does
+        print(f"cut detected after {detected:.2f}s, torn down after "
+              f"{time.monotonic() - cut_at:.2f}s: {failure['reason']}")  # fmt: skip
     finally:
         NETNS.run("heal", "node2", check=False)
         reap(coord, node0, node1)
