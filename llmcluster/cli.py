@@ -51,7 +51,7 @@ from llmcluster.config import (
     check_token,
     env_text,
 )
-from llmcluster.exporters.prometheus_server import MetricsSettings
+from llmcluster.exporters.settings import MetricsSettings
 from llmcluster.launch.environment import launch_env
 from llmcluster.launch.hostlist import expand_hostnames
 from llmcluster.setup import checked_plan

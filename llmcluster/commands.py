@@ -10,7 +10,7 @@ import sys
 
 from llmcluster import sim
 from llmcluster.config import RunConfig
-from llmcluster.exporters.prometheus_server import MetricsError, MetricsSettings
+from llmcluster.exporters.settings import MetricsError, MetricsSettings
 from llmcluster.launch.environment import LaunchEnv
 from llmcluster.worker.logspec import NodeLogOptions
 

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 from dataclasses import dataclass
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 SALT = b"llmcluster/curvezmq/v1"  # fixed and public: the token is the only secret input
@@ -100,6 +98,13 @@ class Gatekeeper:
     """The ZAP handler of one context (a thread; started before any CURVE server binds)."""
 
     def __init__(self, ctx: zmq.Context, keys: CurveKeys) -> None:
+        # imported here, by the processes that serve CURVE: zmq.auth brings asyncio, ssl and
+        # inspect (4.6 MB), which every process of a local run would otherwise hold and
+        # copy the page tables of at every fork
+        import logging
+
+        from zmq.auth.thread import ThreadAuthenticator
+
         log = logging.getLogger("llmcluster.zap")
         log.addHandler(logging.NullHandler())
         log.propagate = False

@@ -4,5 +4,7 @@
 - ``dcgm``: those readings as NVIDIA dcgm-exporter exposes them (names, types, HELP, label
   order), rendered as its template does;
 - ``job``: the training job's own ``llmcluster_*`` series (a prometheus-client collector);
-- ``prometheus_server``: the HTTP endpoints (one per node) and the observer thread.
+- ``settings``: what the user asks of the endpoints (light: every launcher and agent names it);
+- ``prometheus_server``: the HTTP endpoints (one per node) and the observer thread, imported
+  only by a process that serves them.
 """

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -23,23 +22,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from llmcluster.control.security import CurveKeys
 from llmcluster.exporters import dcgm
 from llmcluster.exporters.job import JobCollector
+from llmcluster.exporters.settings import MetricsError, MetricsSettings
 from llmcluster.exporters.state import MetricsState
 from llmcluster.telemetry.client import RecordClient
 
 DEFAULT_PORT = 9400  # dcgm-exporter's
 RECEIVE_S = 0.25
-
-
-class MetricsError(Exception):
-    """An endpoint could not be opened (one line for the user)."""
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    """``--metrics-port`` and ``--metrics-bind``."""
-
-    port: int
-    bind: str = "127.0.0.1"
 
 
 class _Handler(BaseHTTPRequestHandler):

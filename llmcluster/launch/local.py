@@ -20,7 +20,7 @@ from llmcluster.control.rundir import RunDir, sweep_stale_dirs
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.server import CoordinatorServer
 from llmcluster.coordinator.state import Settings
-from llmcluster.exporters.prometheus_server import MetricsExporter, MetricsSettings
+from llmcluster.exporters.settings import MetricsSettings
 from llmcluster.launch import runfile
 from llmcluster.launch.common import (
     choose_speed,
@@ -43,8 +43,13 @@ def run_local(config: RunConfig, plan: sim.RunPlan, metrics: MetricsSettings | N
     ``n``'s GPUs are served on ``metrics.port + n`` (raises MetricsError before anything
     starts when a port is taken)."""
     launch_wall = process_start_wall()
-    exporter = MetricsExporter(metrics, config.nnodes) if metrics else None  # (agents close
-    # the listening sockets they inherit when forked)
+    exporter = None
+    if metrics:  # imported only to serve: prometheus-client and the HTTP server would
+        # otherwise be in every agent and rank forked below (agents close the listening
+        # sockets they inherit)
+        from llmcluster.exporters.prometheus_server import MetricsExporter
+
+        exporter = MetricsExporter(metrics, config.nnodes)
     run_id = secrets.token_hex(6)
     received: list[int] = []
     sweep_stale_dirs()

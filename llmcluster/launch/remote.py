@@ -28,7 +28,7 @@ from llmcluster.control.security import CurveKeys
 from llmcluster.coordinator.machine import Coordinator
 from llmcluster.coordinator.server import CoordinatorServer, NodeSupervisor, RemoteNodes
 from llmcluster.coordinator.state import Settings
-from llmcluster.exporters.prometheus_server import MetricsSettings
+from llmcluster.exporters.settings import MetricsSettings
 from llmcluster.launch.common import (
     choose_speed,
     stop_signals_to,

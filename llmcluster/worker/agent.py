@@ -23,7 +23,7 @@ import secrets
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -35,7 +35,7 @@ from llmcluster.control.net import reachable
 from llmcluster.control.procs import SignalWakeup, signal_name
 from llmcluster.control.rundir import RunDir, remove_if_stale, start_janitor, stop_janitor
 from llmcluster.control.security import CurveKeys, HandshakeWatch
-from llmcluster.exporters.prometheus_server import MetricsExporter
+from llmcluster.exporters.settings import MetricsSettings
 from llmcluster.render.fmt import glog
 from llmcluster.render.wholeline import write_line
 from llmcluster.wire import AGENT_SRC, Kind, Message
@@ -48,6 +48,9 @@ from llmcluster.worker.slots import SlotLost, SlotStarter
 from llmcluster.worker.starter import LocalStarter, NodePlace, prepare_forks, rank_launches
 from llmcluster.worker.tail import Tailed, TailLog
 
+if TYPE_CHECKING:
+    from llmcluster.exporters.prometheus_server import MetricsExporter
+
 JOIN_FIRST_WAIT_S = 2.0  # a busy coordinator (hundreds of agents) may take a while to welcome
 JOIN_MAX_WAIT_S = 8.0
 REFUSED_EXIT = 2  # a refused node: like a usage error, retrying cannot help
@@ -55,6 +58,14 @@ REFUSED_EXIT = 2  # a refused node: like a usage error, retrying cannot help
 
 class Refusal(Exception):
     """The coordinator will not have this node; the one-line reason."""
+
+
+def _serve_metrics(settings: MetricsSettings) -> MetricsExporter:
+    """This node's endpoint, bound now (raises MetricsError). Imported here: prometheus-client
+    and the HTTP server would otherwise be in every rank the agent forks."""
+    from llmcluster.exporters.prometheus_server import MetricsExporter
+
+    return MetricsExporter(settings, 1)
 
 
 MP_API = "torch/distributed/elastic/multiprocessing/api.py"
@@ -77,7 +88,7 @@ class NodeAgent:
         self.group_done_at: float | None = None  # when the last local rank exited
         self.sim_time = 0.0  # the simulated clock at the current attempt's start
         # bound now, so a taken port fails before the node joins (raises MetricsError)
-        self.exporter = MetricsExporter(spec.metrics, 1) if spec.metrics else None
+        self.exporter = _serve_metrics(spec.metrics) if spec.metrics else None
         self.run_dir = RunDir("node-")  # the local ranks' inboxes
         self.keys = CurveKeys.from_token(spec.token)
         self.log_run_dir: str | None = None  # <log_dir>/<run_id>_<random>, made at first spawn

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from llmcluster.config import RunConfig
-from llmcluster.exporters.prometheus_server import MetricsSettings
+from llmcluster.exporters.settings import MetricsSettings
 from llmcluster.worker import logspec
 
 
