@@ -1,6 +1,11 @@
-"""The torchrun environment a rank sees (torch/distributed/run.py, elastic agent api.py)."""
+"""The torchrun environment a rank sees (torch/distributed/run.py, elastic agent api.py), and
+how a forker shares what all its children see (set once around the forks, inherited)."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 TORCHRUN_VARS = (
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
@@ -53,3 +58,26 @@ def env_mismatches(
         "WORLD_SIZE": world_size,
     }
     return [name for name, value in expected.items() if env.get(name) != str(value)]
+
+
+def shared_items(envs: Sequence[Mapping[str, str]]) -> dict[str, str]:
+    """The variables every one of ``envs`` sets to the same value."""
+    if not envs:
+        return {}
+    first, rest = envs[0], envs[1:]
+    return {k: v for k, v in first.items() if all(env.get(k) == v for env in rest)}
+
+
+@contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """This process's environment with ``values`` set, as it was again afterwards."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

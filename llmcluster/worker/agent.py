@@ -379,8 +379,9 @@ class NodeAgent:
                           publish=self.publish, run_dir=self.run_dir.path,
                           tcp_host=self.spec.tcp_host, curve=self.keys, shm=self.shm,
                           board=self.board, beacon=self.beacon)  # fmt: skip
-        for launch in rank_launches(config, place, spawn, run_id, self.rank_logs):
-            self.children[self.starter.start(launch)] = launch.spec.rank
+        launches = rank_launches(config, place, spawn, run_id, self.rank_logs)
+        for pid, launch in zip(self.starter.start_all(launches), launches, strict=True):
+            self.children[pid] = launch.spec.rank
         streams = self.rank_logs.values()
         tailed = [Tailed(logs.stdout, logs.prefix, 1) for logs in streams if logs.tee_stdout]
         tailed += [Tailed(logs.stderr, logs.prefix, 2) for logs in streams if logs.tee_stderr]

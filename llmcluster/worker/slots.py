@@ -30,7 +30,7 @@ import stat
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from llmcluster.comm.memfd import SharedRegion
@@ -166,7 +166,11 @@ class SlotStarter:
             return
         self.slots[local] = conn
 
-    def start(self, launch: RankLaunch) -> int:
+    def start_all(self, launches: Sequence[RankLaunch]) -> list[int]:
+        """Every rank of ``launches``, each as ``_start`` does; their pids."""
+        return [self._start(launch) for launch in launches]
+
+    def _start(self, launch: RankLaunch) -> int:
         """Fork local rank 0 here, ask its slot to fork any other; the rank's pid."""
         local = launch.spec.local_rank
         if local == 0:
