@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import Running, records, run_cli
+from inherited_modules import heavy_modules_of_ranks
 
 from llmcluster.cli import parse
 from llmcluster.commands import LaunchRun, NodeRun
@@ -224,3 +225,15 @@ def test_a_node_checks_its_ranks_at_its_own_monitor_interval() -> None:
     bad = run_cli("node", "--monitor-interval", "0", timeout=30)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "--monitor-interval: expected seconds in (0, 3600]" in bad.stderr
+
+
+def test_ranks_serving_curve_inherit_the_zap_handler_from_their_agent(clean_table: None) -> None:
+    """zmq.auth is imported only where CURVE is served, and then once, by the node agent
+    before it forks: not by each rank after (50-60 ms of CPU apiece)."""
+    port = _free_port()
+    held = heavy_modules_of_ranks(
+        "launch", "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+        "--master-port", str(port), "--token", "s3cret", "--steps", "1", "--speed", "1e6",
+    )  # fmt: skip
+    assert set(held) == {0, 1}
+    assert all("zmq.auth" in modules.split(",") for modules in held.values()), held

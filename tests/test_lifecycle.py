@@ -13,6 +13,7 @@ import time
 
 import pytest
 from conftest import Running, own_processes, records, run_cli, wait_until_clean
+from inherited_modules import heavy_modules_of_ranks
 
 FAST = ("--speed", "1000000")  # simulated seconds per wall second: steps take milliseconds
 
@@ -228,38 +229,10 @@ def test_a_rank_builds_its_training_once_every_rank_is_ready(clean_table: None) 
                                    for r in range(16))  # fmt: skip
 
 
-_INHERITED = """
-import os
-import sys
-from llmcluster.worker import rank
-
-HEAVY = ("asyncio", "ssl", "zmq.auth", "prometheus_client", "http.server")
-start = rank.Rank.__init__
-
-
-def reporting_start(self, spec):
-    held = [name for name in HEAVY if name in sys.modules]
-    os.write(2, f"rank {spec.rank} inherits {','.join(held) or 'none'}\\n".encode())
-    start(self, spec)
-
-
-rank.Rank.__init__ = reporting_start
-from llmcluster.cli import main  # noqa: E402
-
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_ranks_inherit_no_module_their_run_does_not_use(clean_table: None) -> None:
     """Every fork copies the page tables of all the forker holds, so the modules of features
     a run does not use are not in its launcher, agents or ranks: the ZAP handler's zmq.auth
     (asyncio, ssl: 4.6 MB) only with a token, prometheus-client and the HTTP server only with
     --metrics-port. Checked as each rank starts, before it imports anything itself."""
-    done = subprocess.run(
-        [sys.executable, "-c", _INHERITED, "--ranks", "8", "--steps", "1", *FAST,
-         "--format", "jsonl"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    held = sorted(line for line in done.stderr.splitlines() if " inherits " in line)
-    assert held == sorted(f"rank {r} inherits none" for r in range(8)), held
+    held = heavy_modules_of_ranks("--ranks", "8", "--steps", "1", *FAST)
+    assert held == {r: "none" for r in range(8)}, held

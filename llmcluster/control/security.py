@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from dataclasses import dataclass
 
 import zmq
@@ -94,22 +95,25 @@ class _TokenClients:
         return False
 
 
+def prepare_gatekeeper() -> type:
+    """zmq.auth's ThreadAuthenticator, imported on first use: it brings asyncio, ssl and
+    inspect (4.6 MB), which every process of a run without CURVE would otherwise hold (and
+    copy the page tables of at every fork). A node agent whose ranks will serve CURVE calls
+    this before it forks them, so they inherit the import instead of each doing it."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    return ThreadAuthenticator
+
+
 class Gatekeeper:
     """The ZAP handler of one context (a thread; started before any CURVE server binds)."""
 
     def __init__(self, ctx: zmq.Context, keys: CurveKeys) -> None:
-        # imported here, by the processes that serve CURVE: zmq.auth brings asyncio, ssl and
-        # inspect (4.6 MB), which every process of a local run would otherwise hold and
-        # copy the page tables of at every fork
-        import logging
-
-        from zmq.auth.thread import ThreadAuthenticator
-
         log = logging.getLogger("llmcluster.zap")
         log.addHandler(logging.NullHandler())
         log.propagate = False
         self.clients = _TokenClients(keys)
-        self._auth = ThreadAuthenticator(ctx, log=log)
+        self._auth = prepare_gatekeeper()(ctx, log=log)
         self._auth.start()
         self._auth.configure_curve_callback("*", credentials_provider=self.clients)
 

@@ -34,7 +34,7 @@ from llmcluster.control.link import CHECK_S, Beacon, ControlLink, CoordinatorLos
 from llmcluster.control.net import reachable
 from llmcluster.control.procs import SignalWakeup, signal_name
 from llmcluster.control.rundir import RunDir, remove_if_stale, start_janitor, stop_janitor
-from llmcluster.control.security import CurveKeys, HandshakeWatch
+from llmcluster.control.security import CurveKeys, HandshakeWatch, prepare_gatekeeper
 from llmcluster.exporters.settings import MetricsSettings
 from llmcluster.render.fmt import glog
 from llmcluster.render.wholeline import write_line
@@ -367,6 +367,8 @@ class NodeAgent:
             return
         local = config.node_ranks(self.node)
         prepare_forks(config, local)  # once per node: every rank forked below inherits it
+        if self.keys is not None and self.spec.tcp_host:  # its ranks serve CURVE on TCP
+            prepare_gatekeeper()
         allocate = self.starter.allocate
         if self.shm is None:  # mapped before the fork: every local rank inherits it
             self.shm = create_region(len(local), shm_capacity(config), allocate)
