@@ -54,7 +54,9 @@ def test_each_fork_sets_only_its_own_variables(monkeypatch: pytest.MonkeyPatch) 
     for name in _env(4):
         monkeypatch.delenv(name, raising=False)
     launches = [RankLaunch(_Spec(r), _env(r)) for r in range(4, 8)]  # type: ignore[arg-type]
-    assert LocalStarter().start_all(launches) == [1001, 1002, 1003, 1004]
+    pids: list[tuple[int, int]] = []
+    LocalStarter().start_all(launches, lambda pid, launch: pids.append((pid, launch.spec.rank)))
+    assert pids == [(1001, 4), (1002, 5), (1003, 6), (1004, 7)]  # each told as it is forked
     for rank, (inherited, own) in zip(range(4, 8), seen, strict=True):
         assert set(own) == {"RANK", "LOCAL_RANK", "ROLE_RANK"}
         assert {**{k: inherited[k] for k in _env(rank) if k in inherited}, **own} == _env(rank)

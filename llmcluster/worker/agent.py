@@ -45,7 +45,13 @@ from llmcluster.worker.agentspec import AgentSpec
 from llmcluster.worker.errors import record_signal_death
 from llmcluster.worker.rank import shm_capacity
 from llmcluster.worker.slots import SlotLost, SlotStarter
-from llmcluster.worker.starter import LocalStarter, NodePlace, prepare_forks, rank_launches
+from llmcluster.worker.starter import (
+    LocalStarter,
+    NodePlace,
+    RankLaunch,
+    prepare_forks,
+    rank_launches,
+)
 from llmcluster.worker.tail import Tailed, TailLog
 
 if TYPE_CHECKING:
@@ -361,6 +367,10 @@ class NodeAgent:
             self._say(announce.end_text(self.config, node=self.node, run_id=run_id, code=code,
                                         waited_s=waited, sim_time=self.sim_time))  # fmt: skip
 
+    def _started(self, pid: int, launch: RankLaunch) -> None:
+        """A rank is forked: known at once, so a failure starting the next still stops it."""
+        self.children[pid] = launch.spec.rank
+
     def _spawn(self, spawn: Spawn, run_id: str) -> None:
         config = self.config
         if config is None:
@@ -382,8 +392,7 @@ class NodeAgent:
                           tcp_host=self.spec.tcp_host, curve=self.keys, shm=self.shm,
                           board=self.board, beacon=self.beacon)  # fmt: skip
         launches = rank_launches(config, place, spawn, run_id, self.rank_logs)
-        for pid, launch in zip(self.starter.start_all(launches), launches, strict=True):
-            self.children[pid] = launch.spec.rank
+        self.starter.start_all(launches, self._started)
         streams = self.rank_logs.values()
         tailed = [Tailed(logs.stdout, logs.prefix, 1) for logs in streams if logs.tee_stdout]
         tailed += [Tailed(logs.stderr, logs.prefix, 2) for logs in streams if logs.tee_stderr]

@@ -166,9 +166,13 @@ class SlotStarter:
             return
         self.slots[local] = conn
 
-    def start_all(self, launches: Sequence[RankLaunch]) -> list[int]:
-        """Every rank of ``launches``, each as ``_start`` does; their pids."""
-        return [self._start(launch) for launch in launches]
+    def start_all(
+        self, launches: Sequence[RankLaunch], started: Callable[[int, RankLaunch], None]
+    ) -> None:
+        """Every rank of ``launches``, each as ``_start`` does, ``started`` told each pid at
+        once (a lost slot raises SlotLost after the ranks before it are known)."""
+        for launch in launches:
+            started(self._start(launch), launch)
 
     def _start(self, launch: RankLaunch) -> int:
         """Fork local rank 0 here, ask its slot to fork any other; the rank's pid."""

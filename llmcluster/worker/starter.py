@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,14 +126,18 @@ class LocalStarter:
     def allocate(self, size: int) -> mmap.mmap:
         return anonymous(size)
 
-    def start_all(self, launches: Sequence[RankLaunch]) -> list[int]:
-        """Fork every rank of ``launches``. The variables all of them share (the world, the
-        master, the run id...) are set once here around the forks, so each rank inherits
-        them and sets only its own: every variable a child sets copies ~5 of its pages
-        (glibc's setenv, the environ dict), a hundred for torchrun's fifteen."""
+    def start_all(
+        self, launches: Sequence[RankLaunch], started: Callable[[int, RankLaunch], None]
+    ) -> None:
+        """Fork every rank of ``launches``, telling ``started`` each pid at once. The variables
+        all of them share (the world, the master, the run id...) are set once here around the
+        forks, so each rank inherits them and sets only its own: every variable a child sets
+        copies ~5 of its pages (glibc's setenv, the environ dict), a hundred for torchrun's
+        fifteen."""
         shared = shared_items([launch.env for launch in launches])
         with environment(shared):
-            return [fork_rank(_own_env(launch, shared)) for launch in launches]
+            for launch in launches:
+                started(fork_rank(_own_env(launch, shared)), launch)
 
     def exited(self, pids: Iterable[int]) -> dict[int, int]:
         return reap(pids)
