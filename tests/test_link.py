@@ -1,4 +1,5 @@
-"""The control link's liveness: a rank hears the coordinator through its agent's beacon."""
+"""The control link: liveness (a rank hears the coordinator through its agent's beacon), its
+waits, and that nothing which arrives with an awaited message is lost."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from own_processes import own_only  # noqa: F401  (the fixture every test here u
 
 from llmcluster.control.link import Beacon, ControlLink, CoordinatorLost
 from llmcluster.control.procs import fork_child
+from llmcluster.wire import COORDINATOR_SRC, Kind, Message, encode
+from llmcluster.wire.messages import Empty, RankOnly, Reason
 
 pytestmark = pytest.mark.usefixtures("own_only")
 
@@ -77,4 +80,29 @@ def test_a_wait_under_a_millisecond_sleeps_it_instead_of_polling_a_whole_one(
         assert calls and max(calls) == 0 and len(calls) <= 2, calls  # slept, then one look
     finally:
         link.close()
+        ctx.term()
+
+
+def test_what_arrives_with_the_awaited_message_is_handled_not_dropped() -> None:
+    """The coordinator sends GO and, a SIGINT later, STOP: when both are queued when the rank
+    reads, the STOP must reach the rank's handler (dropped, the run trained on after Ctrl+C)."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind("inproc://control")  # inproc: both messages are queued once send returns
+    link = ControlLink(ctx, endpoint="inproc://control", identity=b"r0", run_id="run", src=0,
+                       timeout_s=5.0)  # fmt: skip
+    handled: list[Message] = []
+    try:
+        link.send(Kind.READY, RankOnly(rank=0))
+        identity, _ = router.recv_multipart()  # the rank is known to the router now
+        for kind, body in ((Kind.GO, Empty()), (Kind.STOP, Reason(reason="interrupted"))):
+            router.send_multipart([identity, *encode(Message(kind, "run", 0, COORDINATOR_SRC,
+                                                             body))])  # fmt: skip
+        go = link.await_kind(Kind.GO, 5.0, handled.extend)
+        assert go is not None and go.kind is Kind.GO
+        assert [msg.kind for msg in handled] == [Kind.STOP]
+        assert link.await_kind(Kind.GO, 0.05, handled.extend) is None  # nothing more came
+    finally:
+        link.close()
+        router.close(0)
         ctx.term()

@@ -15,7 +15,7 @@ import ctypes
 import math
 import mmap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -183,6 +183,21 @@ class ControlLink:
                     return messages
             if remaining <= 0 or any(fd in ready for fd in self._watched):
                 return []
+
+    def await_kind(
+        self, kind: Kind, timeout_s: float, handle: Callable[[list[Message]], None]
+    ) -> Message | None:
+        """Wait up to ``timeout_s`` for the first message of ``kind`` and return it (None if
+        none came); every other message, those that arrived with it included, goes to
+        ``handle`` in order: a STOP queued right behind the GO it follows is not lost."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            arrived = self.wait(deadline - time.monotonic())
+            wanted = next((msg for msg in arrived if msg.kind is kind), None)
+            handle([msg for msg in arrived if msg is not wanted])
+            if wanted is not None:
+                return wanted
+        return None
 
     def unwatch(self) -> None:
         """Stop watching handshakes (the join is over)."""

@@ -155,12 +155,9 @@ class Rank:
             self.handle(self.link.wait(remaining))
 
     def _await(self, kind: Kind, timeout_s: float) -> Message:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for msg in self.link.wait(deadline - time.monotonic()):
-                if msg.kind is kind:
-                    return msg
-                self.handle([msg])
+        msg = self.link.await_kind(kind, timeout_s, self.handle)
+        if msg is not None:
+            return msg
         raise CoordinatorLost(f"no {kind.value} from the coordinator in {timeout_s:.0f}s")
 
     # ---- life -----------------------------------------------------------------------------
