@@ -16,14 +16,16 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 LLMC = [sys.executable, "-m", "llmcluster"]
 BUSBW_BYTES = 16 << 20
+FAILED_TAIL_LINES = 20  # of a failed scale run's records and stderr, in its error
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,12 @@ class Busbw:
     in_place: dict[int, float]
 
 
-def running(args: list[str]) -> subprocess.Popen[str]:
+def running(args: list[str], stderr: IO[bytes] | int = subprocess.DEVNULL) -> subprocess.Popen[str]:
     """``llmcluster ARGS --format jsonl``, its records on a pipe."""
     return subprocess.Popen(
         [*LLMC, *args, "--format", "jsonl"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         stdin=subprocess.DEVNULL,
         text=True,
     )
@@ -194,20 +196,28 @@ def scale_run(ranks: int, steps: int = 2 * WARMUP_STEPS) -> Scale:
     step from the record of step WARMUP_STEPS + 1 to the last (records can arrive in bursts,
     so not a median gap), and from the ready record to that of step WARMUP_STEPS + 1."""
     launched = time.time()
-    proc = running(["--ranks", str(ranks), "--steps", str(steps), "--speed", "1e6",
-                    "--max-restarts", "0"])  # fmt: skip
-    stamps, ready_at, ready_stamp = [], None, 0.0
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        record = json.loads(line)
-        if record["type"] == "ready":
-            ready_at = Ready(time.time() - launched, float(record["ready_s"]))
-            ready_stamp = time.monotonic()
-        elif record["type"] == "step":
-            stamps.append(time.monotonic())
-    code = proc.wait(timeout=600)
-    if code != 0 or ready_at is None or len(stamps) != steps:
-        raise RuntimeError(f"a {ranks}-rank run exited {code} after {len(stamps)} step(s)")
+    with tempfile.TemporaryFile() as stderr:
+        proc = running(["--ranks", str(ranks), "--steps", str(steps), "--speed", "1e6",
+                        "--max-restarts", "0"], stderr)  # fmt: skip
+        stamps, ready_at, ready_stamp, others = [], None, 0.0, []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            record = json.loads(line)
+            if record["type"] == "ready":
+                ready_at = Ready(time.time() - launched, float(record["ready_s"]))
+                ready_stamp = time.monotonic()
+            elif record["type"] == "step":
+                stamps.append(time.monotonic())
+            elif record["type"] not in ("ranks", "phase"):
+                others.append(line.strip()[:300])
+        code = proc.wait(timeout=600)
+        if code != 0 or ready_at is None or len(stamps) != steps:
+            stderr.seek(0)
+            said = stderr.read().decode(errors="replace").splitlines()[-FAILED_TAIL_LINES:]
+            raise RuntimeError(
+                f"a {ranks}-rank run exited {code} after {len(stamps)} step(s); its last "
+                "records and stderr:\n" + "\n".join(others[-FAILED_TAIL_LINES:] + said)
+            )
     steady = stamps[WARMUP_STEPS:]
     return Scale(ready_at, (steady[-1] - steady[0]) / (len(steady) - 1), steady[0] - ready_stamp)
 

@@ -273,7 +273,7 @@ def _scale_or_none(n: int) -> figures.Scale | None:
     try:
         return figures.scale_run(n)
     except (RuntimeError, subprocess.SubprocessError) as failed:
-        print(f"  ({n} ranks failed: {str(failed)[-200:]})")
+        print(f"  ({n} ranks failed: {failed})".replace("\n", "\n    "))
         return None
 
 
