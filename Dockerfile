@@ -1,7 +1,7 @@
 # llmcluster in a small image: the package and its runtime dependencies, a non-root user.
 # BASE is a build argument so the image builds from a local base without a registry (the compose
 # smoke test imports a debootstrapped Debian); PIP_OPTIONS lets such a build stay offline
-# ("--no-index --no-build-isolation" when the base already holds the dependencies).
+# ("--no-index --find-links DIR" when the base holds the dependencies and DIR a setuptools wheel).
 ARG BASE=python:3.12-slim
 FROM ${BASE}
 ARG PIP_OPTIONS=

@@ -31,8 +31,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("dockerd", "docker", "docker-compose", "debootstrap", "nsenter", "ip")
 BASE_TAG = "llmcluster-compose-base"
-# the runtime dependencies, and wheel (setuptools' bdist_wheel)
-DEPENDENCIES = ("pyzmq", "msgpack", "rich", "numpy", "prometheus-client", "wheel")
+DEPENDENCIES = ("pyzmq", "msgpack", "rich", "numpy", "prometheus-client")  # unpacked in the base
+# the build backend pyproject.toml asks for, as a wheel in the base's WHEELS for an isolated
+# build to install offline (the venv's own setuptools is Debian's, too old for its metadata)
+BUILD_REQUIREMENTS = ("setuptools>=77",)
+WHEELS = "/usr/local/share/llmcluster-wheels"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmcluster"
 STEPS = 6
 
@@ -62,7 +65,7 @@ def _debian_source() -> tuple[str, str]:
 def _base_tarball(work: Path) -> Path:
     """A Debian minbase root with python3, venv and the runtime dependencies (cached)."""
     suite, mirror = _debian_source()
-    deps = hashlib.sha256(" ".join(DEPENDENCIES).encode()).hexdigest()[:8]  # new ones: a new base
+    deps = hashlib.sha256(" ".join(DEPENDENCIES + BUILD_REQUIREMENTS).encode()).hexdigest()[:8]
     tarball = CACHE / f"compose-base-{suite}-{platform.machine()}-{deps}.tar"
     if tarball.exists():
         return tarball
@@ -81,12 +84,17 @@ def _base_tarball(work: Path) -> Path:
          "--target", str(rootfs / f"usr/local/lib/python{version}/dist-packages"),
          "--python-version", version, "--implementation", "cp",
          *platforms, *DEPENDENCIES)  # fmt: skip
+    _run(sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps",
+         "--dest", str(rootfs / WHEELS.lstrip("/")), *BUILD_REQUIREMENTS)  # fmt: skip
     for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
         shutil.rmtree(rootfs / cache, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_suffix(".partial")
     _run("tar", "-C", str(rootfs), "-cf", str(partial), ".")
     partial.rename(tarball)
+    for stale in CACHE.glob(f"compose-base-{suite}-{platform.machine()}-*.tar"):
+        if stale != tarball:  # built for other dependencies: never used again
+            stale.unlink()
     shutil.rmtree(rootfs, ignore_errors=True)
     return tarball
 
@@ -188,7 +196,7 @@ def _project(work: Path) -> Path:
 
 def test_compose_runs_two_nodes_and_rank0_prints_the_log(engine: Engine) -> None:
     project = _project(engine.work)
-    env = {**engine.env, "BASE_IMAGE": BASE_TAG, "PIP_OPTIONS": "--no-index --no-build-isolation",
+    env = {**engine.env, "BASE_IMAGE": BASE_TAG, "PIP_OPTIONS": f"--no-index --find-links {WHEELS}",
            "NNODES": "2", "STEPS": str(STEPS), "SPEED": "400", "MODEL": "Llama-3-8B",
            "GPU": "H100-SXM", "COMPOSE_PROJECT_NAME": "llmcsmoke"}  # fmt: skip
 
