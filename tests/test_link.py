@@ -106,3 +106,25 @@ def test_what_arrives_with_the_awaited_message_is_handled_not_dropped() -> None:
         link.close()
         router.close(0)
         ctx.term()
+
+
+def test_a_wait_reads_what_is_queued_before_it_judges_the_silence() -> None:
+    """A node agent busy forking its ranks for longer than the tolerance (a 1024-rank start on
+    two cores) has the coordinator's heartbeats queued: it must read them, not declare the
+    coordinator lost and stop its ranks."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind("inproc://control")
+    link = ControlLink(ctx, endpoint="inproc://control", identity=b"a0", run_id="run", src=0,
+                       timeout_s=1.0)  # fmt: skip
+    try:
+        link.send(Kind.READY, RankOnly(rank=0))
+        identity, _ = router.recv_multipart()
+        stop = Message(Kind.STOP, "run", 0, COORDINATOR_SRC, Reason(reason="interrupted"))
+        router.send_multipart([identity, *encode(stop)])  # queued while the process was busy
+        link.last_heard = time.monotonic() - 5.0  # ...for five times the tolerance
+        assert [msg.kind for msg in link.wait(1.0)] == [Kind.STOP]
+    finally:
+        link.close()
+        router.close(0)
+        ctx.term()

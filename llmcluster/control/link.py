@@ -165,6 +165,11 @@ class ControlLink:
         self._watched = set(wake_fds)
         deadline = time.monotonic() + timeout_s
         while True:
+            # what is queued is read before silence is judged: a process that was busy (an
+            # agent forking its ranks, starved on two cores) has heard the coordinator
+            messages = self.receive_ready()
+            if messages:
+                return messages
             self.tick()
             remaining = deadline - time.monotonic()
             until_beat = (
@@ -178,9 +183,7 @@ class ControlLink:
                 timeout_ms = 0  # (a compute phase at --speed 1e6 is microseconds)
             ready = dict(poller.poll(timeout_ms))
             if self.socket in ready:
-                messages = self.receive_ready()
-                if messages:
-                    return messages
+                continue  # read at the top (heartbeats only: the wait goes on)
             if remaining <= 0 or any(fd in ready for fd in self._watched):
                 return []
 
