@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
 
@@ -33,12 +32,14 @@ from conftest import (
     wait_until_clean,
 )
 
+from llmcluster.control.rundir import socket_root
+
 SLOW_RUN = ("--ranks", "8", "--steps", "100000", "--speed", "200")
 
 
 def _run_dirs(pids: set[int]) -> list[str]:
     """Socket directories of these processes (the coordinator's and each agent's)."""
-    return [path for pid in pids for path in glob.glob(f"/tmp/llmcluster-{pid}-*")]
+    return [path for pid in pids for path in glob.glob(f"{socket_root()}/llmcluster-{pid}-*")]
 
 
 def _wait(predicate: object, timeout_s: float, what: str) -> None:
@@ -224,13 +225,13 @@ def test_kill_9_of_a_tcp_coordinator_leaves_its_node_nothing(clean_table: None) 
         for line in node.stdout:  # rank 0's display: the run is training
             if line.startswith('{"type":"step"'):
                 break
-        made = {path for path in glob.glob(os.path.join(tempfile.gettempdir(),
+        made = {path for path in glob.glob(os.path.join(socket_root(),
                                                         f"llmcluster-{node.pid}-*"))}  # fmt: skip
         assert made  # the node agent's socket directory (named by its pid: only ours)
         coordinator.kill()
         assert node.wait(timeout=30) == 1  # it noticed the silence and stopped its ranks
         assert wait_until_clean(5.0) == []
-        assert not made & set(glob.glob(os.path.join(tempfile.gettempdir(), "llmcluster-*")))
+        assert not made & set(glob.glob(os.path.join(socket_root(), "llmcluster-*")))
     finally:
         for proc in (coordinator, node):
             if proc.poll() is None:

@@ -11,6 +11,7 @@ import zmq
 from conftest import Running, own_processes
 
 from llmcluster.comm.frames import pack_header, run_tag
+from llmcluster.control.rundir import socket_root
 from llmcluster.wire import Kind, Message, encode
 from llmcluster.wire.codec import HEADER
 
@@ -50,9 +51,10 @@ def test_fuzzing_every_socket_changes_nothing(clean_table: None) -> None:
         run_record = run.wait_for(lambda r: r["type"] == "run")
         run.wait_for(lambda r: r["type"] == "step" and r["step"] >= 2)
         pids = [run.proc.pid, *run_record["pids"]]
-        coordinator = glob.glob(f"/tmp/llmcluster-{run.proc.pid}-*/control")
+        root = socket_root()
+        coordinator = glob.glob(f"{root}/llmcluster-{run.proc.pid}-*/control")
         ours = {p.pid for p in own_processes()}  # this run's agents, not other runs on the host
-        inboxes = [path for pid in ours for path in glob.glob(f"/tmp/llmcluster-{pid}-node-*/r*")]
+        inboxes = [path for pid in ours for path in glob.glob(f"{root}/llmcluster-{pid}-node-*/r*")]
         assert coordinator and len(inboxes) >= 8 and pids
         rng = np.random.default_rng(7)
         frames = garbage_frames(rng, run_record["run_id"], 1200)

@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 import zmq
 from conftest import Running, cli, records
 
+from llmcluster.control.rundir import socket_root
 from llmcluster.control.security import CurveKeys, connect_curve
 from llmcluster.telemetry.client import RecordClient
 from llmcluster.wire import AGENT_SRC, OBSERVER_SRC, Kind, Message, encode
@@ -285,7 +285,7 @@ def _rank_inbox(coordinator: int, rank: int) -> str:
                 stat = f.read()
             if int(stat[stat.rindex(")") + 2 :].split()[1]) != coordinator:
                 continue
-            pattern = f"{tempfile.gettempdir()}/llmcluster-{entry}-node-*/r{rank}"
+            pattern = f"{socket_root()}/llmcluster-{entry}-node-*/r{rank}"
             for path in glob.glob(pattern):
                 return f"ipc://{path}"
     raise AssertionError(f"rank {rank}'s inbox not found")

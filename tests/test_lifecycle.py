@@ -8,12 +8,13 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 from conftest import Running, own_processes, records, run_cli, wait_until_clean
 from inherited_modules import heavy_modules_of_ranks
+
+from llmcluster.control.rundir import socket_root
 
 FAST = ("--speed", "1000000")  # simulated seconds per wall second: steps take milliseconds
 
@@ -88,7 +89,7 @@ def test_signal_stops_at_step_boundary_with_summary(sig: int, code: int, clean_t
 def _run_dirs(owners: set[int] | None = None) -> set[str]:
     """Socket directories (of ``owners`` only: each is named by its owner's pid; other runs on
     the machine make theirs)."""
-    found = glob.glob(os.path.join(tempfile.gettempdir(), "llmcluster-[0-9]*-*"))
+    found = glob.glob(os.path.join(socket_root(), "llmcluster-[0-9]*-*"))
     return {p for p in found if owners is None or int(p.rsplit("/", 1)[1].split("-")[1]) in owners}
 
 
@@ -160,15 +161,15 @@ def test_ranks_are_named_and_see_the_torchrun_environment(clean_table: None) -> 
             assert env["GROUP_RANK"] == str(rank // 4)
             assert env["WORLD_SIZE"] == "8" and env["LOCAL_WORLD_SIZE"] == "4"
             assert env["MASTER_ADDR"] == "127.0.0.1" and env["MASTER_PORT"] == "29500"
-        dirs = [d for d in os.listdir("/tmp") if d.startswith(f"llmcluster-{run.proc.pid}-")]
+        dirs = [d for d in os.listdir(socket_root()) if d.startswith(f"llmcluster-{run.proc.pid}-")]
         assert len(dirs) == 1
-        assert stat.S_IMODE(os.stat(f"/tmp/{dirs[0]}").st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(f"{socket_root()}/{dirs[0]}").st_mode) == 0o700
         run.proc.send_signal(signal.SIGINT)
         rc, _, _ = run.finish()
     finally:
         run.kill()
     assert rc == 130
-    assert not [d for d in os.listdir("/tmp") if d.startswith(f"llmcluster-{run.proc.pid}-")]
+    assert not [d for d in os.listdir(socket_root()) if d.startswith(f"llmcluster-{run.proc.pid}-")]
 
 
 _READY_FIRST = """

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from llmcluster.control.rundir import LOCK_NAME, RunDir, sweep_stale_dirs
+from llmcluster.control.rundir import LOCK_NAME, RunDir, socket_root, sweep_stale_dirs
 
 HOLDER = (
     "import sys, time\n"
@@ -58,7 +58,7 @@ def test_an_owner_in_another_pid_namespace_is_not_mistaken_for_a_dead_one() -> N
 
 
 def test_a_reused_pid_does_not_protect_an_unlocked_directory() -> None:
-    path = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-old-")  # our pid: alive
+    path = tempfile.mkdtemp(prefix=f"llmcluster-{os.getpid()}-old-", dir=socket_root())  # alive
     open(os.path.join(path, LOCK_NAME), "w").close()  # a lock nobody holds
     sweep_stale_dirs()
     assert not os.path.exists(path)

@@ -189,6 +189,7 @@ def test_a_node_lost_mid_job_is_handled_like_any_lost_node(
     # srun ends the step when a task is killed, and slurmstepd kills what is left of it (the
     # agent's janitor too): the killed agent's directory may stay, stale, for the next start
     # on that host to sweep, as it does here
+    monkeypatch.setenv("TMPDIR", str(slurm.root / "tmp"))  # the job's, where it left them
     monkeypatch.setattr(tempfile, "tempdir", str(slurm.root / "tmp"))
     sweep_stale_dirs()
     assert _files_left(slurm) == []
