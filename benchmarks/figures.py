@@ -44,14 +44,18 @@ class Busbw:
     in_place: dict[int, float]
 
 
-def running(args: list[str], stderr: IO[bytes] | int = subprocess.DEVNULL) -> subprocess.Popen[str]:
-    """``llmcluster ARGS --format jsonl``, its records on a pipe."""
+def running(
+    args: list[str], stderr: IO[bytes] | int = subprocess.DEVNULL, *, own_group: bool = False
+) -> subprocess.Popen[str]:
+    """``llmcluster ARGS --format jsonl``, its records on a pipe; with ``own_group``, in a
+    session and process group of its own (its pid), which its agents and ranks inherit."""
     return subprocess.Popen(
         [*LLMC, *args, "--format", "jsonl"],
         stdout=subprocess.PIPE,
         stderr=stderr,
         stdin=subprocess.DEVNULL,
         text=True,
+        start_new_session=own_group,
     )
 
 
