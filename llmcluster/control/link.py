@@ -182,10 +182,9 @@ class ControlLink:
                 time.sleep(remaining)  # millisecond: rounded up it would overshoot by up to 1 ms
                 timeout_ms = 0  # (a compute phase at --speed 1e6 is microseconds)
             ready = dict(poller.poll(timeout_ms))
-            if self.socket in ready:
-                continue  # read at the top (heartbeats only: the wait goes on)
             if remaining <= 0 or any(fd in ready for fd in self._watched):
-                return []
+                return self.receive_ready()  # the wait is over: what came with its end
+            # anything else loops: what arrived is read at the top
 
     def await_kind(
         self, kind: Kind, timeout_s: float, handle: Callable[[list[Message]], None]
