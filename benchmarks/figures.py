@@ -62,17 +62,28 @@ def running(
 def ready(ranks: int) -> Ready:
     """One launch of a 1-step run."""
     launched = time.time()
-    proc = running(["--ranks", str(ranks), "--steps", "1", "--speed", "1e6"])
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            record = json.loads(line)
-            if record["type"] == "ready":
-                seen = time.time()
-                return Ready(seen - launched, float(record["ready_s"]))
-        raise RuntimeError(f"a {ranks}-rank run ended without a ready record")
-    finally:
-        proc.communicate(timeout=600)
+    with tempfile.TemporaryFile() as stderr:
+        proc = running(["--ranks", str(ranks), "--steps", "1", "--speed", "1e6"], stderr)
+        assert proc.stdout is not None
+        lines = []
+        try:
+            for line in proc.stdout:
+                record = json.loads(line)
+                if record["type"] == "ready":
+                    seen = time.time()
+                    return Ready(seen - launched, float(record["ready_s"]))
+                lines.append(line.strip()[:300])
+        finally:
+            proc.communicate(timeout=600)
+        raise RuntimeError(f"a {ranks}-rank run exited {proc.returncode} without a ready record; "
+                           + _last_words(lines, stderr))  # fmt: skip
+
+
+def _last_words(lines: list[str], stderr: IO[bytes]) -> str:
+    """A failed run's last records and the tail of its stderr, for its error message."""
+    stderr.seek(0)
+    said = stderr.read().decode(errors="replace").splitlines()[-FAILED_TAIL_LINES:]
+    return "its last records and stderr:\n" + "\n".join(lines[-FAILED_TAIL_LINES:] + said)
 
 
 def run_pids(root: int) -> list[int]:
@@ -216,12 +227,8 @@ def scale_run(ranks: int, steps: int = 2 * WARMUP_STEPS) -> Scale:
                 others.append(line.strip()[:300])
         code = proc.wait(timeout=600)
         if code != 0 or ready_at is None or len(stamps) != steps:
-            stderr.seek(0)
-            said = stderr.read().decode(errors="replace").splitlines()[-FAILED_TAIL_LINES:]
-            raise RuntimeError(
-                f"a {ranks}-rank run exited {code} after {len(stamps)} step(s); its last "
-                "records and stderr:\n" + "\n".join(others[-FAILED_TAIL_LINES:] + said)
-            )
+            raise RuntimeError(f"a {ranks}-rank run exited {code} after {len(stamps)} step(s); "
+                               + _last_words(others, stderr))  # fmt: skip
     steady = stamps[WARMUP_STEPS:]
     return Scale(ready_at, (steady[-1] - steady[0]) / (len(steady) - 1), steady[0] - ready_stamp)
 

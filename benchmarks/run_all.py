@@ -73,9 +73,8 @@ def _retried(measure: Callable[..., T], *args: Any) -> T:
         try:
             return measure(*args)
         except (RuntimeError, subprocess.SubprocessError) as failed:
-            print(
-                f"  ({measure.__name__}{args} failed: {str(failed)[-200:]}; attempt {attempt + 1})"
-            )
+            print(f"  ({measure.__name__}{args} failed, attempt {attempt + 1}: {failed})"
+                  .replace("\n", "\n    "))  # fmt: skip
     return measure(*args)
 
 
